@@ -1,0 +1,43 @@
+# genops: `make run` sets everything up and runs the pipeline; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := True
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: help install data run test test-slow lint format bench clean
+.DEFAULT_GOAL := help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install the pinned stack (constraints.txt)
+
+data: install ## dvc pull the data (or rebuild it byte-for-byte from the embedded default)
+	$(BIN)/genops data pull
+
+run: data ## set up, then run the whole pipeline with dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+test: install ## run the default test suite (no slow tests)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+test-slow: install ## run only the slow tests
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -m slow
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install ## ruff fix + format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean: ## remove generated state (keeps data/ and the DVC remote)
+	rm -rf reports artifacts metrics .genops .mlflow .pytest_cache .ruff_cache

@@ -1,0 +1,167 @@
+"""The autoencoder family: objective, corruption, scoring and latent-Gaussian sampling."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.autoencoder.config import AutoencoderConfig
+from models.autoencoder.latent_prior import LatentGaussian
+from models.autoencoder.networks import build_networks
+from models.base import GenerativeModel, check_images
+
+
+class Autoencoder(GenerativeModel):
+    """Classic bottleneck autoencoder (optionally denoising) on 28x28 digits.
+
+    * Training minimises a per-pixel BCE (on logits) or MSE reconstruction loss. With
+      `denoise_std` / `mask_prob` the encoder sees a corrupted input (Gaussian noise,
+      clipped to [0, 1], and/or pixels zeroed with probability `mask_prob`, all drawn from
+      the trainer's generator) while the target stays the clean image.
+    * `anomaly_score` is the per-image mean squared reconstruction error (mean over the
+      784 pixels of (reconstruct(x) - x)^2); it has no randomness and no batch coupling.
+    * `sample` is deliberately a weak generator: an autoencoder has no prior, so we fit
+      a Gaussian (full or diagonal covariance) to the training latents - running EMA
+      statistics kept as buffers and updated deterministically in every training step -
+      and decode draws from it. Samples are blurry and sometimes not digits, by design.
+    """
+
+    family: ClassVar[str] = "autoencoder"
+    config_cls: ClassVar[type[AutoencoderConfig]] = AutoencoderConfig
+    config: AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        self.encoder, self.decoder = build_networks(
+            config.arch, config.latent_dim, config.hidden_dims, config.channels
+        )
+        self.latent_prior = LatentGaussian(
+            config.latent_dim, config.prior_momentum, full_cov=config.latent_prior == "full"
+        )
+        if self._use_channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- networks ---------------------------------------------------------------------
+    @property
+    def _use_channels_last(self) -> bool:
+        return self.config.channels_last and self.config.arch == "conv"
+
+    def _device(self) -> torch.device:
+        return self.latent_prior.mean.device
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        images = check_images(images).to(self._device())
+        if self._use_channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(
+            self._device().type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
+        )
+
+    def _logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(latents, pixel logits) for prepared images, both float32."""
+        z = self.encoder(images)
+        return z.float(), self.decoder(z).float()
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Latent codes (N, latent_dim) of clean images."""
+        return self.encoder(self._prepare(images)).float()
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Images (N, 1, 28, 28) in [0, 1] from latent codes (N, latent_dim)."""
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            dim = self.config.latent_dim
+            raise ValueError(f"z must have shape (N, {dim}), got {tuple(z.shape)}")
+        return torch.sigmoid(self.decoder(z.float().to(self._device())).float())
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return torch.sigmoid(self._logits(self._prepare(images))[1])
+
+    # ---- training ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return {"adam": opt}
+
+    def _corrupt(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Denoising-AE input corruption; all noise comes from `generator`."""
+        cfg = self.config
+        out = images
+        if cfg.denoise_std > 0:
+            noise = torch.randn(images.shape, generator=generator, device=generator.device)
+            out = (out + cfg.denoise_std * noise.to(images.device)).clamp(0.0, 1.0)
+        if cfg.mask_prob > 0:
+            u = torch.rand(images.shape, generator=generator, device=generator.device)
+            out = out * (u.to(images.device) >= cfg.mask_prob)
+        if self._use_channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _recon_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.config.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(torch.sigmoid(logits), target)
+
+    def training_step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: int,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        clean = self._prepare(images)
+        corrupted = self.config.denoise_std > 0 or self.config.mask_prob > 0
+        inputs = self._corrupt(clean, generator) if corrupted else clean
+        with self._autocast():
+            z, logits = self._logits(inputs)
+        loss = self._recon_loss(logits, clean)
+        opt = optimizers["adam"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        # the prior is fitted to latents of clean images (what `encode` returns)
+        if corrupted:
+            with torch.no_grad(), self._autocast():
+                z = self.encoder(clean).float()
+        self.latent_prior.update(z)
+        return {"loss": float(loss.detach())}
+
+    def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        clean = self._prepare(images)
+        _, logits = self._logits(clean)
+        mse = (torch.sigmoid(logits) - clean).square().mean()
+        return {"loss": float(self._recon_loss(logits, clean)), "mse": float(mse)}
+
+    # ---- generation and scoring ---------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Decode `n` draws from the Gaussian fitted to training latents (weak by design)."""
+        if labels is not None:
+            raise ValueError("the autoencoder is unconditional: labels must be None")
+        if kwargs:
+            raise ValueError(f"unexpected sample options {sorted(kwargs)}")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        return self.decode(self.latent_prior.sample(n, generator))
+
+    @torch.no_grad()
+    def anomaly_score(self, images: Tensor) -> Tensor:
+        """Per-image mean squared reconstruction error (N,)."""
+        images = check_images(images).to(self._device())
+        return (self.reconstruct(images) - images).square().flatten(1).mean(1)

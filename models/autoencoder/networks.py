@@ -1,0 +1,93 @@
+"""Pure encoder/decoder networks of the autoencoder family (no objective, no sampling)."""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor, nn
+
+PIXELS = 28 * 28
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class ConvEncoder(nn.Module):
+    """(N, 1, 28, 28) -> (N, latent_dim) through two stride-2 convolutions."""
+
+    def __init__(self, channels: tuple[int, int], latent_dim: int) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1),  # 28 -> 14
+            _act(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # 14 -> 7
+            _act(),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(c2 * 7 * 7, latent_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+class ConvDecoder(nn.Module):
+    """(N, latent_dim) -> pixel logits (N, 1, 28, 28), mirroring `ConvEncoder`."""
+
+    def __init__(self, channels: tuple[int, int], latent_dim: int) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.c2 = c2
+        self.fc = nn.Sequential(nn.Linear(latent_dim, c2 * 7 * 7), _act())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # 7 -> 14
+            _act(),
+            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # 14 -> 28
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.deconv(self.fc(z).view(-1, self.c2, 7, 7))
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(sizes) - 2:
+            layers.append(_act())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """(N, 1, 28, 28) -> (N, latent_dim): 784 -> hidden_dims... -> latent_dim."""
+
+    def __init__(self, hidden_dims: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        self.net = _mlp([PIXELS, *hidden_dims, latent_dim])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """(N, latent_dim) -> pixel logits (N, 1, 28, 28): the encoder's sizes reversed."""
+
+    def __init__(self, hidden_dims: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        self.net = _mlp([latent_dim, *reversed(hidden_dims), PIXELS])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+def build_networks(
+    arch: str, latent_dim: int, hidden_dims: tuple[int, ...], channels: tuple[int, ...]
+) -> tuple[nn.Module, nn.Module]:
+    """The (encoder, decoder) pair for `arch` ("conv" or "mlp")."""
+    if arch == "conv":
+        pair = (channels[0], channels[1])
+        return ConvEncoder(pair, latent_dim), ConvDecoder(pair, latent_dim)
+    if arch == "mlp":
+        return MLPEncoder(hidden_dims, latent_dim), MLPDecoder(hidden_dims, latent_dim)
+    raise ValueError(f"unknown arch {arch!r}")

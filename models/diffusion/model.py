@@ -1,0 +1,234 @@
+"""The diffusion family: UNet + Gaussian process + EMA behind the GenerativeModel contract.
+
+Sampling and scoring always use the EMA weights. Class-conditional by default, trained with
+label dropout (p_uncond) so one network gives both the conditional and the unconditional
+("null" label) prediction, combined at sampling time by classifier-free guidance.
+
+Anomaly score (deterministic, batch-independent): for each level t in `score_timesteps`,
+noise the image to x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) z_t with a FIXED noise image z_t (a
+buffer drawn once from `score_seed`, the same for every input image), run `score_steps`
+deterministic DDIM steps (eta = 0) back to x0 with the unconditional (null label) prediction,
+and take the per-image mean squared error in [0, 1] pixel units; the score is the mean over
+levels. Digits the model knows come back close to themselves; noise, blanks and foreign
+images are pulled towards digits and come back far. Scoring runs in fp32 whatever
+`bf16_autocast` says, so a batch scores exactly like its images one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.base import IMAGE_SHAPE, NUM_CLASSES, GenerativeModel, check_images, check_labels
+from models.diffusion.config import DiffusionConfig
+from models.diffusion.ema import EMA
+from models.diffusion.process import Denoiser, GaussianDiffusion
+from models.diffusion.unet import UNet
+
+MAX_CHUNK = 512  # network evaluations per forward pass when sampling/scoring big batches
+
+
+class Diffusion(GenerativeModel):
+    """DDPM-trained, DDIM-sampled UNet; optional classifier-free guidance."""
+
+    family = "diffusion"
+    config_cls = DiffusionConfig
+    config: DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.unet = UNet(
+            base_channels=c.base_channels,
+            channel_mults=tuple(c.channel_mults),
+            num_res_blocks=c.num_res_blocks,
+            attention=c.attention,
+            num_classes=NUM_CLASSES if c.conditional else 0,
+        )
+        if c.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.process = GaussianDiffusion(c.timesteps, c.schedule, c.objective, c.min_snr_gamma)
+        self.ema = EMA(self.unet, c.ema_decay)
+        gen = torch.Generator().manual_seed(c.score_seed)
+        self.register_buffer(
+            "score_noise", torch.randn((len(c.score_timesteps), *IMAGE_SHAPE), generator=gen)
+        )
+
+    # ---- helpers --------------------------------------------------------------------
+    def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
+        device = self.score_noise.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+
+    def _run(self, net: UNet, x: Tensor, t: Tensor, labels: Tensor | None, fast: bool) -> Tensor:
+        """One network call; `fast` allows bf16 autocast (training and sampling)."""
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast(fast and self.config.bf16_autocast):
+            return net(x, t, labels).float().contiguous()
+
+    def _denoiser(self, labels: Tensor | None, guidance: float, fast: bool) -> Denoiser:
+        """EMA network as (x_t, t) -> output, classifier-free guided when it applies."""
+        net = self.ema.shadow
+        guided_pair = self.config.conditional and labels is not None and guidance not in (0.0, 1.0)
+        if not self.config.conditional or guidance == 0.0:
+            labels = None  # None = the null label (or no label at all)
+        if not guided_pair:
+            return lambda x, t: self._chunked(net, x, t, labels, fast)
+        null = torch.full_like(labels, NUM_CLASSES)
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            both = self._chunked(
+                net, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), fast
+            )
+            cond, uncond = both.chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        return guided
+
+    def _chunked(
+        self, net: UNet, x: Tensor, t: Tensor, labels: Tensor | None, fast: bool
+    ) -> Tensor:
+        outs = []
+        for i in range(0, x.shape[0], MAX_CHUNK):
+            lab = None if labels is None else labels[i : i + MAX_CHUNK]
+            outs.append(self._run(net, x[i : i + MAX_CHUNK], t[i : i + MAX_CHUNK], lab, fast))
+        return torch.cat(outs) if outs else x.new_zeros(x.shape)
+
+    def _device(self) -> torch.device:
+        return self.score_noise.device
+
+    # ---- training -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        opt = torch.optim.AdamW(
+            self.unet.parameters(), lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay
+        )
+        return {"unet": opt}
+
+    def _noised_batch(
+        self, images: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x0, t, noise, x_t) for a batch, all randomness from `generator`."""
+        x0 = check_images(images).to(self._device()) * 2 - 1
+        n = x0.shape[0]
+        t = torch.randint(0, self.config.timesteps, (n,), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return x0, t, noise, self.process.q_sample(x0, t, noise)
+
+    def training_step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: int,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        c = self.config
+        x0, t, noise, x_t = self._noised_batch(images, generator)
+        cond = None
+        if c.conditional:
+            cond = check_labels(labels, x0.shape[0]).to(x0.device)
+            drop = torch.rand(cond.shape, generator=generator).to(x0.device) < c.p_uncond
+            cond = torch.where(drop, torch.full_like(cond, NUM_CLASSES), cond)
+        loss, mse = self.process.loss(self._run(self.unet, x_t, t, cond, True), x0, t, noise)
+
+        opt = optimizers["unet"]
+        lr = c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.unet.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf")
+        )
+        opt.step()
+        return {"loss": loss.item(), "mse": mse.item(), "grad_norm": float(grad_norm), "lr": lr}
+
+    def on_train_step_end(self, step: int) -> None:
+        self.ema.update(self.unet)
+
+    @torch.no_grad()
+    def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """The training objective of the EMA network at fixed (seeded) levels and noise."""
+        gen = torch.Generator().manual_seed(self.config.score_seed + 1)
+        x0, t, noise, x_t = self._noised_batch(images, gen)
+        cond = check_labels(labels, x0.shape[0]) if self.config.conditional else None
+        if cond is not None:
+            cond = cond.to(x0.device)
+        out = self._chunked(self.ema.shadow, x_t, t, cond, True)
+        loss, mse = self.process.loss(out, x0, t, noise)
+        return {"loss": loss.item(), "mse": mse.item()}
+
+    # ---- generation -----------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """`n` digits by DDIM from pure noise with the EMA network.
+
+        `steps` (default `sample_steps`) network evaluations, eta = `ddim_eta` (0: the images
+        are a deterministic function of the initial noise drawn from `generator`).
+        Conditional model: `labels` picks each digit; labels=None cycles 0, 1, ..., 9, 0, ...
+        so every class appears; `guidance_scale` (default config) mixes the conditional and
+        null-label predictions (0 = unconditional, 1 = conditional only). An unconditional
+        model ignores `labels` and `guidance_scale`.
+        """
+        if kwargs:
+            raise ValueError(f"unknown sample option(s) {sorted(kwargs)}")
+        c = self.config
+        if int(n) != n or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n}")
+        steps = c.sample_steps if steps is None else steps
+        if int(steps) != steps or not 1 <= steps <= c.timesteps:
+            raise ValueError(f"steps must be an int in 1..{c.timesteps}, got {steps}")
+        guidance = c.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not guidance >= 0.0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        labels = check_labels(labels, int(n))
+        if c.conditional and labels is None:
+            labels = torch.arange(int(n)) % NUM_CLASSES
+        if labels is not None:
+            labels = labels.to(self._device())
+        x = torch.randn((int(n), *IMAGE_SHAPE), generator=generator).to(self._device())
+        denoise = self._denoiser(labels, guidance, fast=True)
+        x0 = self.process.ddim(denoise, x, c.timesteps - 1, int(steps), c.ddim_eta, generator)
+        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+
+    # ---- scoring --------------------------------------------------------------------
+    def _reconstruct_level(self, x0: Tensor, level: int) -> Tensor:
+        """Noise x0 ([-1, 1]) to score level `level` with the fixed noise, DDIM back."""
+        t_level = int(self.config.score_timesteps[level])
+        t = torch.full((x0.shape[0],), t_level, dtype=torch.long, device=x0.device)
+        x_t = self.process.q_sample(x0, t, self.score_noise[level].expand_as(x0))
+        denoise = self._denoiser(None, 0.0, fast=False)  # fp32, null label
+        return self.process.ddim(denoise, x_t, t_level, self.config.score_steps)
+
+    @torch.no_grad()
+    def anomaly_score(self, images: Tensor) -> Tensor:
+        """Mean over score levels of the partial-noise/DDIM reconstruction MSE (see module doc)."""
+        x0 = check_images(images).to(self._device()) * 2 - 1
+        levels = len(self.config.score_timesteps)
+        total = torch.zeros(x0.shape[0], device=x0.device)
+        for level in range(levels):
+            recon = self._reconstruct_level(x0, level)
+            total += ((recon - x0) / 2).pow(2).mean(dim=(1, 2, 3))
+        return (total / levels).cpu()
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """The reconstruction at the first score level, in [0, 1]."""
+        x0 = check_images(images).to(self._device()) * 2 - 1
+        return ((self._reconstruct_level(x0, 0) + 1) / 2).clamp(0.0, 1.0).cpu()
+
+    def num_parameters(self) -> int:
+        """Parameters of the denoising network (its EMA copy not counted twice)."""
+        return sum(p.numel() for p in self.unet.parameters())

@@ -1,0 +1,270 @@
+"""The GAN family: DCGAN / WGAN-GP training, then an f-AnoGAN encoder for anomaly scores.
+
+Training has two phases inside one run (one step = one batch):
+  steps < encoder_start_step   G and D (D every step, G every `critic_steps` steps), EMA of G
+  steps >= encoder_start_step  the encoder E only, izif loss (Schlegl et al. 2019) against the
+                               frozen sampling generator (EMA of G when enabled) and frozen D.
+Conditional GANs: E also predicts label logits (trained with cross-entropy beside izif) and
+feeds G the softmax-weighted label embedding, so scoring and reconstruction need no labels;
+D's projection head keeps its penultimate features label-free.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import NUM_CLASSES, GenerativeModel, check_images, check_labels
+from models.gan.config import GANConfig
+from models.gan.monitors import d_collapse_warning, diversity_ratio, mode_collapse_warning
+from models.gan.networks import Discriminator, Encoder, Generator
+from models.gan.objectives import (
+    IzifResidual,
+    discriminator_loss,
+    discriminator_probs,
+    generator_loss,
+    gradient_penalty,
+    izif_residual,
+)
+
+
+@contextmanager
+def frozen(*modules: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """No parameter gradients (and eval mode unless told otherwise), restored on exit."""
+    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+    for m in modules:
+        m.train(m.training and not eval_mode)
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training, flags in saved:
+            m.train(training)
+            for p, flag in zip(m.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, over parameters and float buffers."""
+    for t, s in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
+        if t.is_floating_point():
+            t.lerp_(s, 1.0 - decay)
+        else:
+            t.copy_(s)
+
+
+class GAN(GenerativeModel):
+    """DCGAN-style G/D at 28x28 with an f-AnoGAN encoder; see the module docstring."""
+
+    family = "gan"
+    config_cls = GANConfig
+    config: GANConfig
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__(config)
+        classes = NUM_CLASSES if config.conditional else 0
+        d_norm = "layer" if config.objective == "wgan-gp" else "batch"
+        self.g = Generator(config.latent_dim, config.g_width, classes, config.label_embed_dim)
+        self.d = Discriminator(config.d_width, classes, norm=d_norm)
+        self.e = Encoder(config.latent_dim, config.e_width, classes)
+        if config.ema_decay > 0:
+            self.g_ema = copy.deepcopy(self.g).requires_grad_(False)
+        noise = torch.Generator().manual_seed(config.seed)
+        monitor_z = torch.randn(config.monitor_batch, config.latent_dim, generator=noise)
+        self.register_buffer("monitor_z", monitor_z)
+        self.register_buffer("monitor_labels", torch.arange(config.monitor_batch) % NUM_CLASSES)
+        self.register_buffer("diversity", torch.tensor(1.0))  # last measured diversity ratio
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- helpers --------------------------------------------------------------------
+    @property
+    def sampler(self) -> Generator:
+        """The generator used for sampling and scoring: the EMA copy when enabled."""
+        return self.g_ema if self.config.ema_decay > 0 else self.g
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16_autocast)
+
+    def _to_net(self, images: Tensor) -> Tensor:
+        x = check_images(images) * 2.0 - 1.0
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def _label_input(self, logits: Tensor | None) -> Tensor | None:
+        return None if logits is None else logits.float().softmax(dim=1)
+
+    def _izif(self, x: Tensor) -> tuple[IzifResidual, Tensor, Tensor | None]:
+        """Residuals of x against G(E(x)); returns (residual, x_hat, label_logits)."""
+        enc = self.e(x)
+        x_hat = self.sampler(enc.z, self._label_input(enc.label_logits))
+        f_x = self.d(x).features.detach()
+        f_hat = self.d(x_hat).features
+        return izif_residual(x, x_hat, f_x, f_hat, self.config.kappa), x_hat, enc.label_logits
+
+    # ---- training -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            "g": torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas),
+            "d": torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas),
+            "e": torch.optim.Adam(self.e.parameters(), lr=cfg.e_lr, betas=(0.9, 0.999)),
+        }
+
+    def training_step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: int,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        """A G/D step before `encoder_start_step`, an encoder step from it on."""
+        x = self._to_net(images)
+        labels = check_labels(labels, x.shape[0])
+        if step >= self.config.encoder_start_step:
+            return self._encoder_step(x, labels, optimizers["e"])
+        return self._gan_step(x, labels, optimizers, step, generator)
+
+    def _gan_step(
+        self,
+        x: Tensor,
+        labels: Tensor | None,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: int,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        cfg = self.config
+        y = labels if cfg.conditional else None
+        z = torch.randn(x.shape[0], cfg.latent_dim, generator=generator)
+        with self._autocast():
+            fake = self.g(z, y)
+            real_out, fake_out = self.d(x, y), self.d(fake.detach(), y)
+            d_loss = discriminator_loss(cfg.objective, real_out.logits, fake_out.logits)
+            d_total = d_loss
+            if cfg.objective == "wgan-gp":
+                gp = gradient_penalty(lambda v: self.d(v, y).logits, x, fake.detach(), generator)
+                d_total = d_loss + cfg.gp_weight * gp
+        optimizers["d"].zero_grad(set_to_none=True)
+        d_total.backward()
+        optimizers["d"].step()
+
+        d_real = float(discriminator_probs(cfg.objective, real_out.logits))
+        d_fake = float(discriminator_probs(cfg.objective, fake_out.logits))
+        logs = {"loss": float(d_total.detach()), "d_loss": float(d_loss), "d_real": d_real}
+        logs |= {"d_fake": d_fake, "d_gap": d_real - d_fake}
+        if cfg.objective == "wgan-gp":
+            logs["gp"] = float(gp)
+        if step % cfg.critic_steps == 0:
+            with frozen(self.d, eval_mode=False), self._autocast():  # D keeps batch statistics
+                g_loss = generator_loss(cfg.objective, self.d(fake, y).logits)
+            optimizers["g"].zero_grad(set_to_none=True)
+            g_loss.backward()
+            optimizers["g"].step()
+            logs["g_loss"] = float(g_loss)
+        return logs | self._monitor(x, step, logs)
+
+    def _monitor(self, x: Tensor, step: int, logs: dict[str, float]) -> dict[str, float]:
+        """Failure-mode flags; the diversity probe runs every `monitor_every` steps."""
+        cfg = self.config
+        if step > 0 and step % cfg.monitor_every == 0 and x.shape[0] >= 2:
+            labels = self.monitor_labels if cfg.conditional else None
+            with torch.no_grad(), frozen(self.g):
+                samples = (self.g(self.monitor_z, labels).float() + 1.0) / 2.0
+            real = (x[: cfg.monitor_batch].float() + 1.0) / 2.0
+            self.diversity.fill_(diversity_ratio(samples, real))
+        diversity = float(self.diversity)
+        d_warn = d_collapse_warning(
+            cfg.objective,
+            logs["d_loss"],
+            logs["d_real"],
+            logs["d_fake"],
+            loss_floor=cfg.d_collapse_loss,
+            prob_gap=cfg.d_collapse_gap,
+            wgan_gap_limit=cfg.wgan_gap_limit,
+        )
+        m_warn = mode_collapse_warning(diversity, cfg.mode_collapse_ratio)
+        return {
+            "diversity": diversity,
+            "warn_d_collapse": float(d_warn),
+            "warn_mode_collapse": float(m_warn),
+        }
+
+    def _encoder_step(
+        self, x: Tensor, labels: Tensor | None, optimizer: torch.optim.Optimizer
+    ) -> dict[str, float]:
+        cfg = self.config
+        with frozen(self.sampler, self.d), self._autocast():
+            residual, _, logits = self._izif(x)
+            loss = residual.total.mean()
+            logs = {"e_image_residual": float(residual.image.mean())}
+            logs["e_feature_residual"] = float(residual.feature.mean())
+            if logits is not None and labels is not None:
+                ce = F.cross_entropy(logits.float(), labels)
+                loss = loss + cfg.label_loss_weight * ce
+                logs |= {"e_label_ce": float(ce)}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss), "e_loss": float(residual.total.mean())} | logs
+
+    def on_train_step_end(self, step: int) -> None:
+        """EMA of G during the G/D phase, with the usual warm-up of the decay."""
+        decay = self.config.ema_decay
+        if decay > 0 and step < self.config.encoder_start_step:
+            ema_update(self.g_ema, self.g, min(decay, (1.0 + step) / (10.0 + step)))
+
+    def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """Mean f-AnoGAN score of (normal) validation images; meaningful once E trains."""
+        residual, _, logits = self._izif(self._to_net(images))
+        logs = {"loss": float(residual.total.mean())}
+        logs["image_residual"] = float(residual.image.mean())
+        logs["feature_residual"] = float(residual.feature.mean())
+        labels = check_labels(labels, images.shape[0])
+        if logits is not None and labels is not None:
+            logs["label_accuracy"] = float((logits.argmax(dim=1) == labels).float().mean())
+        return logs
+
+    # ---- generation and scoring -----------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """`n` images in [0, 1]; random labels from `generator` when conditional and not given."""
+        if kwargs:
+            raise ValueError(f"GAN.sample takes no extra options, got {sorted(kwargs)}")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        labels = check_labels(labels, n)
+        if labels is not None and not self.conditional:
+            raise ValueError("this GAN is unconditional: sample() takes no labels")
+        z = torch.randn(n, self.config.latent_dim, generator=generator)
+        if self.conditional and labels is None:
+            labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+        with frozen(self.sampler):
+            images = self.sampler(z, labels)
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def anomaly_score(self, images: Tensor) -> Tensor:
+        """f-AnoGAN izif score ||x - G(E(x))||^2 + kappa ||f_D(x) - f_D(G(E(x)))||^2 (means)."""
+        with frozen(self.e, self.sampler, self.d):
+            residual, _, _ = self._izif(self._to_net(images))
+        return residual.total
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """G(E(x)) in [0, 1]."""
+        with frozen(self.e, self.sampler, self.d):
+            _, x_hat, _ = self._izif(self._to_net(images))
+        return ((x_hat.float() + 1.0) / 2.0).clamp(0.0, 1.0)

