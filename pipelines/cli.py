@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -116,6 +117,32 @@ def validate(ctx: click.Context, data_dir: Path, report_dir: Path) -> None:
     if not report.success:
         _fail(report.summary())
     click.echo(report.summary())
+
+
+# ---- training ----------------------------------------------------------------------------
+FAMILIES = ("autoencoder", "vae", "gan", "diffusion")
+ARTIFACTS = Path("artifacts")
+CHECKPOINTS = Path(".genops") / "checkpoints"
+
+
+@main.command("train")
+@click.option("--family", type=click.Choice(FAMILIES), required=True)
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Model folder [default: artifacts/models/<family>].")
+@click.option("--steps", type=int, help="Override train.steps.")
+@click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start over.")
+@click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
+@click.pass_context
+def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
+    """Train one family with its params.yaml section; resumes from its last checkpoint."""
+    from pipelines.jobs import train_family
+
+    overrides = {"steps": steps} if steps else {}
+    summary = train_family(_params(ctx), family, data_dir, out or ARTIFACTS / "models" / family,
+                           CHECKPOINTS / family, overrides=overrides, fresh=fresh,
+                           log_mlflow=not no_mlflow)
+    click.echo(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

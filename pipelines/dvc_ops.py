@@ -20,12 +20,23 @@ def dvc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.C
     return proc
 
 
-def data_version(root: Path = Path(".")) -> str:
-    """The DVC hash of data/ recorded in data.dvc: the data version everything is tagged with."""
+def data_version(root: Path = Path("."), data_dir: Path | None = None) -> str:
+    """The DVC hash of data/ recorded in data.dvc: the data version everything is tagged with.
+
+    For a data folder outside a DVC project (tests, ad-hoc runs), a content hash of its files.
+    """
+    import hashlib
+
     import yaml
 
-    meta = yaml.safe_load((Path(root) / DATA_DVC).read_text())
-    return str(meta["outs"][0]["md5"])
+    dvc_file = Path(root) / DATA_DVC
+    if data_dir is None or Path(data_dir).resolve() == (Path(root) / "data").resolve():
+        if dvc_file.is_file():
+            return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
+    digest = hashlib.md5()
+    for path in sorted(Path(data_dir or Path(root) / "data").iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"local-{digest.hexdigest()}"
 
 
 def data_in_sync(root: Path = Path(".")) -> bool:

@@ -155,19 +155,19 @@ class GAN(GenerativeModel):
         d_total.backward()
         optimizers["d"].step()
 
-        d_real = float(discriminator_probs(cfg.objective, real_out.logits))
-        d_fake = float(discriminator_probs(cfg.objective, fake_out.logits))
-        logs = {"loss": float(d_total.detach()), "d_loss": float(d_loss), "d_real": d_real}
+        d_real = discriminator_probs(cfg.objective, real_out.logits).item()
+        d_fake = discriminator_probs(cfg.objective, fake_out.logits).item()
+        logs = {"loss": d_total.item(), "d_loss": d_loss.item(), "d_real": d_real}
         logs |= {"d_fake": d_fake, "d_gap": d_real - d_fake}
         if cfg.objective == "wgan-gp":
-            logs["gp"] = float(gp)
+            logs["gp"] = gp.item()
         if step % cfg.critic_steps == 0:
             with frozen(self.d, eval_mode=False), self._autocast():  # D keeps batch statistics
                 g_loss = generator_loss(cfg.objective, self.d(fake, y).logits)
             optimizers["g"].zero_grad(set_to_none=True)
             g_loss.backward()
             optimizers["g"].step()
-            logs["g_loss"] = float(g_loss)
+            logs["g_loss"] = g_loss.item()
         return logs | self._monitor(x, step, logs)
 
     def _monitor(self, x: Tensor, step: int, logs: dict[str, float]) -> dict[str, float]:
@@ -203,16 +203,16 @@ class GAN(GenerativeModel):
         with frozen(self.sampler, self.d), self._autocast():
             residual, _, logits = self._izif(x)
             loss = residual.total.mean()
-            logs = {"e_image_residual": float(residual.image.mean())}
-            logs["e_feature_residual"] = float(residual.feature.mean())
+            logs = {"e_image_residual": residual.image.mean().item()}
+            logs["e_feature_residual"] = residual.feature.mean().item()
             if logits is not None and labels is not None:
                 ce = F.cross_entropy(logits.float(), labels)
                 loss = loss + cfg.label_loss_weight * ce
-                logs |= {"e_label_ce": float(ce)}
+                logs |= {"e_label_ce": ce.item()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"loss": float(loss), "e_loss": float(residual.total.mean())} | logs
+        return {"loss": loss.item(), "e_loss": residual.total.mean().item()} | logs
 
     def on_train_step_end(self, step: int) -> None:
         """EMA of G during the G/D phase, with the usual warm-up of the decay."""

@@ -34,7 +34,7 @@ JUDGE_CONFIG = "config.json"
 class JudgeConfig:
     """Widths of the three conv stages and the feature (penultimate) dimension."""
 
-    channels: tuple[int, int, int] = (32, 64, 128)
+    channels: tuple[int, int, int] = (16, 32, 64)
     feature_dim: int = 128
 
     def __post_init__(self) -> None:
@@ -51,7 +51,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class JudgeNet(nn.Module):
-    """28x28 -> conv(32) pool conv(64) pool conv(128) global-avg -> features(128) -> 10 logits."""
+    """28x28 -> conv pool conv pool conv pool(3x3) -> linear features (128) -> 10 logits."""
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
         super().__init__()
@@ -63,9 +63,9 @@ class JudgeNet(nn.Module):
             _conv_block(c1, c2),
             nn.MaxPool2d(2),
             _conv_block(c2, c3),
-            nn.AdaptiveAvgPool2d(1),
+            nn.MaxPool2d(2),  # 7x7 -> 3x3: keep where strokes are (6 vs 9), unlike global pooling
             nn.Flatten(),
-            nn.Linear(c3, self.config.feature_dim),
+            nn.Linear(c3 * 9, self.config.feature_dim),
             nn.ReLU(),
         )
         self.head = nn.Linear(self.config.feature_dim, 10)

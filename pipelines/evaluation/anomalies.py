@@ -1,0 +1,178 @@
+"""A fixed, seeded suite of out-of-distribution images for anomaly-detection evaluation.
+
+Each kind is built from held-out digits (corruptions) or from scratch (noise, strokes,
+shapes) with one numpy Generator, so the same seed gives byte-identical arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+ANOMALY_KINDS = (
+    "gaussian_noise",
+    "salt_pepper",
+    "inverted",
+    "blur",
+    "occlusion",
+    "rotation90",
+    "strokes",
+    "shapes",
+)
+SIZE = 28
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+
+Builder = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+
+
+def _as_digits(base_images: np.ndarray) -> np.ndarray:
+    """uint8 0..255 or float 0..1 images, (N,28,28) / (N,1,28,28) / (N,784) -> float64 (N,28,28)."""
+    arr = np.asarray(base_images)
+    scale = 255.0 if arr.dtype == np.uint8 else 1.0
+    arr = arr.astype(np.float64).reshape(-1, SIZE, SIZE) / scale
+    if arr.shape[0] == 0 or not np.isfinite(arr).all():
+        raise ValueError("base_images must be a non-empty set of finite images")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _gaussian_noise(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    n = digits.shape[0]
+    mean = rng.uniform(0.1, 0.5, size=(n, 1, 1))
+    std = rng.uniform(0.15, 0.4, size=(n, 1, 1))
+    return mean + std * rng.standard_normal((n, SIZE, SIZE))
+
+
+def _salt_pepper(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    n = digits.shape[0]
+    rate = rng.uniform(0.15, 0.3, size=(n, 1, 1))
+    hit = rng.random((n, SIZE, SIZE)) < rate
+    salt = rng.random((n, SIZE, SIZE)) < 0.5
+    return np.where(hit, salt.astype(np.float64), digits)
+
+
+def _inverted(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    return 1.0 - digits
+
+
+def _blur(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    sigmas = rng.uniform(2.5, 3.5, size=digits.shape[0])
+    out = np.stack([gaussian_filter(d, float(s), mode="constant") for d, s in zip(digits, sigmas)])
+    # rescale the peak so the anomaly is the shape (a blob), not merely a dim image
+    return out / np.maximum(out.max(axis=(1, 2), keepdims=True), 1e-6)
+
+
+def _occlusion(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    out = digits.copy()
+    for img in out:
+        for _ in range(int(rng.integers(1, 3))):
+            h, w = rng.integers(8, 15, size=2)
+            top, left = rng.integers(2, SIZE - 2 - h), rng.integers(2, SIZE - 2 - w)
+            img[top : top + h, left : left + w] = 1.0
+    return out
+
+
+def _rotation90(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    turns = rng.choice([1, 3], size=digits.shape[0])
+    return np.stack([np.rot90(d, k=int(k)) for d, k in zip(digits, turns)])
+
+
+def _segment(x0: float, y0: float, x1: float, y1: float, width: float) -> np.ndarray:
+    """Anti-aliased line segment of the given width."""
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((_XX - x0) * dx + (_YY - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
+    dist = np.hypot(_XX - (x0 + t * dx), _YY - (y0 + t * dy))
+    return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
+
+
+def _strokes(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(digits)
+    for img in out:
+        for _ in range(int(rng.integers(3, 7))):
+            x0, y0, x1, y1 = rng.uniform(1, SIZE - 2, size=4)
+            np.maximum(img, _segment(x0, y0, x1, y1, rng.uniform(1.0, 3.0)), out=img)
+    return out
+
+
+def _circle(rng: np.random.Generator, filled: bool) -> np.ndarray:
+    cx, cy = rng.uniform(9, 19, size=2)
+    r = rng.uniform(4, 9)
+    dist = np.hypot(_XX - cx, _YY - cy)
+    return np.clip(r + 0.5 - dist, 0, 1) if filled else np.clip(1.5 - np.abs(dist - r), 0, 1)
+
+
+def _rectangle(rng: np.random.Generator, filled: bool) -> np.ndarray:
+    x0, y0 = rng.uniform(3, 11, size=2)
+    x1, y1 = x0 + rng.uniform(8, 14), y0 + rng.uniform(8, 14)
+    inside = (_XX >= x0) & (_XX <= x1) & (_YY >= y0) & (_YY <= y1)
+    if filled:
+        return inside.astype(np.float64)
+    border = inside & ~((_XX >= x0 + 2) & (_XX <= x1 - 2) & (_YY >= y0 + 2) & (_YY <= y1 - 2))
+    return border.astype(np.float64)
+
+
+def _triangle(rng: np.random.Generator, filled: bool) -> np.ndarray:
+    pts = rng.uniform(3, SIZE - 4, size=(3, 2))
+    if not filled:
+        img = np.zeros((SIZE, SIZE))
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            np.maximum(img, _segment(*pts[a], *pts[b], 2.0), out=img)
+        return img
+    # half-plane test with consistent orientation
+    (ax, ay), (bx, by), (cx, cy) = pts
+    sign = np.sign((bx - ax) * (cy - ay) - (by - ay) * (cx - ax)) or 1.0
+    edges = [((ax, ay), (bx, by)), ((bx, by), (cx, cy)), ((cx, cy), (ax, ay))]
+    inside = np.ones((SIZE, SIZE), dtype=bool)
+    for (px, py), (qx, qy) in edges:
+        inside &= sign * ((qx - px) * (_YY - py) - (qy - py) * (_XX - px)) >= 0
+    return inside.astype(np.float64)
+
+
+def _shapes(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    makers = (_circle, _rectangle, _triangle)
+    out = []
+    for _ in range(digits.shape[0]):
+        maker = makers[int(rng.integers(len(makers)))]
+        out.append(maker(rng, bool(rng.random() < 0.5)))
+    return np.stack(out)
+
+
+_BUILDERS: dict[str, Builder] = {
+    "gaussian_noise": _gaussian_noise,
+    "salt_pepper": _salt_pepper,
+    "inverted": _inverted,
+    "blur": _blur,
+    "occlusion": _occlusion,
+    "rotation90": _rotation90,
+    "strokes": _strokes,
+    "shapes": _shapes,
+}
+
+
+def build_anomaly_suite(
+    base_images: np.ndarray,
+    *,
+    n_per_kind: int = 100,
+    seed: int = 0,
+    kinds: tuple[str, ...] = ANOMALY_KINDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build `n_per_kind` anomalies of each kind from held-out digits.
+
+    Returns images float32 (M, 1, 28, 28) in [0, 1], grouped by kind in `kinds` order, and
+    the kind of each image as a str array (M,). Same inputs and seed -> identical bytes.
+    """
+    if n_per_kind < 1:
+        raise ValueError(f"n_per_kind must be >= 1, got {n_per_kind}")
+    unknown = sorted(set(kinds) - set(_BUILDERS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown anomaly kind(s) {unknown}; known: {list(ANOMALY_KINDS)}")
+    digits = _as_digits(base_images)
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for kind in kinds:
+        idx = rng.choice(digits.shape[0], size=n_per_kind, replace=digits.shape[0] < n_per_kind)
+        images.append(np.clip(_BUILDERS[kind](rng, digits[idx]), 0.0, 1.0))
+        labels.extend([kind] * n_per_kind)
+    out = np.concatenate(images).astype(np.float32)[:, None]
+    return np.ascontiguousarray(out), np.asarray(labels)

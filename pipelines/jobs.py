@@ -1,0 +1,70 @@
+"""The pipeline's steps as plain functions: the CLI (hence `dvc repro`) and the Prefect flow
+both call these, so there is one source of truth for what each step does."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipelines import tracking
+from pipelines.data import load_tensors
+from pipelines.dvc_ops import data_version
+from pipelines.params import section
+from pipelines.train import TrainConfig, save_trained, train
+
+log = logging.getLogger(__name__)
+
+
+def family_params(params: dict[str, Any], family: str) -> tuple[dict, TrainConfig]:
+    """(model config dict, TrainConfig) of a family: `train` defaults + `<family>.train`."""
+    fam = section(params, family)
+    unknown = sorted(set(fam) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"params section {family!r}: unknown key(s) {unknown}; use model/train")
+    train_values = {**section(params, "train"), **(fam.get("train") or {})}
+    return dict(fam.get("model") or {}), TrainConfig.from_dict(train_values)
+
+
+def train_family(
+    params: dict[str, Any],
+    family: str,
+    data_dir: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    fresh: bool = False,
+    log_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Train one family on data/ and write its model folder; log the run to MLflow."""
+    model_cfg, cfg = family_params(params, family)
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.__dict__, **overrides})
+    if fresh:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    version = data_version(data_dir=data_dir)
+    result = train(family, model_cfg, cfg, load_tensors(data_dir, "train"),
+                   load_tensors(data_dir, "val"), checkpoint_dir, data_version=version)
+    sha = save_trained(result, out_dir, extra={"data_version": version})
+    summary = {"family": family, "steps": result.steps_done, "weights_sha256": sha,
+               "train_wall_time_s": round(result.wall_time_s, 1),
+               "train_images_per_s": round(result.images_per_s, 1),
+               "best_val_loss": result.best_val_loss, "resumed_from": result.resumed_from}
+    if log_mlflow:
+        summary["mlflow_run_id"] = tracking.log_run(
+            f"train-{family}",
+            params={"family": family, "model": result.model.config.to_dict(),
+                    "train": cfg.__dict__},
+            tags={"stage": "train", "family": family, "data_version": version,
+                  "git_commit": tracking.git_commit(),
+                  "params_hash": tracking.params_hash(section(params, family)),
+                  "weights_sha256": sha},
+            history=result.history,
+            metrics={"train_wall_time_s": result.wall_time_s,
+                     "train_images_per_s": result.images_per_s,
+                     "params": result.model.num_parameters()},
+            artifacts={"model": out_dir},
+        )
+    return summary

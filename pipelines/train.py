@@ -1,0 +1,270 @@
+"""One training loop for every family: seeded, checkpointed, resumable, early-stopping.
+
+Each family supplies its optimisation step (`GenerativeModel.training_step`); this loop owns
+batching, validation, checkpoints (model, optimizers, RNG states, step, early-stopping state,
+history) written atomically, resume after a kill, early stopping and a wall-clock budget.
+Same seed + same data + same thread count -> bit-identical weights, with or without a resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from models.base import GenerativeModel
+from models.io import atomic_write_json, build_model, save_model
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128
+    seed: int = 0
+    val_every: int = 200  # steps between validations (and early-stopping checks)
+    val_size: int = 500  # validation images used per check
+    checkpoint_every: int = 200
+    patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    min_delta: float = 0.0
+    time_budget_s: float = 0.0  # stop after this many seconds of training; 0 = no budget
+    num_threads: int = 0  # 0 = all cores available to this process
+    log_every: int = 20
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "val_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "num_threads", "time_budget_s", "min_delta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
+        values = dict(values or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    model: GenerativeModel
+    steps_done: int
+    stopped_early: bool
+    out_of_time: bool
+    resumed_from: int | None
+    wall_time_s: float
+    images_per_s: float
+    best_val_loss: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def fingerprint(family: str, model_config: dict, cfg: TrainConfig, data_version: str) -> str:
+    """Identifies a training job: a checkpoint is resumed only by the same job."""
+    job = {"family": family, "model": model_config, "data": data_version,
+           "train": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "time_budget_s")}}
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Batches:
+    """Batch `step` of a seeded epoch-wise permutation: a pure function of (seed, step)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.per_epoch = max(1, n // self.batch_size)
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, step: int) -> Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+def _atomic_torch_save(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path, expected: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt checkpoint must not block training
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return None
+    if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != expected:
+        log.warning("ignoring checkpoint %s from a different job (config or data changed)", path)
+        return None
+    return ckpt
+
+
+@torch.no_grad()
+def validate(model: GenerativeModel, images: Tensor, labels: Tensor, batch_size: int) -> dict:
+    model.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(images), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        for key, value in model.validation_loss(x, y).items():
+            totals[key] = totals.get(key, 0.0) + float(value) * len(x)
+    model.train()
+    return {f"val_{k}": v / len(images) for k, v in totals.items()}
+
+
+def train(
+    family: str,
+    model_config: dict[str, Any],
+    cfg: TrainConfig,
+    train_data: tuple[Tensor, Tensor],
+    val_data: tuple[Tensor, Tensor],
+    checkpoint_dir: Path,
+    data_version: str = "",
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `family` from its config; resume from `checkpoint_dir` when a matching checkpoint exists."""
+    torch.set_num_threads(cfg.num_threads or available_cores())
+    torch.manual_seed(cfg.seed)
+    model = build_model(family, model_config)
+    optimizers = model.configure_optimizers()
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    images, labels = train_data
+    val_images, val_labels = val_data[0][: cfg.val_size], val_data[1][: cfg.val_size]
+    batches = _Batches(len(images), cfg.batch_size, cfg.seed)
+    job = fingerprint(family, model.config.to_dict(), cfg, data_version)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
+
+    state = {"step": 0, "best": None, "best_state": None, "bad_checks": 0, "history": [],
+             "elapsed": 0.0, "stopped_early": False}
+    resumed_from = None
+    ckpt = _load_checkpoint(ckpt_path, job)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        state.update({k: ckpt[k] for k in state})
+        resumed_from = state["step"]
+        log.info("resuming %s from step %d (%s)", family, resumed_from, ckpt_path)
+
+    def checkpoint() -> None:
+        _atomic_torch_save(
+            {"version": CHECKPOINT_VERSION, "fingerprint": job, "model": model.state_dict(),
+             "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **state},
+            ckpt_path,
+        )
+
+    model.train()
+    started = time.perf_counter()
+    elapsed_before = state["elapsed"]
+    running: dict[str, list[float]] = {}
+    out_of_time = False
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {family}",
+               disable=not cfg.progress, dynamic_ncols=True)
+    while state["step"] < cfg.steps and not state["stopped_early"]:
+        step = state["step"]
+        idx = batches.indices(step)
+        logs = model.training_step(images[idx], labels[idx], optimizers, step, generator)
+        model.on_train_step_end(step)
+        state["step"] = step + 1
+        for key, value in logs.items():
+            running.setdefault(key, []).append(float(value))
+        bar.update(1)
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            means = {k: sum(v) / len(v) for k, v in running.items()}
+            running.clear()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:4]})
+            state["history"].append({"step": state["step"], **means})
+            if on_log:
+                on_log(state["step"], means)
+        if state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps:
+            _check_validation(model, cfg, state, val_images, val_labels, on_log)
+        state["elapsed"] = elapsed_before + time.perf_counter() - started
+        if cfg.time_budget_s and state["elapsed"] >= cfg.time_budget_s and state["step"] < cfg.steps:
+            out_of_time = True
+            log.warning("%s: wall-clock budget %.0fs spent at step %d", family, cfg.time_budget_s,
+                        state["step"])
+            break
+        if state["step"] % cfg.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    if state["best_state"] is not None and cfg.patience:
+        model.load_state_dict(state["best_state"])  # early stopping keeps the best weights
+    model.eval()
+    done = state["step"] - (resumed_from or 0)
+    wall = time.perf_counter() - started
+    return TrainResult(model, state["step"], state["stopped_early"], out_of_time, resumed_from,
+                       state["elapsed"], done * batches.batch_size / max(wall, 1e-9),
+                       state["best"], state["history"])
+
+
+def _check_validation(model, cfg, state, val_images, val_labels, on_log) -> None:
+    metrics = validate(model, val_images, val_labels, max(cfg.batch_size, 256))
+    state["history"].append({"step": state["step"], **metrics})
+    if on_log:
+        on_log(state["step"], metrics)
+    loss = metrics["val_loss"]
+    if state["best"] is None or loss < state["best"] - cfg.min_delta:
+        state["best"], state["bad_checks"] = loss, 0
+        if cfg.patience:
+            state["best_state"] = copy.deepcopy(model.state_dict())
+    else:
+        state["bad_checks"] += 1
+        if cfg.patience and state["bad_checks"] >= cfg.patience:
+            state["stopped_early"] = True
+            log.info("early stop at step %d: val_loss did not improve for %d checks",
+                     state["step"], cfg.patience)
+
+
+def save_trained(result: TrainResult, out_dir: Path, extra: dict[str, Any] | None = None) -> str:
+    """Write the model (weights + config) and its training record; return the weights sha256."""
+    out_dir = Path(out_dir)
+    sha = save_model(result.model, out_dir, extra=extra)
+    atomic_write_json(out_dir / "history.json", result.history)
+    atomic_write_json(
+        out_dir / "train_metrics.json",
+        {"steps": result.steps_done, "stopped_early": result.stopped_early,
+         "out_of_time": result.out_of_time, "resumed_from": result.resumed_from,
+         "train_wall_time_s": round(result.wall_time_s, 3),
+         "train_images_per_s": round(result.images_per_s, 2),
+         "best_val_loss": result.best_val_loss, "params": result.model.num_parameters(),
+         "weights_sha256": sha},
+    )
+    return sha

@@ -1,0 +1,253 @@
+"""Contract tests for the GAN family (DCGAN / WGAN-GP + f-AnoGAN encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.base import NUM_CLASSES
+from models.gan import GAN, GANConfig
+from models.gan.monitors import (
+    d_collapse_warning,
+    diversity_ratio,
+    mean_pairwise_distance,
+    mode_collapse_warning,
+)
+from models.io import build_model, load_model, save_model
+
+TINY = {
+    "latent_dim": 8,
+    "label_embed_dim": 4,
+    "g_width": 8,
+    "d_width": 8,
+    "e_width": 8,
+    "monitor_every": 2,
+    "monitor_batch": 8,
+    "encoder_start_step": 4,
+    "ema_decay": 0.9,
+}
+LOG_KEYS = {"loss", "d_loss", "g_loss", "d_real", "d_fake", "diversity"}
+FLAG_KEYS = {"warn_d_collapse", "warn_mode_collapse"}
+
+
+def make(**overrides) -> GAN:
+    torch.manual_seed(0)
+    return GAN(GANConfig(**(TINY | overrides)))
+
+
+def run_steps(model, images, labels, steps, opts=None, start=0, seed=0) -> list[dict[str, float]]:
+    """The generic trainer's loop, in miniature."""
+    opts = opts or model.configure_optimizers()
+    generator = torch.Generator().manual_seed(seed)
+    logs = []
+    for step in range(start, start + steps):
+        model.train()
+        logs.append(model.training_step(images, labels, opts, step, generator))
+        model.on_train_step_end(step)
+    model.eval()
+    return logs
+
+
+# ---- construction and config ------------------------------------------------------------
+def test_registered_family_builds_from_dict():
+    model = build_model("gan", {"objective": "wgan-gp", "betas": [0.0, 0.9]})
+    assert isinstance(model, GAN) and model.family == "gan"
+    assert model.config.betas == (0.0, 0.9) and model.config.critic_steps == 5
+    assert set(model.configure_optimizers()) == {"g", "d", "e"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("objective", "lsgan"),
+        ("latent_dim", 0),
+        ("g_width", -1),
+        ("lr", 0.0),
+        ("betas", (1.0, 0.9)),
+        ("n_critic", 0),
+        ("gp_weight", -1.0),
+        ("encoder_start_step", -1),
+        ("kappa", -0.5),
+        ("ema_decay", 1.0),
+        ("monitor_batch", 1),
+        ("mode_collapse_ratio", 1.5),
+    ],
+)
+def test_invalid_config_raises_naming_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        GANConfig(**{field: value})
+
+
+def test_unknown_config_key_raises():
+    with pytest.raises(ValueError, match="learning_rate"):
+        build_model("gan", {"learning_rate": 1e-3})
+
+
+def test_wgan_gp_discriminator_has_no_batchnorm():
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in make(objective="wgan-gp").d.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in make().d.modules())
+
+
+# ---- shapes, ranges, determinism ----------------------------------------------------------
+@pytest.mark.parametrize("conditional", [True, False])
+def test_output_shapes_and_ranges(conditional, small_batch):
+    model = make(conditional=conditional).eval()
+    images = small_batch[0][:6]
+    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.float32
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    recon = model.reconstruct(images)
+    assert recon.shape == images.shape and recon.min() >= 0.0 and recon.max() <= 1.0
+    scores = model.anomaly_score(images)
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+
+
+def test_sample_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unconditional"):
+        make(conditional=False).sample(2, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError):
+        make().sample(3, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError):
+        make().sample(2, labels=torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match="steps"):
+        make().sample(2, steps=10)
+
+
+def test_fixed_seed_gives_identical_samples():
+    a, b = make().eval(), make().eval()
+    draw = lambda m, seed: m.sample(6, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(a, 3), draw(b, 3))
+    assert torch.equal(draw(a, 3), draw(a, 3))
+    assert not torch.equal(draw(a, 3), draw(a, 4))
+
+
+def test_anomaly_score_is_deterministic_and_batch_independent(small_batch):
+    images, labels = small_batch
+    model = make()
+    run_steps(model, images, labels, 6)  # non-trivial BatchNorm statistics and EMA
+    batch = images[:8]
+    together = model.anomaly_score(batch)
+    one_by_one = torch.cat([model.anomaly_score(img[None]) for img in batch])
+    assert torch.isfinite(together).all()
+    torch.testing.assert_close(together, one_by_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.anomaly_score(batch.flip(0)), together.flip(0))
+
+
+def test_training_is_reproducible_from_the_generator(small_batch):
+    images, labels = small_batch
+    states = []
+    for global_seed in (1, 2):  # global RNG must not matter
+        model = make(objective="wgan-gp")
+        torch.manual_seed(global_seed)
+        run_steps(model, images[:16], labels[:16], 7, seed=5)  # both phases
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_save_load_gives_identical_outputs(tmp_path, small_batch):
+    images, labels = small_batch
+    model = make()
+    run_steps(model, images, labels, 6)
+    save_model(model, tmp_path / "gan")
+    loaded = load_model(tmp_path / "gan")
+    assert isinstance(loaded, GAN) and loaded.config == model.config
+    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    digits = torch.arange(8) % NUM_CLASSES
+    assert torch.equal(model.sample(8, gen(), labels=digits), loaded.sample(8, gen(), labels=digits))
+    assert torch.equal(model.anomaly_score(images[:8]), loaded.anomaly_score(images[:8]))
+    assert torch.equal(model.reconstruct(images[:8]), loaded.reconstruct(images[:8]))
+
+
+# ---- training dynamics and monitors -------------------------------------------------------
+def test_d_loss_falls_and_logs_failure_monitors(small_batch):
+    images, labels = small_batch
+    model = make(encoder_start_step=100, lr=1e-3)
+    logs = run_steps(model, images, labels, 10)
+    assert all(LOG_KEYS | FLAG_KEYS <= set(entry) for entry in logs)
+    assert all(entry[k] in (0.0, 1.0) for entry in logs for k in FLAG_KEYS)
+    assert all(0.0 < entry["d_real"] < 1.0 and 0.0 < entry["d_fake"] < 1.0 for entry in logs)
+    d_losses = [entry["d_loss"] for entry in logs]
+    assert sum(d_losses[-3:]) / 3 < d_losses[0]
+    assert logs[-1]["diversity"] != 1.0  # the probe ran (every 2 steps) and replaced the prior
+
+
+def test_encoder_phase_trains_only_the_encoder_and_its_loss_falls(small_batch):
+    images, labels = small_batch
+    model = make(encoder_start_step=30, ema_decay=0.0, e_lr=3e-3)
+    opts = model.configure_optimizers()
+    run_steps(model, images, labels, 30, opts)  # until G's BatchNorm running stats settle
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("e.")}
+    logs = run_steps(model, images, labels, 15, opts, start=30)
+    assert all("e_loss" in entry and "d_loss" not in entry for entry in logs)
+    e_losses = [entry["e_loss"] for entry in logs]
+    assert sum(e_losses[-3:]) / 3 < 0.8 * e_losses[0]
+    for key, value in model.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), key
+
+
+def test_wgan_gp_updates_generator_every_n_critic_steps(small_batch):
+    images, labels = small_batch
+    logs = run_steps(make(objective="wgan-gp", n_critic=3), images[:16], labels[:16], 4)
+    assert ["g_loss" in entry for entry in logs] == [True, False, False, True]
+    assert all(entry["gp"] >= 0.0 and "warn_d_collapse" in entry for entry in logs)
+
+
+def test_mode_collapse_is_flagged_for_a_constant_generator(small_batch):
+    images, labels = small_batch
+    model = make(conditional=False, encoder_start_step=100)
+    last = model.g.net[-2]  # the output convolution: zero it -> every sample is the same image
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    logs = run_steps(model, images, labels, 3)
+    assert logs[2]["diversity"] < 0.05 and logs[2]["warn_mode_collapse"] == 1.0
+
+
+def test_monitor_functions():
+    same = torch.full((4, 1, 28, 28), 0.5)
+    real = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert mean_pairwise_distance(same) == 0.0
+    assert diversity_ratio(real, real) == pytest.approx(1.0)
+    assert mode_collapse_warning(diversity_ratio(same, real), 0.5)
+    kw = {"loss_floor": 0.05, "prob_gap": 0.95, "wgan_gap_limit": 20.0}
+    assert d_collapse_warning("dcgan", 0.01, 0.99, 0.01, **kw)
+    assert not d_collapse_warning("dcgan", 1.2, 0.6, 0.4, **kw)
+    assert not d_collapse_warning("wgan-gp", -3.0, 2.0, -1.0, **kw)
+    assert d_collapse_warning("wgan-gp", -40.0, 25.0, -15.0, **kw)
+
+
+# ---- a short real training run ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(real_digits) -> GAN:
+    """A conditional DCGAN + encoder trained briefly on real digits (~20 s on one thread)."""
+    images, labels = real_digits
+    torch.manual_seed(0)
+    config = {"latent_dim": 32, "g_width": 16, "d_width": 16, "e_width": 16}
+    model = GAN(GANConfig(**config, encoder_start_step=250, ema_decay=0.99, lr=5e-4))
+    opts = model.configure_optimizers()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(350):
+        idx = torch.randint(0, images.shape[0], (64,), generator=generator)
+        model.train()
+        model.training_step(images[idx], labels[idx], opts, step, generator)
+        model.on_train_step_end(step)
+    return model.eval()
+
+
+def test_noise_scores_higher_than_real_digits(trained, real_digits):
+    images = real_digits[0][torch.arange(3, 5000, 50)]
+    noise = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    real_scores, noise_scores = trained.anomaly_score(images), trained.anomaly_score(noise)
+    assert torch.isfinite(real_scores).all() and torch.isfinite(noise_scores).all()
+    assert noise_scores.min() > torch.quantile(real_scores, 0.95)
+
+
+def test_conditional_samples_follow_the_requested_label(trained, real_digits):
+    images, labels = real_digits
+    class_means = torch.stack([images[labels == c].mean(0).flatten() for c in range(NUM_CLASSES)])
+    requested = torch.arange(200) % NUM_CLASSES
+    samples = trained.sample(200, torch.Generator().manual_seed(0), labels=requested)
+    nearest = torch.cdist(samples.flatten(1), class_means).argmin(dim=1)
+    accuracy = (nearest == requested).float().mean()
+    assert accuracy > 0.5, f"nearest-class-mean accuracy {accuracy:.2f} (chance 0.10)"
