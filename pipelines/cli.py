@@ -145,5 +145,71 @@ def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.command("train-judge")
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default=ARTIFACTS / "judge", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--metrics", "metrics_path", default=Path("metrics") / "judge.json",
+              show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-mlflow", is_flag=True)
+@click.pass_context
+def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
+    """Train the digit-classifier judge whose features the quality metrics use."""
+    from pipelines.jobs import train_judge_job
+
+    metrics = train_judge_job(_params(ctx), data_dir, out, metrics_path, not no_mlflow)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@main.command("evaluate")
+@click.option("--family", type=click.Choice(FAMILIES), required=True)
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-mlflow", is_flag=True)
+@click.pass_context
+def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
+    """Evaluate a trained family: quality, likelihood, anomaly AUROC, calibration, cost."""
+    from pipelines.jobs import evaluate_family
+
+    metrics = evaluate_family(_params(ctx), family, data_dir, ARTIFACTS / "models" / family,
+                              ARTIFACTS / "judge", ARTIFACTS / "eval" / family,
+                              Path("metrics") / f"{family}.json", log_mlflow=not no_mlflow)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@main.command("register")
+@click.option("--family", "families", multiple=True, type=click.Choice(FAMILIES),
+              help="Families to consider [default: all].")
+@click.pass_context
+def register_cmd(ctx, families) -> None:
+    """Leaderboard, register candidates, and gate each task's champion alias."""
+    from pipelines.jobs import register_and_promote
+
+    report = register_and_promote(_params(ctx), list(families or FAMILIES), ARTIFACTS / "eval",
+                                  Path("metrics"), REPORTS)
+    click.echo((REPORTS / "leaderboard.md").read_text())
+    click.echo((REPORTS / "promotion.md").read_text())
+    if not report["decisions"]:
+        _fail("no candidates to register")
+
+
+@main.command("rollback")
+@click.option("--task", type=click.Choice(["generation", "anomaly"]), required=True)
+@click.option("--version", required=True, help="Registered model version to make champion.")
+def rollback_cmd(task, version) -> None:
+    """Move a task's `champion` alias back to an earlier registered version."""
+    from pipelines.registry import rollback
+
+    previous = rollback(task, version)
+    click.echo(f"{task}: champion v{previous} -> v{version}")
+
+
+@main.command("champions")
+def champions_cmd() -> None:
+    """Show the current champion of each task."""
+    from pipelines.registry import registry_state
+
+    click.echo(json.dumps(registry_state(), indent=2))
+
+
 if __name__ == "__main__":
     main()

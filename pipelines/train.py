@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from models.io import atomic_write_json, build_model, save_model
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "last.pt"
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,9 @@ def train(
 ) -> TrainResult:
     """Train `family` from its config; resume from `checkpoint_dir` when a matching checkpoint exists."""
     torch.set_num_threads(cfg.num_threads or available_cores())
-    torch.manual_seed(cfg.seed)
-    model = build_model(family, model_config)
+    with _INIT_LOCK:  # the global RNG seeds the init: one job at a time (flows use threads)
+        torch.manual_seed(cfg.seed)
+        model = build_model(family, model_config)
     optimizers = model.configure_optimizers()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     images, labels = train_data

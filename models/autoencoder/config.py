@@ -19,8 +19,10 @@ class AutoencoderConfig(ModelConfig):
     784-256-128-32-128-256-784 network; `arch="conv"` (default) uses two stride-2
     convolutions with `channels` filters (28 -> 14 -> 7) and is better on images.
     `denoise_std` / `mask_prob` corrupt the inputs (clean targets) during training.
-    `latent_prior` and `prior_momentum` set the Gaussian fitted to training latents
-    that `sample` decodes from. `channels_last` only affects the conv arch.
+    `sample` decodes draws from Gaussians fitted to the training latents: one per digit
+    class when `conditional` (then `sample(labels=...)` picks the class; unconditional draws
+    pick it by class frequency), else a single one. `latent_prior` is their covariance type
+    ("full" or "diag"), `prior_momentum` their EMA rate. `channels_last` only affects conv.
     """
 
     arch: str = "conv"
@@ -32,6 +34,7 @@ class AutoencoderConfig(ModelConfig):
     mask_prob: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 0.0
+    conditional: bool = True
     latent_prior: str = "full"
     prior_momentum: float = 0.02
     bf16_autocast: bool = False

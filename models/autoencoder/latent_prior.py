@@ -1,4 +1,4 @@
-"""A Gaussian fitted to the training latents: the autoencoder's stand-in for a prior."""
+"""Gaussians fitted to the training latents: the autoencoder's stand-in for a prior."""
 
 from __future__ import annotations
 
@@ -6,46 +6,68 @@ import torch
 from torch import Tensor, nn
 
 
-class LatentGaussian(nn.Module):
-    """Running (EMA) mean and covariance of encoder outputs, kept as buffers.
+class LatentGaussianMixture(nn.Module):
+    """Running (EMA) mean and covariance of encoder outputs per component, kept as buffers.
 
-    `update` is deterministic (no randomness), so training with it resumes bit-identically
-    from a checkpoint. The first update copies the batch statistics; later ones blend them
-    in with weight `momentum`, so the fit tracks the encoder as it trains.
+    With `num_components=10` there is one Gaussian per digit class (a mixture weighted by
+    the running class frequencies); with 1 a single Gaussian fits all latents. `update` is
+    deterministic (no randomness), so training resumes bit-identically from a checkpoint.
+    A component's first update copies its batch statistics; later ones blend them in with
+    weight `momentum`, so the fit tracks the encoder as it trains.
     """
 
-    def __init__(self, dim: int, momentum: float, full_cov: bool = True) -> None:
+    def __init__(
+        self, num_components: int, dim: int, momentum: float, full_cov: bool = True
+    ) -> None:
         super().__init__()
         self.momentum = momentum
         self.full_cov = full_cov
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("cov", torch.eye(dim))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("means", torch.zeros(num_components, dim))
+        self.register_buffer("covs", torch.eye(dim).repeat(num_components, 1, 1))
+        self.register_buffer("weights", torch.full((num_components,), 1.0 / num_components))
+        self.register_buffer("num_updates", torch.zeros(num_components, dtype=torch.long))
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
 
     @torch.no_grad()
-    def update(self, z: Tensor) -> None:
-        """Blend in the statistics of a batch of latents (N, dim); N < 2 is ignored."""
-        if z.shape[0] < 2:
-            return
-        z = z.detach().float()
-        batch_mean = z.mean(0)
-        centred = z - batch_mean
-        batch_cov = centred.T @ centred / (z.shape[0] - 1)
-        if int(self.num_updates) == 0:
-            self.mean.copy_(batch_mean)
-            self.cov.copy_(batch_cov)
-        else:
-            self.mean.lerp_(batch_mean, self.momentum)
-            self.cov.lerp_(batch_cov, self.momentum)
-        self.num_updates += 1
+    def update(self, z: Tensor, components: Tensor) -> None:
+        """Blend in batch statistics of latents (N, dim) assigned to `components` (N,).
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw (n, dim) latents from N(mean, cov) (or its diagonal) with `generator`."""
-        dim = self.mean.shape[0]
-        device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(n, dim, generator=generator, device=device).to(self.mean.device)
+        Components with fewer than two latents in the batch keep their statistics.
+        """
+        z = z.detach().float()
+        counts = torch.bincount(components, minlength=self.num_components).to(z.dtype)
+        self.weights.lerp_(counts / counts.sum(), self.momentum)
+        for k in range(self.num_components):
+            zk = z[components == k]
+            if zk.shape[0] < 2:
+                continue
+            mean = zk.mean(0)
+            centred = zk - mean
+            cov = centred.T @ centred / (zk.shape[0] - 1)
+            weight = 1.0 if int(self.num_updates[k]) == 0 else self.momentum
+            self.means[k].lerp_(mean, weight)
+            self.covs[k].lerp_(cov, weight)
+            self.num_updates[k] += 1
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, components: Tensor | None = None
+    ) -> Tensor:
+        """Draw (n, dim) latents; components default to draws from the mixture weights."""
+        device = generator.device if generator is not None else self.means.device
+        if components is None:
+            components = torch.multinomial(
+                self.weights.to(device), n, replacement=True, generator=generator
+            )
+        components = components.to(self.means.device)
+        dim = self.means.shape[1]
+        eps = torch.randn(n, dim, generator=generator, device=device).to(self.means.device)
+        means = self.means[components]
         if self.full_cov:
-            jitter = 1e-5 * torch.eye(dim, device=self.cov.device)
-            scale = torch.linalg.cholesky(self.cov + jitter)
-            return self.mean + eps @ scale.T
-        return self.mean + eps * self.cov.diagonal().clamp_min(0).sqrt()
+            jitter = 1e-5 * torch.eye(dim, device=self.covs.device)
+            scales = torch.linalg.cholesky(self.covs + jitter)[components]  # (n, dim, dim)
+            return means + (scales @ eps.unsqueeze(-1)).squeeze(-1)
+        stds = self.covs.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()[components]
+        return means + eps * stds

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.autoencoder.config import AutoencoderConfig
-from models.autoencoder.latent_prior import LatentGaussian
+from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.networks import build_networks
-from models.base import GenerativeModel, check_images
+from models.base import NUM_CLASSES, GenerativeModel, check_images, check_labels
 
 
 class Autoencoder(GenerativeModel):
@@ -25,9 +25,12 @@ class Autoencoder(GenerativeModel):
     * `anomaly_score` is the per-image mean squared reconstruction error (mean over the
       784 pixels of (reconstruct(x) - x)^2); it has no randomness and no batch coupling.
     * `sample` is deliberately a weak generator: an autoencoder has no prior, so we fit
-      a Gaussian (full or diagonal covariance) to the training latents - running EMA
-      statistics kept as buffers and updated deterministically in every training step -
-      and decode draws from it. Samples are blurry and sometimes not digits, by design.
+      Gaussians (full or diagonal covariance) to the training latents - running EMA
+      statistics kept as buffers and updated deterministically in every training step,
+      one per digit class when `conditional` (a class-frequency-weighted mixture), else a
+      single one - and decode draws from them. Samples are blurrier and less varied than
+      a VAE's or GAN's, and a single Gaussian (conditional=False) often lands between
+      digit clusters: it is a baseline generator by design.
     """
 
     family: ClassVar[str] = "autoencoder"
@@ -39,8 +42,11 @@ class Autoencoder(GenerativeModel):
         self.encoder, self.decoder = build_networks(
             config.arch, config.latent_dim, config.hidden_dims, config.channels
         )
-        self.latent_prior = LatentGaussian(
-            config.latent_dim, config.prior_momentum, full_cov=config.latent_prior == "full"
+        self.latent_prior = LatentGaussianMixture(
+            NUM_CLASSES if config.conditional else 1,
+            config.latent_dim,
+            config.prior_momentum,
+            full_cov=config.latent_prior == "full",
         )
         if self._use_channels_last:
             self.to(memory_format=torch.channels_last)
@@ -51,7 +57,7 @@ class Autoencoder(GenerativeModel):
         return self.config.channels_last and self.config.arch == "conv"
 
     def _device(self) -> torch.device:
-        return self.latent_prior.mean.device
+        return self.latent_prior.means.device
 
     def _prepare(self, images: Tensor) -> Tensor:
         images = check_images(images).to(self._device())
@@ -133,9 +139,19 @@ class Autoencoder(GenerativeModel):
         if corrupted:
             with torch.no_grad(), self._autocast():
                 z = self.encoder(clean).float()
-        self.latent_prior.update(z)
+        self.latent_prior.update(z, self._components(labels, clean.shape[0]).to(z.device))
         return {"loss": float(loss.detach())}
 
+    def _components(self, labels: Tensor | None, n: int) -> Tensor:
+        """Which latent Gaussian each training image updates: its class, or the only one."""
+        if not self.config.conditional:
+            return torch.zeros(n, dtype=torch.long)
+        labels = check_labels(labels, n)
+        if labels is None:
+            raise ValueError("a conditional autoencoder needs labels in training_step")
+        return labels
+
+    @torch.no_grad()
     def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         clean = self._prepare(images)
         _, logits = self._logits(clean)
@@ -151,14 +167,22 @@ class Autoencoder(GenerativeModel):
         labels: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        """Decode `n` draws from the Gaussian fitted to training latents (weak by design)."""
-        if labels is not None:
-            raise ValueError("the autoencoder is unconditional: labels must be None")
+        """Decode `n` draws from the Gaussians fitted to training latents (weak by design).
+
+        `labels` (N,) pick the per-class Gaussian; only accepted when `conditional`.
+        """
         if kwargs:
             raise ValueError(f"unexpected sample options {sorted(kwargs)}")
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
-        return self.decode(self.latent_prior.sample(n, generator))
+        if labels is not None and not self.config.conditional:
+            raise ValueError(
+                "this autoencoder is unconditional (conditional=False): labels must be None"
+            )
+        labels = check_labels(labels, n)
+        if n == 0:
+            return torch.zeros(0, 1, 28, 28, device=self._device())
+        return self.decode(self.latent_prior.sample(n, generator, labels))
 
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:

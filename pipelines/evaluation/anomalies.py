@@ -58,7 +58,9 @@ def _inverted(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
 
 def _blur(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     sigmas = rng.uniform(2.5, 3.5, size=digits.shape[0])
-    out = np.stack([gaussian_filter(d, float(s), mode="constant") for d, s in zip(digits, sigmas)])
+    out = np.stack(
+        [gaussian_filter(d, float(s), mode="constant") for d, s in zip(digits, sigmas, strict=True)]
+    )
     # rescale the peak so the anomaly is the shape (a blob), not merely a dim image
     return out / np.maximum(out.max(axis=(1, 2), keepdims=True), 1e-6)
 
@@ -75,7 +77,7 @@ def _occlusion(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
 
 def _rotation90(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     turns = rng.choice([1, 3], size=digits.shape[0])
-    return np.stack([np.rot90(d, k=int(k)) for d, k in zip(digits, turns)])
+    return np.stack([np.rot90(d, k=int(k)) for d, k in zip(digits, turns, strict=True)])
 
 
 def _segment(x0: float, y0: float, x1: float, y1: float, width: float) -> np.ndarray:
@@ -103,17 +105,21 @@ def _circle(rng: np.random.Generator, filled: bool) -> np.ndarray:
 
 
 def _rectangle(rng: np.random.Generator, filled: bool) -> np.ndarray:
-    x0, y0 = rng.uniform(3, 11, size=2)
-    x1, y1 = x0 + rng.uniform(8, 14), y0 + rng.uniform(8, 14)
-    inside = (_XX >= x0) & (_XX <= x1) & (_YY >= y0) & (_YY <= y1)
+    cx, cy = rng.uniform(10, 18, size=2)
+    half_w, half_h = rng.uniform(4, 7, size=2)
+    dx, dy = np.abs(_XX - cx), np.abs(_YY - cy)
+    inside = (dx <= half_w) & (dy <= half_h)
     if filled:
         return inside.astype(np.float64)
-    border = inside & ~((_XX >= x0 + 2) & (_XX <= x1 - 2) & (_YY >= y0 + 2) & (_YY <= y1 - 2))
-    return border.astype(np.float64)
+    core = (dx <= half_w - 2) & (dy <= half_h - 2)
+    return (inside & ~core).astype(np.float64)
 
 
 def _triangle(rng: np.random.Generator, filled: bool) -> np.ndarray:
-    pts = rng.uniform(3, SIZE - 4, size=(3, 2))
+    # vertices on a circle, roughly 120 degrees apart, so triangles are never slivers
+    center, radius = rng.uniform(11, 17, size=2), rng.uniform(6, 10)
+    angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.4, 0.4, 3)
+    pts = center + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     if not filled:
         img = np.zeros((SIZE, SIZE))
         for a, b in ((0, 1), (1, 2), (2, 0)):

@@ -107,7 +107,9 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def judge_outputs(net: JudgeNet, images: Any, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def judge_outputs(
+    net: JudgeNet, images: Any, batch_size: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float64 and softmax probabilities (N, 10) float64, in eval mode."""
     was_training = net.training
     net.eval()
@@ -158,9 +160,11 @@ def train_judge(
     xtr, ytr = as_images(train_x), torch.as_tensor(np.asarray(train_y)).long().reshape(-1)
     xva, yva = as_images(val_x), np.asarray(val_y).reshape(-1)
     if xtr.shape[0] != ytr.shape[0] or xtr.shape[0] == 0:
-        raise ValueError(f"train_x/train_y sizes differ or are empty: {xtr.shape[0]}, {ytr.shape[0]}")
+        raise ValueError(f"train sizes differ or are empty: {xtr.shape[0]} vs {ytr.shape[0]}")
     steps_per_epoch = math.ceil(xtr.shape[0] / batch_size)
-    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = max(1, min(max_steps, total))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = JudgeNet(config)

@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
 
-from models.io import atomic_write_bytes  # noqa: E402
+from models.io import atomic_write_bytes
 
 
 def _np_images(images: Any) -> np.ndarray:
@@ -65,7 +65,7 @@ def class_grid(images_by_label: Mapping[int, Any], path: Path) -> Path:
     rows = [_np_images(images_by_label[k]) for k in labels]
     width = max((r.shape[0] for r in rows), default=1)
     fig, axes = plt.subplots(len(labels), 1, figsize=(width * 0.45, len(labels) * 0.5 + 0.2))
-    for ax, k, row in zip(np.atleast_1d(axes), labels, rows):
+    for ax, k, row in zip(np.atleast_1d(axes), labels, rows, strict=True):
         _imshow(ax, _tile(row, width))
         ax.text(-4, 15, str(k), ha="right", va="center", fontsize=9)
     return _save(fig, path)
@@ -98,8 +98,8 @@ def latent_scatter(latents: Any, labels: Any, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=6)
     fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
-    ax.set_title("latent space (PCA)" if np.asarray(latents).reshape(len(xy), -1).shape[1] > 2
-                 else "latent space")  # fmt: skip
+    dim = np.asarray(latents).reshape(len(xy), -1).shape[1]
+    ax.set_title(f"latent space ({dim}-d, PCA)" if dim > 2 else "latent space")
     return _save(fig, path)
 
 
@@ -114,22 +114,22 @@ def interpolation_strip(images: Any, path: Path) -> Path:
 
 def training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """One panel per numeric metric key in the history, against "step"."""
-    keys = sorted({k for row in history for k, v in row.items()
-                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)})  # fmt: skip
+    numeric = (int, float)
+    keys = sorted(
+        {k for row in history for k, v in row.items() if k != "step" and type(v) in numeric}
+    )
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8))
-    for ax, key in zip(np.atleast_1d(axes), keys):
+    for ax, key in zip(np.atleast_1d(axes), keys, strict=False):
         pts = [(row["step"], row[key]) for row in history if key in row and "step" in row]
         if pts:
-            steps, values = zip(*pts)
+            steps, values = zip(*pts, strict=True)
             ax.plot(steps, values, lw=1)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     return _save(fig, path)
 
 
-def roc_curves(
-    normal_scores: Any, anomaly_scores_by_kind: Mapping[str, Any], path: Path
-) -> Path:
+def roc_curves(normal_scores: Any, anomaly_scores_by_kind: Mapping[str, Any], path: Path) -> Path:
     """ROC curve of normals vs each anomaly kind."""
     normal = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -156,13 +156,14 @@ def score_histograms(
     groups = {"normal (test)": normal} | {
         k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in anomaly_scores_by_kind.items()
     }
-    everything = np.concatenate(list(groups.values()) + [np.array([threshold])])
+    everything = np.concatenate([*groups.values(), np.array([threshold])])
     lo, hi = np.percentile(everything, [0.5, 99.5])
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 50)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, scores in groups.items():
-        ax.hist(np.clip(scores, bins[0], bins[-1]), bins=bins, histtype="step", lw=1.2 if
-                name.startswith("normal") else 0.8, label=name, density=True)  # fmt: skip
+        width = 1.4 if name.startswith("normal") else 0.8
+        clipped = np.clip(scores, bins[0], bins[-1])
+        ax.hist(clipped, bins=bins, histtype="step", lw=width, label=name, density=True)
     ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
     ax.set_xlabel("anomaly score (clipped to the 0.5-99.5 percentile range)")
     ax.legend(fontsize=7)

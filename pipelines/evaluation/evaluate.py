@@ -1,0 +1,406 @@
+"""Evaluate any GenerativeModel through the shared contract only.
+
+`evaluate_model` returns one flat JSON-serialisable dict (keys below), writes
+`calibration.json`, `test_scores.npy`, `metrics.json` and `plots/*.png` into `out_dir`.
+
+Metric keys (all floats unless noted; "where defined" keys are absent otherwise):
+  meta        family (str), conditional (bool), has_reconstruction (bool), n_samples, n_test
+  quality     fd_judge, fd_judge_real_reference, precision, recall, precision_real_reference,
+              recall_real_reference, inception_score, inception_score_real_reference,
+              mean_confidence, classes_covered (int), kl_to_uniform, class_share/<0..9>,
+              label_agreement (conditional models: share judged as the requested label)
+  likelihood  elbo_nats, elbo_bits_per_dim (model has `elbo`); iwae_nats (has `iwae_bound`)
+  recon       recon_mse, recon_mae (test split, where has_reconstruction)
+  anomaly     anomaly_auroc/<kind>, anomaly_aupr/<kind>, anomaly_tpr/<kind>, anomaly_auroc_mean,
+              anomaly_aupr_mean, anomaly_auroc_pooled, anomaly_tpr_at_threshold (pooled),
+              threshold, target_fpr, val_fpr, test_fpr
+  cost        params (int), sample_ms_per_image, score_ms_per_image, eval_seconds
+Families only differ through optional extras found with hasattr: elbo, iwae_bound, encode,
+interpolate; `sample(steps=...)` is passed only when `sample` names a `steps` parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.base import GenerativeModel, ModelConfig, check_images, require
+from models.calibration import Calibration
+from models.io import atomic_write_bytes, atomic_write_json
+from pipelines.evaluation import metrics as M
+from pipelines.evaluation import plots
+from pipelines.evaluation.anomalies import build_anomaly_suite
+from pipelines.evaluation.judge import JudgeNet, judge_outputs
+
+log = logging.getLogger(__name__)
+Splits = Mapping[str, tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class EvalConfig(ModelConfig):
+    """Evaluation settings (reuses ModelConfig's validation and strict `from_dict`)."""
+
+    n_samples: int = 1000
+    sample_seed: int = 0
+    target_fpr: float = 0.05
+    pr_k: int = 3
+    anomaly_per_kind: int = 100
+    anomaly_seed: int = 20_250
+    score_batch_size: int = 256
+    sample_batch_size: int = 250
+    sample_steps: int | None = None  # diffusion DDIM steps, passed only if `sample` takes it
+    reference_seed: int = 0
+    likelihood_max_images: int = 500  # cap on test images for elbo / iwae (IWAE is costly)
+    n_plot: int = 64
+
+    def validate(self) -> None:
+        require(self.n_samples >= 10, f"n_samples must be >= 10, got {self.n_samples}")
+        require(0 < self.target_fpr < 1, f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        require(1 <= self.pr_k < self.n_samples, f"pr_k must be in [1, n_samples), got {self.pr_k}")
+        for name in ("anomaly_per_kind", "score_batch_size", "sample_batch_size",
+                     "likelihood_max_images", "n_plot"):  # fmt: skip
+            value = getattr(self, name)
+            require(value >= 1, f"{name} must be >= 1, got {value}")
+        steps = self.sample_steps
+        require(steps is None or steps >= 1, f"sample_steps must be None or >= 1, got {steps}")
+
+
+# ---- the real-data reference (cacheable) ----------------------------------------------------
+def real_reference(judge: JudgeNet, train_x: Any, test_x: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """Judge features/probabilities and statistics of the test split, plus real-vs-real values.
+
+    The reference draws min(n_samples, len(train)) train images (seeded) - the same count the
+    model is sampled at - and scores them against the test split exactly as samples are
+    scored, so `fd_judge_real_reference` is the FD a perfect generator would get.
+    All values are numpy arrays (scalars as 0-d), so `save_reference` can cache them.
+    """
+    feats, probs = judge_outputs(judge, test_x)
+    mu, sigma = M.feature_stats(feats)
+    n_train = len(train_x)
+    idx = np.random.default_rng(cfg.reference_seed).choice(
+        n_train, size=min(cfg.n_samples, n_train), replace=False
+    )
+    sub_feats, sub_probs = judge_outputs(judge, np.asarray(train_x)[np.sort(idx)])
+    precision, recall = M.precision_recall(feats, sub_feats, cfg.pr_k)
+    return {
+        "test_features": feats,
+        "test_probs": probs,
+        "test_mu": mu,
+        "test_sigma": sigma,
+        "fd_judge_real_reference": np.asarray(
+            M.frechet_distance_from_stats(*M.feature_stats(sub_feats), mu, sigma)
+        ),
+        "precision_real_reference": np.asarray(precision),
+        "recall_real_reference": np.asarray(recall),
+        "inception_score_real_reference": np.asarray(M.inception_score(sub_probs)),
+    }
+
+
+def save_reference(reference: Mapping[str, Any], path: Path) -> Path:
+    """Cache a `real_reference` dict as an .npz (no pickle), atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in reference.items()})
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def load_reference(path: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(path), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ---- model calls ----------------------------------------------------------------------------
+def _device(model: GenerativeModel) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def draw_samples(model: GenerativeModel, cfg: EvalConfig) -> tuple[Tensor, Tensor | None, float]:
+    """n_samples images (labels cycling 0..9 for conditional models) and ms per image."""
+    gen = torch.Generator().manual_seed(cfg.sample_seed)
+    labels = torch.arange(cfg.n_samples) % 10 if model.conditional else None
+    kwargs: dict[str, Any] = {}
+    if cfg.sample_steps is not None and _accepts(model.sample, "steps"):
+        kwargs["steps"] = cfg.sample_steps
+    chunks, t0 = [], time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, cfg.n_samples, cfg.sample_batch_size):
+            n = min(cfg.sample_batch_size, cfg.n_samples - start)
+            lab = None if labels is None else labels[start : start + n].to(_device(model))
+            chunks.append(model.sample(n, generator=gen, labels=lab, **kwargs).detach().cpu())
+    elapsed = time.perf_counter() - t0
+    images = check_images(torch.cat(chunks))
+    if images.shape[0] != cfg.n_samples:
+        raise ValueError(f"sample returned {images.shape[0]} images, expected {cfg.n_samples}")
+    return images.clamp(0, 1), labels, 1000.0 * elapsed / cfg.n_samples
+
+
+def score_images(model: GenerativeModel, images: Tensor, batch_size: int) -> np.ndarray:
+    """Anomaly scores (N,) in batches, under no_grad (families needing autograd enable it)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(_device(model))
+            out.append(model.anomaly_score(batch).detach().cpu().reshape(-1))
+    scores = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    if scores.shape[0] != images.shape[0] or not np.isfinite(scores).all():
+        raise ValueError(f"{model.family}: anomaly_score must give one finite value per image")
+    return scores
+
+
+def _batched_mean(fn: Any, images: Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean of a per-image (or per-batch mean) quantity, weighted by batch size."""
+    gen = torch.Generator().manual_seed(0)
+    kwargs = {"generator": gen} if _accepts(fn, "generator") else {}
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(device)
+            value = torch.as_tensor(fn(batch, **kwargs)).detach().double().cpu().reshape(-1)
+            total += float(value.mean()) * batch.shape[0]
+            count += batch.shape[0]
+    return total / max(count, 1)
+
+
+# ---- metric groups --------------------------------------------------------------------------
+def _quality(
+    judge: JudgeNet, samples: Tensor, labels: Tensor | None, ref: Mapping[str, Any], k: int
+) -> dict[str, Any]:
+    feats, probs = judge_outputs(judge, samples)
+    precision, recall = M.precision_recall(np.asarray(ref["test_features"]), feats, k)
+    coverage = M.mode_coverage(probs)
+    out: dict[str, Any] = {
+        "fd_judge": M.frechet_distance_from_stats(
+            *M.feature_stats(feats), np.asarray(ref["test_mu"]), np.asarray(ref["test_sigma"])
+        ),
+        "precision": precision,
+        "recall": recall,
+        "inception_score": M.inception_score(probs),
+        "mean_confidence": M.mean_confidence(probs),
+        "classes_covered": coverage["classes_covered"],
+        "kl_to_uniform": coverage["kl_to_uniform"],
+    }
+    out |= {f"class_share/{d}": s for d, s in enumerate(coverage["shares"])}
+    for key in ("fd_judge", "precision", "recall", "inception_score"):
+        out[f"{key}_real_reference"] = float(np.asarray(ref[f"{key}_real_reference"]))
+    if labels is not None:
+        out["label_agreement"] = M.label_agreement(probs, labels.numpy())
+    return out
+
+
+def _likelihood(model: GenerativeModel, test_x: Tensor, cfg: EvalConfig) -> dict[str, float]:
+    images, out = test_x[: cfg.likelihood_max_images], {}
+    if hasattr(model, "elbo"):
+        out["elbo_nats"] = _batched_mean(model.elbo, images, cfg.score_batch_size, _device(model))
+        out["elbo_bits_per_dim"] = -out["elbo_nats"] / (784 * math.log(2))
+    if hasattr(model, "iwae_bound"):
+        out["iwae_nats"] = _batched_mean(
+            model.iwae_bound, images, cfg.score_batch_size, _device(model)
+        )
+    return out
+
+
+def _reconstruction(model: GenerativeModel, test_x: Tensor, cfg: EvalConfig) -> dict[str, float]:
+    mse, mae = [], []
+    with torch.no_grad():
+        for start in range(0, test_x.shape[0], cfg.score_batch_size):
+            batch = test_x[start : start + cfg.score_batch_size]
+            diff = model.reconstruct(batch.to(_device(model))).detach().cpu() - batch
+            mse.append(diff.square().flatten(1).mean(1))
+            mae.append(diff.abs().flatten(1).mean(1))
+    return {"recon_mse": float(torch.cat(mse).mean()), "recon_mae": float(torch.cat(mae).mean())}
+
+
+def _anomaly(
+    model: GenerativeModel, splits: Splits, cfg: EvalConfig, out_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-kind detection metrics, calibration on val normals, and the raw scores for plots."""
+    test_x = splits["test"][0]
+    t0 = time.perf_counter()
+    test_scores = score_images(model, test_x, cfg.score_batch_size)
+    score_ms = 1000.0 * (time.perf_counter() - t0) / max(test_x.shape[0], 1)
+    val_scores = score_images(model, splits["val"][0], cfg.score_batch_size)
+    suite, kinds = build_anomaly_suite(
+        test_x.numpy(), n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
+    )
+    suite_scores = score_images(model, torch.from_numpy(suite), cfg.score_batch_size)
+    calibration = Calibration.fit(val_scores, cfg.target_fpr)
+    calibration.save(out_dir)
+    np.save(out_dir / "test_scores.npy", test_scores)
+    by_kind = {str(k): suite_scores[kinds == k] for k in dict.fromkeys(kinds.tolist())}
+    out: dict[str, float] = {}
+    for kind, scores in by_kind.items():
+        out[f"anomaly_auroc/{kind}"] = M.auroc(test_scores, scores)
+        out[f"anomaly_aupr/{kind}"] = M.aupr(test_scores, scores)
+        out[f"anomaly_tpr/{kind}"] = M.tpr_at_threshold(scores, calibration.threshold)
+    out |= {
+        "anomaly_auroc_mean": float(np.mean([out[f"anomaly_auroc/{k}"] for k in by_kind])),
+        "anomaly_aupr_mean": float(np.mean([out[f"anomaly_aupr/{k}"] for k in by_kind])),
+        "anomaly_auroc_pooled": M.auroc(test_scores, suite_scores),
+        "anomaly_tpr_at_threshold": M.tpr_at_threshold(suite_scores, calibration.threshold),
+        "threshold": calibration.threshold,
+        "target_fpr": cfg.target_fpr,
+        "val_fpr": M.fpr_at_threshold(val_scores, calibration.threshold),
+        "test_fpr": M.fpr_at_threshold(test_scores, calibration.threshold),
+        "score_ms_per_image": score_ms,
+    }
+    raw = {"test": test_scores, "by_kind": by_kind, "threshold": calibration.threshold}
+    return out, raw
+
+
+# ---- plots ----------------------------------------------------------------------------------
+def _first_tensor(value: Any) -> Tensor:
+    """encode() may return a tensor, a (mu, logvar) tuple or an object with `.mean`/`.mu`."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, tuple | list) and value and isinstance(value[0], Tensor):
+        return value[0]
+    for name in ("mean", "mu", "z", "loc"):
+        if isinstance(getattr(value, name, None), Tensor):
+            return getattr(value, name)
+    raise TypeError(f"cannot read latents from {type(value).__name__}")
+
+
+def _interpolate(model: GenerativeModel, a: Tensor, b: Tensor) -> Tensor:
+    """Call `interpolate` with two endpoint images, or with none when it takes no inputs."""
+    sig = inspect.signature(model.interpolate)
+    required = [p for p in sig.parameters.values() if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    kwargs = {}
+    if "generator" in sig.parameters:
+        kwargs["generator"] = torch.Generator().manual_seed(0)
+    if len(required) == 2:
+        return model.interpolate(a, b, **kwargs)
+    if not required:
+        return model.interpolate(**kwargs)
+    raise TypeError(f"interpolate{sig} takes neither 0 nor 2 required inputs")
+
+
+def _plots(
+    model: GenerativeModel,
+    splits: Splits,
+    samples: Tensor,
+    labels: Tensor | None,
+    raw: Mapping[str, Any],
+    cfg: EvalConfig,
+    plot_dir: Path,
+) -> list[str]:
+    """Write the figures; optional extras that fail are logged and listed, not fatal."""
+    test_x, test_y = splits["test"]
+    written = [plots.sample_grid(samples[: cfg.n_plot], plot_dir / "samples.png")]
+    if labels is not None:
+        by_label = {d: samples[labels == d][:10] for d in range(10)}
+        written.append(plots.class_grid(by_label, plot_dir / "class_grid.png"))
+    device, failed = _device(model), []
+    with torch.no_grad():
+        if model.has_reconstruction:
+            recon = model.reconstruct(test_x[:16].to(device)).cpu()
+            path = plot_dir / "reconstructions.png"
+            written.append(plots.reconstructions(test_x[:16], recon, path))
+        extras = {
+            "encode": lambda: plots.latent_scatter(
+                _first_tensor(model.encode(test_x[:1000].to(device))).cpu().numpy(),
+                test_y[:1000].numpy(), plot_dir / "latent_scatter.png"),
+            "interpolate": lambda: plots.interpolation_strip(
+                _interpolate(model, test_x[:1].to(device), test_x[1:2].to(device)).cpu(),
+                plot_dir / "interpolation.png"),
+        }  # fmt: skip
+        for name, make in extras.items():
+            if hasattr(model, name):
+                try:
+                    written.append(make())
+                except (TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+                    log.warning("%s: optional %s plot skipped: %s", model.family, name, err)
+                    failed.append(name)
+    written.append(plots.roc_curves(raw["test"], raw["by_kind"], plot_dir / "roc.png"))
+    written.append(plots.score_histograms(raw["test"], raw["by_kind"], raw["threshold"],
+                                          plot_dir / "score_histograms.png"))  # fmt: skip
+    return [p.name for p in written] + [f"skipped:{n}" for n in failed]
+
+
+# ---- entry point ----------------------------------------------------------------------------
+def evaluate_model(
+    model: GenerativeModel,
+    judge: JudgeNet,
+    splits: Splits,
+    cfg: EvalConfig,
+    out_dir: Path,
+    reference: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate `model` on quality, likelihood, reconstruction, anomaly detection and cost.
+
+    `splits` maps "train"/"val"/"test" to (images float32 (N,1,28,28) in [0,1], labels int64).
+    `reference` is a (cached) `real_reference(...)`; computed here when omitted.
+    """
+    missing = sorted({"train", "val", "test"} - set(splits))
+    if missing:
+        raise ValueError(f"splits lacks {missing}; needs train, val and test")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {k: (check_images(torch.as_tensor(x)), torch.as_tensor(y).long())
+              for k, (x, y) in splits.items()}  # fmt: skip
+    test_x = splits["test"][0]
+    if reference is None:
+        reference = real_reference(judge, splits["train"][0], test_x, cfg)
+    was_training = model.training
+    model.eval()
+    try:
+        samples, labels, sample_ms = draw_samples(model, cfg)
+        result: dict[str, Any] = {
+            "family": model.family,
+            "conditional": bool(model.conditional),
+            "has_reconstruction": bool(model.has_reconstruction),
+            "n_samples": cfg.n_samples,
+            "n_test": int(test_x.shape[0]),
+            "params": int(model.num_parameters()),
+            "sample_ms_per_image": sample_ms,
+        }
+        result |= _quality(judge, samples, labels, reference, cfg.pr_k)
+        result |= _likelihood(model, test_x, cfg)
+        if model.has_reconstruction:
+            result |= _reconstruction(model, test_x, cfg)
+        anomaly, raw = _anomaly(model, splits, cfg, out_dir)
+        result |= anomaly
+        result["plots"] = _plots(model, splits, samples, labels, raw, cfg, out_dir / "plots")
+    finally:
+        model.train(was_training)
+    result["eval_seconds"] = time.perf_counter() - t_start
+    atomic_write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of an `evaluate_model` result (for MLflow `log_metrics`)."""
+    return {k: float(v) for k, v in result.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+
+
+__all__ = [
+    "EvalConfig",
+    "draw_samples",
+    "evaluate_model",
+    "load_reference",
+    "numeric_metrics",
+    "real_reference",
+    "save_reference",
+    "score_images",
+]

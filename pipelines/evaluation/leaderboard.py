@@ -1,0 +1,151 @@
+"""Rank families per task from their `evaluate_model` metrics and render a Markdown report.
+
+Input: family -> one metrics dict, or a list of them (one per seed). Every numeric key is
+summarised as mean and spread (sample standard deviation over seeds; 0 for a single run).
+Rankings: generation by `fd_judge` ascending, anomaly detection by `anomaly_auroc_mean`
+descending; families lacking the metric (or with NaN) come last with rank None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+TASKS: dict[str, tuple[str, bool]] = {  # task -> (metric, higher_is_better)
+    "generation": ("fd_judge", False),
+    "anomaly": ("anomaly_auroc_mean", True),
+}
+
+# (header, metric key, format) per table; stability shows as "mean ± spread" in each cell
+_GENERATION_COLUMNS = [
+    ("FD-judge ↓", "fd_judge", ".3g"),
+    ("real-vs-real FD", "fd_judge_real_reference", ".3g"),
+    ("Precision", "precision", ".3f"),
+    ("Recall", "recall", ".3f"),
+    ("Classes", "classes_covered", ".3g"),
+    ("IS", "inception_score", ".3g"),
+    ("Label agr.", "label_agreement", ".3f"),
+    ("ELBO (nats)", "elbo_nats", ".4g"),
+    ("Anomaly AUROC", "anomaly_auroc_mean", ".3f"),
+    ("Sample ms/img", "sample_ms_per_image", ".3g"),
+]
+_ANOMALY_COLUMNS = [
+    ("Mean AUROC ↑", "anomaly_auroc_mean", ".3f"),
+    ("Pooled AUROC", "anomaly_auroc_pooled", ".3f"),
+    ("Mean AUPR", "anomaly_aupr_mean", ".3f"),
+    ("TPR @ thr", "anomaly_tpr_at_threshold", ".3f"),
+    ("Test FPR", "test_fpr", ".3f"),
+    ("Target FPR", "target_fpr", ".3g"),
+    ("Recon MSE", "recon_mse", ".3g"),
+    ("FD-judge", "fd_judge", ".3g"),
+    ("Score ms/img", "score_ms_per_image", ".3g"),
+]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def summarise_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """key -> {"mean", "spread", "n"} over the runs that report a finite value for it."""
+    keys = sorted({k for run in runs for k, v in run.items() if _is_number(v)})
+    out: dict[str, dict[str, float]] = {}
+    for key in keys:
+        values = [float(r[key]) for r in runs if _is_number(r.get(key)) and math.isfinite(r[key])]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        out[key] = {"mean": mean, "spread": math.sqrt(var), "n": len(values)}
+    return out
+
+
+def _rank(families: Mapping[str, Mapping[str, Any]], metric: str, higher: bool) -> list[dict]:
+    def key(name: str) -> tuple[int, float, str]:
+        stat = families[name]["metrics"].get(metric)
+        if stat is None:
+            return (1, 0.0, name)
+        return (0, -stat["mean"] if higher else stat["mean"], name)
+
+    ordered = sorted(families, key=key)
+    rows = []
+    for position, name in enumerate(ordered, start=1):
+        stat = families[name]["metrics"].get(metric)
+        rows.append({
+            "rank": position if stat is not None else None,
+            "family": name,
+            metric: None if stat is None else stat["mean"],
+            f"{metric}_spread": None if stat is None else stat["spread"],
+        })  # fmt: skip
+    return rows
+
+
+def build_leaderboard(
+    metrics_by_family: Mapping[str, Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+) -> dict[str, Any]:
+    """{"families": {name: {"n_runs", "metrics": summaries}}, "<task>": ranked rows, "tasks"}."""
+    if not metrics_by_family:
+        raise ValueError("build_leaderboard needs metrics for at least one family")
+    families: dict[str, dict[str, Any]] = {}
+    for name, runs in metrics_by_family.items():
+        runs = [runs] if isinstance(runs, Mapping) else list(runs)
+        if not runs:
+            raise ValueError(f"family {name!r} has an empty list of runs")
+        families[name] = {"n_runs": len(runs), "metrics": summarise_runs(runs)}
+    board: dict[str, Any] = {
+        "families": families,
+        "tasks": {task: {"metric": m, "higher_is_better": h} for task, (m, h) in TASKS.items()},
+    }
+    for task, (metric, higher) in TASKS.items():
+        board[task] = _rank(families, metric, higher)
+    return board
+
+
+def _cell(stat: Mapping[str, float] | None, fmt: str) -> str:
+    if stat is None:
+        return "—"
+    text = format(stat["mean"], fmt)
+    return f"{text} ± {format(stat['spread'], '.2g')}" if stat["n"] > 1 else text
+
+
+def _params(stat: Mapping[str, float] | None) -> str:
+    if stat is None:
+        return "—"
+    value = stat["mean"]
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
+
+
+def _table(board: Mapping[str, Any], task: str, columns: list[tuple[str, str, str]]) -> list[str]:
+    headers = ["Rank", "Family", *[c[0] for c in columns], "Params", "Seeds"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in board[task]:
+        fam = board["families"][row["family"]]
+        stats = fam["metrics"]
+        cells = [
+            str(row["rank"]) if row["rank"] is not None else "—",
+            row["family"],
+            *[_cell(stats.get(key), fmt) for _, key, fmt in columns],
+            _params(stats.get("params")),
+            str(fam["n_runs"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(leaderboard: Mapping[str, Any]) -> str:
+    """Two ranked tables (generation, anomaly detection); multi-seed cells read mean ± std."""
+    lines = [
+        "# Leaderboard",
+        "",
+        "Cells are mean ± sample std over seeds where several runs were given.",
+        "",
+        "## Generation (ranked by FD-judge, lower is better)",
+        "",
+        *_table(leaderboard, "generation", _GENERATION_COLUMNS),
+        "",
+        "## Anomaly detection (ranked by mean AUROC over anomaly kinds, higher is better)",
+        "",
+        *_table(leaderboard, "anomaly", _ANOMALY_COLUMNS),
+    ]
+    return "\n".join(lines) + "\n"
