@@ -56,6 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; published files are world-readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -90,6 +91,7 @@ def save_model(
     os.close(fd)
     try:
         save_file(_contiguous_state(model), tmp, metadata={"family": model.family})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, weights)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -105,13 +105,16 @@ def register(root: str, params: dict[str, Any], families: list[str]) -> dict[str
     r = Path(root)
     report = jobs.register_and_promote(params, families, r / "artifacts" / "eval", r / "metrics",
                                        r / "reports", r / "data")
-    board = (r / "reports" / "leaderboard.json")
     import json
 
-    rows = json.loads(board.read_text()).get("rows", [])
-    if rows:
-        create_table_artifact(key="genops-leaderboard", table=rows,
-                              description="genops leaderboard (same data, same metrics)")
+    board = json.loads((r / "reports" / "leaderboard.json").read_text())
+    columns = ("fd_judge", "precision", "recall", "classes_covered", "anomaly_auroc_mean",
+               "elbo_nats", "train_wall_time_s", "sample_ms_per_image", "score_ms_per_image")
+    rows = [{"family": family, **{c: round(stats["metrics"][c]["mean"], 4)
+                                  for c in columns if c in stats["metrics"]}}
+            for family, stats in board["families"].items()]
+    create_table_artifact(key="genops-leaderboard", table=rows,
+                          description="genops leaderboard (same data, same metrics)")
     create_markdown_artifact(key="genops-promotion", markdown=jobs.promotion_markdown(report),
                              description="promotion gate decisions")
     return report

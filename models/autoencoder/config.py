@@ -36,7 +36,7 @@ class AutoencoderConfig(ModelConfig):
     weight_decay: float = 0.0
     conditional: bool = True
     latent_prior: str = "full"
-    prior_momentum: float = 0.02
+    prior_momentum: float = 0.05
     bf16_autocast: bool = False
     channels_last: bool = False
 

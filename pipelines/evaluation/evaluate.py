@@ -104,7 +104,18 @@ def real_reference(judge: JudgeNet, train_x: Any, test_x: Any, cfg: EvalConfig) 
         "precision_real_reference": np.asarray(precision),
         "recall_real_reference": np.asarray(recall),
         "inception_score_real_reference": np.asarray(M.inception_score(sub_probs)),
+        "reference_n": np.asarray(len(idx)),
+        "pr_k": np.asarray(cfg.pr_k),
     }
+
+
+def _check_reference(reference: Mapping[str, Any], cfg: EvalConfig, n_train: int) -> None:
+    """Refuse a cached reference computed for another sample count or k (stale cache)."""
+    expected = {"reference_n": min(cfg.n_samples, n_train), "pr_k": cfg.pr_k}
+    found = {k: int(np.asarray(reference[k])) if k in reference else None for k in expected}
+    if found != expected:
+        raise ValueError(f"real reference was computed for {found}, this evaluation needs "
+                         f"{expected}: recompute it with real_reference(...)")  # fmt: skip
 
 
 def save_reference(reference: Mapping[str, Any], path: Path) -> Path:
@@ -244,7 +255,9 @@ def _anomaly(
     suite_scores = score_images(model, torch.from_numpy(suite), cfg.score_batch_size)
     calibration = Calibration.fit(val_scores, cfg.target_fpr)
     calibration.save(out_dir)
-    np.save(out_dir / "test_scores.npy", test_scores)
+    buf = io.BytesIO()
+    np.save(buf, test_scores)
+    atomic_write_bytes(out_dir / "test_scores.npy", buf.getvalue())
     by_kind = {str(k): suite_scores[kinds == k] for k in dict.fromkeys(kinds.tolist())}
     out: dict[str, float] = {}
     for kind, scores in by_kind.items():
@@ -361,6 +374,7 @@ def evaluate_model(
     test_x = splits["test"][0]
     if reference is None:
         reference = real_reference(judge, splits["train"][0], test_x, cfg)
+    _check_reference(reference, cfg, splits["train"][0].shape[0])
     was_training = model.training
     model.eval()
     try:

@@ -4,6 +4,8 @@ anomaly-detection quality from scores. Pure functions; no I/O.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -36,8 +38,11 @@ def frechet_distance_from_stats(
     sigma_a, sigma_b = np.atleast_2d(sigma_a), np.atleast_2d(sigma_b)
     if mu_a.shape != mu_b.shape or sigma_a.shape != sigma_b.shape:
         raise ValueError(f"feature dims differ: {mu_a.shape} vs {mu_b.shape}")
-    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(covmean).all():  # singular product: nudge the diagonals (pytorch-fid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    if caught or not np.isfinite(covmean).all():
+        # singular product (e.g. dead ReLU features): nudge the diagonals, as pytorch-fid does
         offset = np.eye(sigma_a.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
     if np.iscomplexobj(covmean):

@@ -75,7 +75,9 @@ def reconstructions(originals: Any, recons: Any, path: Path, nrow: int = 8) -> P
     """Originals (top of each pair) above their reconstructions."""
     orig, rec = _np_images(originals), _np_images(recons)
     n = min(orig.shape[0], rec.shape[0])
-    fig, axes = plt.subplots(2, 1, figsize=(min(n, nrow) * 0.5 + 0.4, 2 * (-(-n // nrow)) * 0.55))
+    fig, axes = plt.subplots(
+        2, 1, figsize=(min(n, nrow) * 0.5 + 0.4, 2 * (-(-n // nrow) * 0.6 + 0.35))
+    )
     _imshow(axes[0], _tile(orig[:n], nrow), "original")
     _imshow(axes[1], _tile(rec[:n], nrow), "reconstruction")
     return _save(fig, path)

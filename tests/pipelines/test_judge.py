@@ -59,6 +59,7 @@ def test_same_seed_same_weights_and_other_seed_differs(small_batch):
     c, _ = train_judge(x, y, x, y, seed=8, **kwargs)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
     def strip(history):
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 

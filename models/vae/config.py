@@ -1,0 +1,76 @@
+"""Frozen, validated configuration of the VAE family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.base import ModelConfig, require
+
+DECODERS = ("bernoulli", "gaussian")
+
+
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    """VAE hyperparameters.
+
+    The encoder is two stride-2 convolutions (`channels`, 28 -> 14 -> 7) and a hidden
+    layer of `hidden_dim` units; the decoder mirrors it. `decoder="bernoulli"` reads the
+    outputs as pixel logits (BCE); `"gaussian"` as means of N(mean, gaussian_std^2).
+    The KL weight ramps linearly from 0 to `beta` over `kl_warmup_steps` (0 = no ramp).
+    Evaluation bounds use fixed noise drawn once from `eval_seed`: the ELBO averages
+    `elbo_samples` draws, `iwae_bound` accepts up to `max_iwae_k` importance samples.
+    """
+
+    latent_dim: int = 16
+    channels: tuple[int, ...] = (32, 64)
+    hidden_dim: int = 256
+    decoder: str = "bernoulli"
+    gaussian_std: float = 0.1
+    beta: float = 1.0
+    kl_warmup_steps: int = 500
+    lr: float = 1e-3
+    elbo_samples: int = 4
+    max_iwae_k: int = 256
+    eval_seed: int = 0
+    bf16_autocast: bool = False
+    channels_last: bool = False
+
+    def validate(self) -> None:
+        require(
+            isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 512,
+            f"latent_dim must be an int in 1..512, got {self.latent_dim!r}",
+        )
+        require(
+            len(self.channels) == 2
+            and all(isinstance(c, int) and 1 <= c <= 512 for c in self.channels),
+            f"channels must be two ints in 1..512 (28->14->7), got {self.channels!r}",
+        )
+        require(
+            isinstance(self.hidden_dim, int) and 1 <= self.hidden_dim <= 4096,
+            f"hidden_dim must be an int in 1..4096, got {self.hidden_dim!r}",
+        )
+        require(
+            self.decoder in DECODERS, f"decoder must be one of {DECODERS}, got {self.decoder!r}"
+        )
+        require(
+            0.0 < self.gaussian_std <= 1.0,
+            f"gaussian_std must be in (0, 1], got {self.gaussian_std!r}",
+        )
+        require(0.0 <= self.beta <= 100.0, f"beta must be in [0, 100], got {self.beta!r}")
+        require(
+            isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
+            f"kl_warmup_steps must be an int >= 0, got {self.kl_warmup_steps!r}",
+        )
+        require(0.0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr!r}")
+        require(
+            isinstance(self.max_iwae_k, int) and 1 <= self.max_iwae_k <= 10_000,
+            f"max_iwae_k must be an int in 1..10000, got {self.max_iwae_k!r}",
+        )
+        require(
+            isinstance(self.elbo_samples, int) and 1 <= self.elbo_samples <= self.max_iwae_k,
+            f"elbo_samples must be an int in 1..max_iwae_k, got {self.elbo_samples!r}",
+        )
+        require(
+            isinstance(self.eval_seed, int) and self.eval_seed >= 0,
+            f"eval_seed must be an int >= 0, got {self.eval_seed!r}",
+        )

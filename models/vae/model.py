@@ -1,0 +1,219 @@
+"""The VAE family: reparameterised ELBO training, deterministic bounds, prior sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from models.base import GenerativeModel, check_images
+from models.vae.config import VAEConfig
+from models.vae.networks import Decoder, GaussianEncoder, Posterior
+from models.vae.objective import (
+    ElboTerms,
+    decoder_mean,
+    gaussian_kl,
+    kl_weight,
+    log_likelihood,
+    log_normal,
+)
+
+MAX_DECODE_BATCH = 8192  # images decoded at once by the multi-sample bounds
+
+
+class VAE(GenerativeModel):
+    """Variational autoencoder with a diagonal-Gaussian encoder and a N(0, I) prior.
+
+    * Training maximises the beta-weighted ELBO with one reparameterised sample per image
+      (noise from the trainer's generator); the KL weight warms up linearly to `beta`.
+    * `elbo` is deterministic: the analytic KL plus the reconstruction term averaged over
+      the first `elbo_samples` rows of a fixed noise buffer (`eval_eps`, drawn once from
+      `eval_seed` and saved with the weights), identical for every image, so values do not
+      depend on batch composition. `iwae_bound(images, k)` uses the first k rows likewise.
+    * `anomaly_score` is the negative ELBO in nats per image (higher = less likely).
+    * `sample` decodes prior draws and returns the decoder mean (sigmoid of the logits),
+      not binarised pixels. The model is unconditional: labels are rejected.
+    """
+
+    family: ClassVar[str] = "vae"
+    config_cls: ClassVar[type[VAEConfig]] = VAEConfig
+    config: VAEConfig
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__(config)
+        channels = (config.channels[0], config.channels[1])
+        self.encoder = GaussianEncoder(channels, config.hidden_dim, config.latent_dim)
+        self.decoder = Decoder(channels, config.hidden_dim, config.latent_dim)
+        seeded = torch.Generator().manual_seed(config.eval_seed)
+        eps = torch.randn(config.max_iwae_k, config.latent_dim, generator=seeded)
+        self.register_buffer("eval_eps", eps)
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ---- networks ---------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.eval_eps.device
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        images = check_images(images).to(self._device())
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(
+            self._device().type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
+        )
+
+    def _posterior(self, images: Tensor) -> Posterior:
+        mean, logvar = self.encoder(images)
+        return Posterior(mean.float(), logvar.float())
+
+    def _log_likelihood(self, logits: Tensor, images: Tensor) -> Tensor:
+        return log_likelihood(logits.float(), images, self.config.decoder, self.config.gaussian_std)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Posterior means (N, latent_dim)."""
+        return self._posterior(self._prepare(images)).mean
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder means (N, 1, 28, 28) in [0, 1] for latents (N, latent_dim)."""
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            dim = self.config.latent_dim
+            raise ValueError(f"z must have shape (N, {dim}), got {tuple(z.shape)}")
+        return decoder_mean(self.decoder(z.float().to(self._device())).float())
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """Decoder mean at the posterior mean."""
+        return self.decode(self.encode(images))
+
+    # ---- training ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def training_step(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        optimizers: dict[str, torch.optim.Optimizer],
+        step: int,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        x = self._prepare(images)
+        with self._autocast():
+            posterior = self._posterior(x)
+            noise = torch.randn(posterior.mean.shape, generator=generator, device=generator.device)
+            z = posterior.mean + (0.5 * posterior.logvar).exp() * noise.to(x.device)
+            logits = self.decoder(z)
+        recon = -self._log_likelihood(logits, x).mean()
+        kl = gaussian_kl(posterior).mean()
+        weight = kl_weight(step, self.config.beta, self.config.kl_warmup_steps)
+        loss = recon + weight * kl
+        opt = optimizers["adam"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        recon_v, kl_v = float(recon.detach()), float(kl.detach())
+        return {"loss": float(loss.detach()), "recon": recon_v, "kl": kl_v, "kl_weight": weight}
+
+    @torch.no_grad()
+    def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        """Mean per-image negative ELBO ("loss"), ELBO, reconstruction NLL and KL, in nats."""
+        terms = self.elbo_terms(images)
+        return {
+            "loss": float(-terms.elbo.mean()),
+            "elbo": float(terms.elbo.mean()),
+            "recon": float(terms.recon.mean()),
+            "kl": float(terms.kl.mean()),
+        }
+
+    # ---- deterministic bounds ---------------------------------------------------------
+    def _latents(self, posterior: Posterior, k: int) -> Tensor:
+        """(k, N, D) latents mean + std * eval_eps[:k], the same noise rows for every image."""
+        std = (0.5 * posterior.logvar).exp()
+        return posterior.mean + std * self.eval_eps[:k, None, :]
+
+    def _decode_log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) (k, N) for latents (k, N, D), decoding in bounded chunks."""
+        k, n, dim = z.shape
+        rows = max(1, MAX_DECODE_BATCH // max(n, 1))
+        out = []
+        for start in range(0, k, rows):
+            zc = z[start : start + rows]
+            logits = self.decoder(zc.reshape(-1, dim)).float()
+            xr = x.expand(zc.shape[0], *x.shape).reshape(-1, *x.shape[1:])
+            out.append(self._log_likelihood(logits, xr).view(zc.shape[0], n))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def elbo_terms(self, images: Tensor) -> ElboTerms:
+        """Per-image ELBO, reconstruction NLL and KL in nats (fixed noise, deterministic)."""
+        x = self._prepare(images)
+        posterior = self._posterior(x)
+        z = self._latents(posterior, self.config.elbo_samples)
+        recon = -self._decode_log_likelihood(z, x).mean(0)
+        kl = gaussian_kl(posterior)
+        return ElboTerms(-(recon + kl), recon, kl)
+
+    def elbo(self, images: Tensor) -> Tensor:
+        """Per-image ELBO in nats (N,)."""
+        return self.elbo_terms(images).elbo
+
+    @torch.no_grad()
+    def iwae_bound(self, images: Tensor, k: int = 64) -> Tensor:
+        """Per-image importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x) (N,)."""
+        if not isinstance(k, int) or not 1 <= k <= self.config.max_iwae_k:
+            raise ValueError(f"k must be an int in 1..{self.config.max_iwae_k}, got {k!r}")
+        x = self._prepare(images)
+        posterior = self._posterior(x)
+        z = self._latents(posterior, k)
+        log_prior = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+        log_q = log_normal(z, posterior.mean, posterior.logvar)
+        log_w = self._decode_log_likelihood(z, x) + log_prior - log_q
+        return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+    # ---- generation and scoring ---------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Decoder means of `n` draws z ~ N(0, I) from `generator`."""
+        if labels is not None:
+            raise ValueError("the VAE is unconditional: labels must be None")
+        if kwargs:
+            raise ValueError(f"unexpected sample options {sorted(kwargs)}")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        device = generator.device if generator is not None else self._device()
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def interpolate(self, a: Tensor, b: Tensor, steps: int = 8) -> Tensor:
+        """Decode `steps` evenly spaced points between the posterior means of images a and b.
+
+        a and b are single images, (1, 28, 28) or (1, 1, 28, 28); returns (steps, 1, 28, 28).
+        """
+        if not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+        ends = [x.reshape(-1, 1, 28, 28) if x.numel() == 784 else x for x in (a, b)]
+        if any(x.shape[0] != 1 for x in ends):
+            raise ValueError("interpolate takes two single images")
+        za, zb = self.encode(torch.cat(ends)).unbind(0)
+        t = torch.linspace(0.0, 1.0, steps, device=za.device)[:, None]
+        return self.decode(torch.lerp(za, zb, t))
+
+    @torch.no_grad()
+    def anomaly_score(self, images: Tensor) -> Tensor:
+        """Negative ELBO in nats per image (N,), deterministic and batch-independent."""
+        return -self.elbo(images)

@@ -1,0 +1,122 @@
+"""Package served models into the BentoML model store and build the Bento.
+
+    python -m serving.build import-models [--tracking-uri URI]   # registry -> BentoML store
+    python -m serving.build bento [--bentofile serving/bentofile.yaml]
+    python -m serving.build import-dir <folder>                  # a dir: source -> store
+
+The pipeline calls `import_from_registry()` and then `build_bento()` (or runs
+`bentoml build -f serving/bentofile.yaml .`): the Bento then carries the `genops-models`
+snapshot and serves with no MLflow server, from `GENOPS_MODEL_SOURCE=bento` (its default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import copy_bundle, load_bundle
+from serving.catalog import REQUIRED_ROLES
+from serving.sources import (
+    BENTO_MODEL,
+    DirSource,
+    default_tracking_uri,
+    materialize_version,
+    registry_versions,
+)
+
+log = logging.getLogger("genops.serving")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _store_snapshot(staged: Path, model_name: str, origin: str) -> str:
+    """Verify every staged bundle loads, then save the folder as one BentoML model version."""
+    import bentoml
+
+    bundles = DirSource(staged).bundles()
+    missing = [role for role in REQUIRED_ROLES if role not in bundles]
+    if missing:
+        raise LookupError(f"cannot build a servable snapshot: missing {missing} in {origin}")
+    metas = {role: load_bundle(path).meta for role, path in sorted(bundles.items())}
+    labels = {"origin": origin[:63].replace("/", "_").replace(":", "_") or "unknown"}
+    for role in REQUIRED_ROLES:
+        labels[f"{role}_family"] = metas[role].family
+        labels[f"{role}_version"] = metas[role].version
+    metadata: dict[str, Any] = {
+        "origin": origin,
+        "bundles": {role: m.to_dict() for role, m in metas.items()},
+    }
+    with bentoml.models.create(model_name, labels=labels, metadata=metadata) as model:
+        for role, path in bundles.items():
+            copy_bundle(path, Path(model.path) / role)  # re-verifies the sha256 on the copy
+    log.info("stored %s with %s", model.tag, sorted(metas))
+    return str(model.tag)
+
+
+def import_from_registry(tracking_uri: str | None = None, model_name: str = BENTO_MODEL) -> str:
+    """Copy both champions and each family's latest version from MLflow into the BentoML store.
+
+    Each version's artifact folder is downloaded, its weights are checked against the version's
+    `weights_sha256` tag and its meta.json is written from the tags (name, version, family,
+    data_version, git_commit, params_hash, metric.*). Raises LookupError when a champion alias
+    is missing and ValueError on a checksum mismatch. Returns the new tag, e.g.
+    "genops-models:abc123"; `bentoml build` then packs `genops-models:latest`.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    versions = registry_versions(uri)
+    with tempfile.TemporaryDirectory(prefix="genops-import-") as tmp:
+        for role, mv in versions.items():
+            materialize_version(mv, role, Path(tmp) / role, uri)
+        return _store_snapshot(Path(tmp), model_name, f"mlflow:{uri}")
+
+
+def import_from_dir(folder: Path, model_name: str = BENTO_MODEL) -> str:
+    """Store a `dir:` source folder (generation/, anomaly/, families/<f>/) as a BentoML model."""
+    return _store_snapshot(Path(folder), model_name, f"dir:{Path(folder).resolve()}")
+
+
+def build_bento(
+    bentofile: Path = REPO / "serving" / "bentofile.yaml", build_ctx: Path = REPO
+) -> str:
+    """`bentoml build -f <bentofile> <build_ctx>` as a function; returns the Bento tag."""
+    import bentoml
+
+    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx))
+    return str(bento.tag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.build",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    reg = sub.add_parser("import-models", help="MLflow registry -> BentoML model store")
+    reg.add_argument("--tracking-uri", default=None)
+    reg.add_argument("--model-name", default=BENTO_MODEL)
+    folder = sub.add_parser("import-dir", help="a dir: source folder -> BentoML model store")
+    folder.add_argument("folder", type=Path)
+    folder.add_argument("--model-name", default=BENTO_MODEL)
+    bento = sub.add_parser("bento", help="build the Bento from serving/bentofile.yaml")
+    bento.add_argument("--bentofile", type=Path, default=REPO / "serving" / "bentofile.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "import-models":
+            print(import_from_registry(args.tracking_uri, args.model_name))
+        elif args.command == "import-dir":
+            print(import_from_dir(args.folder, args.model_name))
+        else:
+            print(build_bento(args.bentofile))
+    except (LookupError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

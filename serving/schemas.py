@@ -1,0 +1,85 @@
+"""Typed, bounded request fields and response models of the HTTP API (they become /docs.json)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Le, Len
+from pydantic import BaseModel, Field, FiniteFloat
+
+MAX_GENERATE = 256  # images per /generate
+MAX_SCORE = 256  # images per /score
+MAX_RECONSTRUCT = 64  # images per /reconstruct
+MAX_STEPS = 100  # diffusion sampling steps
+MAX_SEED = 2**31 - 1
+
+N = Annotated[int, Ge(1), Le(MAX_GENERATE)]
+Seed = Annotated[int, Ge(0), Le(MAX_SEED)]
+Label = Annotated[int, Ge(0), Le(9)]
+Steps = Annotated[int, Ge(1), Le(MAX_STEPS)]
+ModelName = Annotated[str, Len(1, 64)]
+OutputFormat = Literal["png_grid", "pngs", "array"]
+PixelScale = Literal["auto", "unit", "uint8"]
+
+FlatImage = Annotated[list[FiniteFloat], Len(784, 784)]
+GridImage = Annotated[list[Annotated[list[FiniteFloat], Len(28, 28)]], Len(28, 28)]
+ImageArray = FlatImage | GridImage
+
+
+class ModelRef(BaseModel):
+    """Which registered model version produced a result."""
+
+    name: str
+    version: str
+    family: str
+
+
+class ImageScore(BaseModel):
+    score: float = Field(description="anomaly score, higher = more anomalous")
+    threshold: float = Field(description="calibrated threshold (from calibration.json)")
+    is_anomaly: bool = Field(description="score > threshold")
+    percentile: float = Field(description="share (0..100) of validation normals scoring <= score")
+    model: str
+    family: str
+    version: str
+
+
+class ScoreResponse(BaseModel):
+    model: ModelRef
+    threshold: float
+    target_fpr: float
+    results: list[ImageScore]
+
+
+class GenerateResponse(BaseModel):
+    model: ModelRef
+    n: int
+    seed: int
+    label: int | None
+    steps: int | None
+    format: OutputFormat
+    png_grid: str | None = Field(None, description="base64 PNG of all images in one grid")
+    pngs: list[str] | None = Field(None, description="one base64 PNG per image")
+    array: list[list[list[float]]] | None = Field(None, description="(n, 28, 28) in [0, 1]")
+
+
+class Reconstruction(BaseModel):
+    score: float
+    reconstruction: list[list[float]] = Field(description="28x28 in [0, 1]")
+    error_map: list[list[float]] = Field(description="28x28 squared error per pixel")
+
+
+class ReconstructResponse(BaseModel):
+    model: ModelRef
+    results: list[Reconstruction]
+
+
+class ReloadResponse(BaseModel):
+    swapped: bool = Field(description="a new set of models is now being served")
+    ready: bool
+    fingerprint: str
+    reason: str
+
+
+def model_ref(meta: Any) -> ModelRef:
+    return ModelRef(name=meta.name, version=meta.version, family=meta.family)

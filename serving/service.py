@@ -1,0 +1,404 @@
+"""The genops BentoML service: generate digits, score anomalies, reconstruct, describe, reload.
+
+Serve it with `bentoml serve serving.service:GenOps` (models from GENOPS_MODEL_SOURCE, see
+serving.sources) or build a Bento with `bentoml build -f serving/bentofile.yaml .`.
+Endpoints and bounds are documented in docs/serving.md. Thin by design: the scoring rule,
+weight loading and calibration live in `models/`, model lookup in serving.catalog, pixel
+handling in serving.imaging, batching in serving.batching.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
+from pydantic import Field
+
+from serving import imaging
+from serving.batching import ScoreBatcher
+from serving.bundle import ServedModel
+from serving.catalog import CHAMPION, Catalog, UnknownModel, empty_catalog, load_catalog
+from serving.http import BodySizeLimit, metadata_app, refuse_file_urls
+from serving.schemas import (
+    MAX_RECONSTRUCT,
+    MAX_SCORE,
+    GenerateResponse,
+    ImageArray,
+    ImageScore,
+    Label,
+    ModelName,
+    N,
+    OutputFormat,
+    PixelScale,
+    Reconstruction,
+    ReconstructResponse,
+    ReloadResponse,
+    ScoreResponse,
+    Seed,
+    Steps,
+    model_ref,
+)
+from serving.sources import ModelSource, source_from_env
+
+log = logging.getLogger("genops.serving")
+FORBIDDEN = HTTPStatus.FORBIDDEN
+# Uploads default to an empty list: BentoML 1.4 cannot make `list[Path] | None` a multipart field.
+NO_FILES = Field(default_factory=list, description="PNG/JPEG uploads (multipart/form-data)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime knobs, read from the environment once per service instance."""
+
+    reload_interval_s: float = 0.0  # GENOPS_RELOAD_INTERVAL_S; 0 = no polling
+    batching: bool = True  # GENOPS_BATCHING=0 turns adaptive batching off
+    max_body_bytes: int = 16 << 20  # GENOPS_MAX_BODY_BYTES
+    admin_token: str = ""  # GENOPS_ADMIN_TOKEN; when set, /admin/reload needs it
+    torch_threads: int = 0  # GENOPS_TORCH_THREADS; 0 = torch's default
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            reload_interval_s=float(env.get("GENOPS_RELOAD_INTERVAL_S", "0") or 0),
+            batching=env.get("GENOPS_BATCHING", "1").strip().lower() not in ("0", "false", "no"),
+            max_body_bytes=int(env.get("GENOPS_MAX_BODY_BYTES", str(16 << 20))),
+            admin_token=env.get("GENOPS_ADMIN_TOKEN", ""),
+            torch_threads=int(env.get("GENOPS_TORCH_THREADS", "0") or 0),
+        )
+
+
+@cache
+def _metrics() -> tuple[Any, Any]:
+    """Prometheus metrics, created lazily: BentoML sets the multiprocess dir before __init__."""
+    import prometheus_client as prom
+
+    buckets = tuple(round(10.0**e, 6) for e in np.arange(-4.0, 2.01, 0.25))
+    histogram = prom.Histogram(
+        "genops_anomaly_score",
+        "Anomaly scores served by /score",
+        ["family", "version"],
+        buckets=buckets,
+    )
+    anomalies = prom.Counter(
+        "genops_anomalies", "Images /score flagged as anomalous", ["family", "version"]
+    )
+    return histogram, anomalies
+
+
+def _bad_request(exc: Exception) -> InvalidArgument:
+    return InvalidArgument(str(exc))
+
+
+class _ClientErrorFilter(logging.Filter):
+    """Log a request rejected with a 4xx as one WARNING line instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", 0)
+        if type(exc).__name__ == "ValidationError" or 400 <= status < 500:
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}".splitlines()[0]
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _setup_logging() -> None:
+    """Show our INFO lines through BentoML's handlers; keep 4xx out of the error log."""
+    ours = logging.getLogger("genops")
+    ours.disabled = log.disabled = False
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+    http_log = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorFilter) for f in http_log.filters):
+        http_log.addFilter(_ClientErrorFilter())
+
+
+@bentoml.service(
+    name="genops",
+    traffic={"timeout": 60, "max_concurrency": 128},
+    resources={"cpu": "2"},
+    workers=1,
+)
+class GenOps:
+    """Serves the generation and anomaly champions plus the latest model of each family."""
+
+    def __init__(self) -> None:
+        _setup_logging()
+        self.settings = Settings.from_env()
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self.batcher = ScoreBatcher(MAX_SCORE, enabled=self.settings.batching)
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.source: ModelSource | None = None
+        self.catalog: Catalog = empty_catalog("none", "not loaded yet")
+        try:
+            self.source = source_from_env()
+        except ValueError as exc:
+            log.error("%s", exc)
+            self.catalog = empty_catalog("invalid", str(exc))
+        else:
+            self.reload(force=True)
+        if self.settings.reload_interval_s > 0 and self.source is not None:
+            threading.Thread(target=self._poll, name="genops-reload", daemon=True).start()
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def __is_ready__(self) -> bool:
+        """/readyz: true only once the required models are loaded and verified."""
+        return self.catalog.ready
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+
+    def reload(self, force: bool = False) -> ReloadResponse:
+        """Re-read the source; build a new catalog, then swap the reference (atomically).
+
+        A catalog that is not ready never replaces one that is: the old models keep serving.
+        """
+        with self._reload_lock:
+            current = self.catalog
+            if self.source is None:
+                return ReloadResponse(
+                    swapped=False,
+                    ready=current.ready,
+                    fingerprint=current.fingerprint,
+                    reason="no valid source",
+                )
+            try:
+                fingerprint = self.source.fingerprint()
+            except Exception as exc:
+                log.error("cannot read model source %s: %s", self.source.spec, exc)
+                return ReloadResponse(
+                    swapped=False,
+                    ready=current.ready,
+                    fingerprint=current.fingerprint,
+                    reason=str(exc),
+                )
+            if not force and fingerprint == current.fingerprint:
+                return ReloadResponse(
+                    swapped=False,
+                    ready=current.ready,
+                    fingerprint=fingerprint,
+                    reason="source unchanged",
+                )
+            new = load_catalog(self.source)
+            if current.ready and not new.ready:
+                reason = f"new models not servable, kept the current ones: {dict(new.errors)}"
+                log.error("reload refused: %s", reason)
+                return ReloadResponse(
+                    swapped=False, ready=True, fingerprint=current.fingerprint, reason=reason
+                )
+            self.catalog = new  # one reference swap; in-flight requests keep the old catalog
+            log.info(
+                "serving model set %s from %s (ready=%s)", new.fingerprint, new.source, new.ready
+            )
+            return ReloadResponse(
+                swapped=True, ready=new.ready, fingerprint=new.fingerprint, reason="loaded"
+            )
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.reload_interval_s):
+            try:
+                self.reload()
+            except Exception:
+                log.exception("periodic reload failed; still serving the current models")
+
+    def describe(self) -> dict[str, Any]:
+        from serving import schemas
+
+        limits = {
+            k.lower(): getattr(schemas, k)
+            for k in ("MAX_GENERATE", "MAX_SCORE", "MAX_RECONSTRUCT", "MAX_STEPS", "MAX_SEED")
+        }
+        return {
+            **self.catalog.describe(),
+            "limits": limits | {"max_body_bytes": self.settings.max_body_bytes},
+            "batching": self.settings.batching,
+        }
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _resolve(self, task: str, name: str | None) -> ServedModel:
+        catalog = self.catalog  # one read: the whole request uses one model set
+        if (name is None or name == CHAMPION) and task not in catalog.roles:
+            raise ServiceUnavailable(
+                f"no {task} model is being served: {catalog.errors.get(task, 'not loaded')}"
+            )
+        try:
+            return catalog.resolve(task, name)
+        except UnknownModel as exc:
+            raise _bad_request(exc) from None
+
+    async def _read_images(
+        self, images: list | None, files: list[Path], scale: str, limit: int
+    ) -> np.ndarray:
+        """The request's images as (N, 1, 28, 28) float32 in [0, 1], or a 400."""
+        if images and files:
+            raise InvalidArgument("send either JSON `images` or uploaded `files`, not both")
+        count = len(images or files)
+        if count == 0:
+            raise InvalidArgument("no images given: send `images` (JSON arrays) or `files`")
+        if count > limit:
+            raise InvalidArgument(f"too many images: {count} > {limit} per request")
+        try:
+            if files:
+                decoded = await anyio.to_thread.run_sync(_decode_files, files)
+            else:
+                decoded = imaging.parse_arrays(images, scale)  # type: ignore[arg-type]
+        except imaging.BadImage as exc:
+            raise _bad_request(exc) from None
+        return decoded[:, None, :, :]
+
+    # ---- API --------------------------------------------------------------------------
+    @bentoml.api(route="/generate")
+    async def generate(
+        self,
+        n: N = 16,
+        seed: Seed = 0,
+        label: Label | None = None,
+        steps: Steps | None = None,
+        model: ModelName | None = None,
+        format: OutputFormat = "png_grid",
+    ) -> GenerateResponse:
+        """Sample `n` digits; the same (model, n, seed, label, steps) always gives the same images.
+
+        `label` only for class-conditional models and `steps` only for models with a sampling
+        step count (diffusion); either one given to another model is a 400.
+        """
+        served = self._resolve("generation", model)
+        if label is not None and not served.conditional:
+            raise InvalidArgument(f"{served.meta.family} model is unconditional: omit `label`")
+        if steps is not None and not served.supports_steps:
+            raise InvalidArgument(f"{served.meta.family} model has no sampling steps: omit `steps`")
+        try:
+            images = await anyio.to_thread.run_sync(served.sample, n, seed, label, steps)
+        except ValueError as exc:
+            raise _bad_request(exc) from None
+        images = images[:, 0]
+        out: dict[str, Any] = {}
+        if format == "png_grid":
+            out["png_grid"] = imaging.b64(imaging.png_bytes(imaging.grid(images)))
+        elif format == "pngs":
+            out["pngs"] = [imaging.b64(imaging.png_bytes(img)) for img in images]
+        else:
+            out["array"] = images.tolist()
+        return GenerateResponse.model_construct(
+            model=model_ref(served.meta),
+            n=n,
+            seed=seed,
+            label=label,
+            steps=steps,
+            format=format,
+            **{k: out.get(k) for k in ("png_grid", "pngs", "array")},
+        )
+
+    @bentoml.api(route="/score")
+    async def score(
+        self,
+        images: list[ImageArray] | None = None,
+        files: list[Path] = NO_FILES,
+        model: ModelName | None = None,
+        scale: PixelScale = "auto",
+    ) -> ScoreResponse:
+        """Anomaly score, calibrated threshold, verdict and percentile for each image.
+
+        `images`: JSON arrays (784 values or 28x28; [0, 1] or [0, 255], see `scale`) - never
+        resized. `files`: uploaded PNG/JPEG (multipart), converted to grayscale and resized
+        to 28x28. At most 256 images per request.
+        """
+        served = self._resolve("anomaly", model)
+        batch = await self._read_images(images, files, scale, MAX_SCORE)
+        scores = await self.batcher.score(served, batch)
+        meta, calibration = served.meta, served.calibration
+        histogram, anomalies = _metrics()
+        results = []
+        for value in scores.tolist():
+            flagged = calibration.is_anomaly(value)
+            histogram.labels(meta.family, meta.version).observe(value)
+            if flagged:
+                anomalies.labels(meta.family, meta.version).inc()
+            results.append(
+                ImageScore(
+                    score=value,
+                    threshold=calibration.threshold,
+                    is_anomaly=flagged,
+                    percentile=calibration.percentile(value),
+                    model=meta.name,
+                    family=meta.family,
+                    version=meta.version,
+                )
+            )
+        return ScoreResponse(
+            model=model_ref(meta),
+            threshold=calibration.threshold,
+            target_fpr=calibration.target_fpr,
+            results=results,
+        )
+
+    @bentoml.api(route="/reconstruct")
+    async def reconstruct(
+        self,
+        images: list[ImageArray] | None = None,
+        files: list[Path] = NO_FILES,
+        model: ModelName | None = None,
+        scale: PixelScale = "auto",
+    ) -> ReconstructResponse:
+        """Reconstruction and per-pixel squared-error map (models with a reconstruction only)."""
+        served = self._resolve("anomaly", model)
+        if not served.has_reconstruction:
+            raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
+        batch = await self._read_images(images, files, scale, MAX_RECONSTRUCT)
+        recon = await anyio.to_thread.run_sync(served.reconstruct, batch)
+        scores = await self.batcher.score(served, batch)
+        errors = np.square(recon - batch)
+        return ReconstructResponse(
+            model=model_ref(served.meta),
+            results=[
+                Reconstruction(score=s, reconstruction=r[0].tolist(), error_map=e[0].tolist())
+                for s, r, e in zip(scores.tolist(), recon, errors, strict=True)
+            ],
+        )
+
+    @bentoml.api(route="/metadata")
+    async def metadata(self) -> dict[str, Any]:
+        """Loaded model versions, data version, metrics, thresholds, load errors and limits."""
+        return self.describe()
+
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context, force: bool = False) -> ReloadResponse:
+        """Re-read the model source and swap models if it changed (`force`: reload anyway)."""
+        expected = self.settings.admin_token
+        given = ctx.request.headers.get("x-admin-token", "")
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            raise BentoMLException(
+                "missing or wrong X-Admin-Token", error_code=HTTPStatus.FORBIDDEN
+            )
+        result = await anyio.to_thread.run_sync(self.reload, force)
+        if not result.swapped and result.reason.startswith("new models not servable"):
+            raise BentoMLException(result.reason, error_code=HTTPStatus.CONFLICT)
+        return result
+
+
+def _decode_files(files: list[Path]) -> np.ndarray:
+    return np.stack(
+        [imaging.decode_upload(Path(f).read_bytes(), f"file {i}") for i, f in enumerate(files)]
+    )
+
+
+refuse_file_urls()
+GenOps.add_asgi_middleware(BodySizeLimit, max_bytes=Settings.from_env().max_body_bytes)
+GenOps.mount_asgi_app(metadata_app(lambda: bentoml.get_current_service().describe()), path="/")

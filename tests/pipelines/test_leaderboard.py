@@ -1,0 +1,55 @@
+"""Leaderboard: per-task ranking order, multi-seed mean ± spread, Markdown rendering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipelines.evaluation.leaderboard import build_leaderboard, render_markdown
+
+METRICS = {
+    "autoencoder": {"fd_judge": 30.0, "anomaly_auroc_mean": 0.95, "params": 50_000},
+    "gan": [
+        {"fd_judge": 4.0, "anomaly_auroc_mean": 0.70, "params": 900_000},
+        {"fd_judge": 6.0, "anomaly_auroc_mean": 0.80, "params": 900_000},
+    ],
+    "diffusion": {"fd_judge": 2.0, "anomaly_auroc_mean": 0.90, "params": 2_500_000},
+    "vae": {"anomaly_auroc_mean": float("nan"), "elbo_nats": -95.5, "family": "vae"},
+}
+
+
+def test_generation_ranked_by_fd_ascending_and_anomaly_by_auroc_descending():
+    board = build_leaderboard(METRICS)
+    assert [r["family"] for r in board["generation"]] == ["diffusion", "gan", "autoencoder", "vae"]
+    assert [r["rank"] for r in board["generation"]] == [1, 2, 3, None]
+    assert [r["family"] for r in board["anomaly"]] == ["autoencoder", "diffusion", "gan", "vae"]
+    assert board["anomaly"][-1]["rank"] is None  # NaN is "missing", ranked last
+    assert board["tasks"]["generation"] == {"metric": "fd_judge", "higher_is_better": False}
+
+
+def test_several_seeds_give_mean_and_sample_std():
+    board = build_leaderboard(METRICS)
+    fd = board["families"]["gan"]["metrics"]["fd_judge"]
+    assert fd == {"mean": 5.0, "spread": pytest.approx(math.sqrt(2.0)), "n": 2}
+    assert board["families"]["gan"]["n_runs"] == 2
+    assert board["families"]["diffusion"]["metrics"]["fd_judge"]["spread"] == 0.0
+    assert "family" not in board["families"]["vae"]["metrics"]  # non-numeric keys skipped
+
+
+def test_markdown_has_both_ranked_tables_with_spread_and_placeholders():
+    text = render_markdown(build_leaderboard(METRICS))
+    generation, anomaly = text.split("## Anomaly detection")
+    rows = [line for line in generation.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[1] for row in rows] == ["diffusion", "gan", "autoencoder", "vae"]
+    assert "5 ± 1.4" in generation and "0.750 ± 0.071" in generation  # gan's fd and auroc
+    assert "| 1 | autoencoder | 0.950 |" in anomaly
+    assert "-95.5" in generation and "—" in generation
+    assert "2.50M" in generation and "50.0k" in generation
+
+
+def test_empty_input_raises():
+    with pytest.raises(ValueError):
+        build_leaderboard({})
+    with pytest.raises(ValueError, match="gan"):
+        build_leaderboard({"gan": []})

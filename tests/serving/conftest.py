@@ -1,0 +1,153 @@
+"""Serving fixtures: a tiny trained autoencoder bundle and a real `bentoml serve` subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from models.calibration import Calibration
+from models.io import build_model
+from serving.bundle import write_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+AE_CONFIG = {"arch": "mlp", "hidden_dims": [64], "latent_dim": 8}
+TRAIN, CALIB = slice(0, 2000), slice(4000, 4500)
+READY_TIMEOUT_S = 180
+
+
+def train_tiny_autoencoder(
+    images: torch.Tensor, labels: torch.Tensor, conditional: bool = True, steps: int = 40
+):
+    """A few dozen optimisation steps of a 784-64-8 MLP autoencoder on real digits."""
+    torch.manual_seed(0)
+    model = build_model("autoencoder", {**AE_CONFIG, "conditional": conditional})
+    optimizers = model.configure_optimizers()
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (128,), generator=generator)
+        model.training_step(images[idx], labels[idx], optimizers, step, generator)
+    return model.eval()
+
+
+def write_role(root: Path, role: str, model, calib_images: torch.Tensor, name: str, version: str,
+               tasks: list[str]) -> None:
+    """One bundle: weights + calibration fitted on held-out digits + meta.json."""
+    with torch.no_grad():
+        val_scores = model.anomaly_score(calib_images).numpy()
+    write_bundle(root / role, model, Calibration.fit(val_scores, target_fpr=0.05), {
+        "name": name, "version": version, "tasks": tasks, "data_version": "md5:test",
+        "metrics": {"anomaly_auroc_mean": 0.9, "fd_judge": 12.5},
+    })
+
+
+def make_source_dir(root: Path, conditional, unconditional, calib: torch.Tensor) -> Path:
+    """generation/ + anomaly/ (a conditional AE) and families/autoencoder/ (an unconditional one).
+
+    The autoencoder stands in for every family here: the other families are trained elsewhere.
+    """
+    write_role(root, "generation", conditional, calib, "genops-generation", "3", ["generation"])
+    write_role(root, "anomaly", conditional, calib, "genops-anomaly", "2", ["anomaly"])
+    write_role(root, "families/autoencoder", unconditional, calib, "genops-autoencoder", "7", [])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(real_digits):
+    """(conditional, unconditional) tiny autoencoders."""
+    images, labels = real_digits
+    return (train_tiny_autoencoder(images[TRAIN], labels[TRAIN], True),
+            train_tiny_autoencoder(images[TRAIN], labels[TRAIN], False))
+
+
+@pytest.fixture(scope="session")
+def source_dir(tmp_path_factory, tiny_models, real_digits) -> Path:
+    images, _ = real_digits
+    return make_source_dir(tmp_path_factory.mktemp("models"), *tiny_models, images[CALIB])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `bentoml serve` subprocess and an httpx client pointed at it."""
+
+    def __init__(self, source: str, home: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / "server.log"
+        env = {**os.environ, "GENOPS_MODEL_SOURCE": source, "BENTOML_HOME": str(home / "bentoml"),
+               "BENTOML_DO_NOT_TRACK": "True", "GENOPS_TORCH_THREADS": "1",
+               "PYTHONPATH": str(REPO), **(extra_env or {})}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "serving.service:GenOps",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def served_dir(tmp_path_factory, source_dir) -> Path:
+    """A private copy of the bundles for the server (tests may rewrite it to test reload)."""
+    dst = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(source_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, served_dir):
+    srv = Server(f"dir:{served_dir}", tmp_path_factory.mktemp("server"))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def digits_as_lists(images: torch.Tensor) -> list[list[float]]:
+    """(N, 1, 28, 28) -> JSON-ready lists of 784 floats (exactly representable in float32)."""
+    return [row.tolist() for row in images.reshape(len(images), -1).numpy().astype(np.float64)]
