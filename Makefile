@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help install data run test test-slow lint format bench clean
+.PHONY: help install data run test test-slow lint format bench clean flow prefect-server prefect-serve serve
 .DEFAULT_GOAL := help
 
 help: ## list targets
@@ -38,6 +38,21 @@ lint: install ## ruff lint + format check
 
 format: install ## ruff fix + format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+flow: data ## run the whole pipeline once as a Prefect flow (same jobs as dvc repro)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.flows run
+
+prefect-server: install ## start a local Prefect server (UI at http://127.0.0.1:4200)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+prefect-serve: install ## register the nightly deployment (cron 0 2 * * *) and serve it
+	PREFECT_API_URL=http://127.0.0.1:4200/api PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.flows serve
+
+serve: install ## serve the registry champions over HTTP on :3000 (development mode)
+	GENOPS_MODEL_SOURCE=mlflow PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml serve serving.service:GenOps --port 3000
+
+bench: install ## model speed benchmark (training/sampling/scoring images/s, peak RSS)
+	$(BIN)/python benchmarks/bench_models.py
 
 clean: ## remove generated state (keeps data/ and the DVC remote)
 	rm -rf reports artifacts metrics .genops .mlflow .pytest_cache .ruff_cache

@@ -203,6 +203,31 @@ def rollback_cmd(task, version) -> None:
     click.echo(f"{task}: champion v{previous} -> v{version}")
 
 
+@main.command("one-class")
+@click.option("--family", "families", multiple=True, type=click.Choice(FAMILIES),
+              default=("autoencoder", "vae"), show_default=True)
+@click.option("--steps", type=int, default=600, show_default=True, help="Training steps per digit.")
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default=REPORTS / "one_class", show_default=True,
+              type=click.Path(path_type=Path))
+@click.pass_context
+def one_class_cmd(ctx, families, steps, data_dir, out) -> None:
+    """Benchmark: the one-class MNIST protocol (train on one digit, AUROC vs the rest)."""
+    from models.io import atomic_write_json
+    from pipelines.jobs import family_params
+    from pipelines.one_class import markdown, one_class
+
+    results = []
+    for family in families:
+        model_cfg, cfg = family_params(_params(ctx), family)
+        cfg = cfg.__class__.from_dict({**cfg.__dict__, "steps": steps, "progress": False,
+                                       "checkpoint_every": steps, "val_every": steps})
+        results.append(one_class(family, model_cfg, cfg, data_dir, Path(".genops") / "one_class"))
+    atomic_write_json(out / "one_class.json", results)
+    (out / "one_class.md").write_text(markdown(results))
+    click.echo(markdown(results))
+
+
 @main.command("champions")
 def champions_cmd() -> None:
     """Show the current champion of each task."""

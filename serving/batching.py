@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import anyio.to_thread
 import numpy as np
 
 from serving.bundle import ServedModel
@@ -38,9 +38,10 @@ class _Job:
 class ScoreBatcher:
     """Queue score requests per network and run them as batches on a worker thread."""
 
-    def __init__(self, max_images: int = 256, enabled: bool = True) -> None:
+    def __init__(self, executor: Executor, max_images: int = 256, enabled: bool = True) -> None:
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
+        self.executor = executor  # see serving.bundle.model_executor
         self.max_images = max_images
         self.enabled = enabled
         self._queue: deque[_Job] = deque()
@@ -50,9 +51,10 @@ class ScoreBatcher:
 
     async def score(self, model: ServedModel, images: np.ndarray) -> np.ndarray:
         """Scores (k,) of `images` (k, 1, 28, 28), possibly computed within a larger batch."""
+        loop = asyncio.get_running_loop()
         if not self.enabled:
-            return await anyio.to_thread.run_sync(model.score, images)
-        future = asyncio.get_running_loop().create_future()
+            return await loop.run_in_executor(self.executor, model.score, images)
+        future = loop.create_future()
         self._queue.append(_Job(model, images, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
@@ -79,7 +81,9 @@ class ScoreBatcher:
                 continue
             try:
                 images = np.concatenate([job.images for job in batch])
-                scores = await anyio.to_thread.run_sync(batch[0].model.score, images)
+                scores = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, batch[0].model.score, images
+                )
             except Exception as exc:
                 log.exception("scoring a batch of %d requests failed", len(batch))
                 for job in batch:

@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,22 @@ class ServedModel:
         with self.lock, torch.no_grad():
             out = self.model.sample(n, generator=generator, labels=labels, **kwargs)
         return out.detach().float().clamp(0.0, 1.0).cpu().numpy()
+
+
+def model_executor(torch_threads: int = 0, workers: int = 4) -> ThreadPoolExecutor:
+    """The threads that run model calls, each with torch's intra-op thread count set.
+
+    `torch.set_num_threads` in the main thread does not reach threads started later (their
+    OpenMP pool keeps its default size), and an oversubscribed OpenMP pool can make a small
+    batch 100x slower on a busy host. 0 = the main thread's current setting.
+    """
+    threads = torch_threads or torch.get_num_threads()
+    return ThreadPoolExecutor(
+        workers,
+        thread_name_prefix="genops-model",
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )
 
 
 def load_bundle(directory: Path, cache: dict[tuple[str, str], Any] | None = None) -> ServedModel:

@@ -51,6 +51,12 @@ def decode_upload(data: bytes, name: str = "image") -> np.ndarray:
 
 def _as_grids(images: Sequence[Sequence[float] | Sequence[Sequence[float]]]) -> np.ndarray:
     """Stack images given as 784 values or 28 rows of 28 into (N, 28, 28) float64."""
+    try:  # fast path: one conversion when every image has the same layout
+        stacked = np.asarray(images, dtype=np.float64)
+    except (ValueError, TypeError):
+        stacked = None
+    if stacked is not None and stacked.shape[1:] in ((PIXELS,), (SIDE, SIDE)):
+        return stacked.reshape(len(images), SIDE, SIDE)
     out = np.empty((len(images), SIDE, SIDE), dtype=np.float64)
     for i, image in enumerate(images):
         try:

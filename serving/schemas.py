@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le, Len
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, Field
+
+from models.io import FAMILIES
 
 MAX_GENERATE = 256  # images per /generate
 MAX_SCORE = 256  # images per /score
@@ -17,12 +19,14 @@ N = Annotated[int, Ge(1), Le(MAX_GENERATE)]
 Seed = Annotated[int, Ge(0), Le(MAX_SEED)]
 Label = Annotated[int, Ge(0), Le(9)]
 Steps = Annotated[int, Ge(1), Le(MAX_STEPS)]
-ModelName = Annotated[str, Len(1, 64)]
+# "champion" (the task's champion) or a family name; families come from models.io.FAMILIES
+ModelName = Literal[("champion", *FAMILIES)]  # type: ignore[valid-type]
 OutputFormat = Literal["png_grid", "pngs", "array"]
 PixelScale = Literal["auto", "unit", "uint8"]
 
-FlatImage = Annotated[list[FiniteFloat], Len(784, 784)]
-GridImage = Annotated[list[Annotated[list[FiniteFloat], Len(28, 28)]], Len(28, 28)]
+Pixel = Annotated[float, Ge(0), Le(255)]  # NaN and Inf fail these bounds too
+FlatImage = Annotated[list[Pixel], Len(784, 784)]
+GridImage = Annotated[list[Annotated[list[Pixel], Len(28, 28)]], Len(28, 28)]
 ImageArray = FlatImage | GridImage
 
 

@@ -9,6 +9,7 @@ handling in serving.imaging, batching in serving.batching.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -27,7 +28,7 @@ from pydantic import Field
 
 from serving import imaging
 from serving.batching import ScoreBatcher
-from serving.bundle import ServedModel
+from serving.bundle import ServedModel, model_executor
 from serving.catalog import CHAMPION, Catalog, UnknownModel, empty_catalog, load_catalog
 from serving.http import BodySizeLimit, metadata_app, refuse_file_urls
 from serving.schemas import (
@@ -137,11 +138,8 @@ class GenOps:
     def __init__(self) -> None:
         _setup_logging()
         self.settings = Settings.from_env()
-        if self.settings.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
-        self.batcher = ScoreBatcher(MAX_SCORE, enabled=self.settings.batching)
+        self.executor = model_executor(self.settings.torch_threads)
+        self.batcher = ScoreBatcher(self.executor, MAX_SCORE, enabled=self.settings.batching)
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self.source: ModelSource | None = None
@@ -164,6 +162,10 @@ class GenOps:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_model_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def reload(self, force: bool = False) -> ReloadResponse:
         """Re-read the source; build a new catalog, then swap the reference (atomically).
@@ -285,7 +287,7 @@ class GenOps:
         if steps is not None and not served.supports_steps:
             raise InvalidArgument(f"{served.meta.family} model has no sampling steps: omit `steps`")
         try:
-            images = await anyio.to_thread.run_sync(served.sample, n, seed, label, steps)
+            images = await self._on_model_thread(served.sample, n, seed, label, steps)
         except ValueError as exc:
             raise _bad_request(exc) from None
         images = images[:, 0]
@@ -362,7 +364,7 @@ class GenOps:
         if not served.has_reconstruction:
             raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
         batch = await self._read_images(images, files, scale, MAX_RECONSTRUCT)
-        recon = await anyio.to_thread.run_sync(served.reconstruct, batch)
+        recon = await self._on_model_thread(served.reconstruct, batch)
         scores = await self.batcher.score(served, batch)
         errors = np.square(recon - batch)
         return ReconstructResponse(

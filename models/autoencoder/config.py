@@ -37,8 +37,8 @@ class AutoencoderConfig(ModelConfig):
     conditional: bool = True
     latent_prior: str = "full"
     prior_momentum: float = 0.05
-    bf16_autocast: bool = False
-    channels_last: bool = False
+    bf16_autocast: bool = True
+    channels_last: bool = True
 
     def validate(self) -> None:
         require(self.arch in ARCHES, f"arch must be one of {ARCHES}, got {self.arch!r}")

@@ -37,11 +37,11 @@ class GANConfig(ModelConfig):
     monitor_batch: int = 40  # fixed noise vectors generated for the diversity check
     d_collapse_loss: float = 0.05  # dcgan: warn when D loss falls below this
     d_collapse_gap: float = 0.95  # dcgan: warn when mean D(real) - D(fake) exceeds this
-    wgan_gap_limit: float = 20.0  # wgan-gp: warn when the critic gap exceeds this
+    wgan_gap_limit: float = 10.0  # wgan-gp: warn when the critic gap exceeds this
     mode_collapse_ratio: float = 0.5  # warn when sample/real pairwise distance falls below
     seed: int = 0  # seeds the fixed monitoring noise
-    bf16_autocast: bool = False
-    channels_last: bool = False
+    bf16_autocast: bool = True  # training forward passes only; ~1.6x on AVX512-BF16
+    channels_last: bool = True
 
     @property
     def critic_steps(self) -> int:
@@ -58,12 +58,15 @@ class GANConfig(ModelConfig):
         for name in ("latent_dim", "label_embed_dim", "g_width", "d_width", "e_width"):
             value = getattr(self, name)
             require(
-                isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}"
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be an int >= 1, got {value!r}",
             )
         require(0.0 < self.lr < 1.0, f"lr must be in (0, 1), got {self.lr!r}")
         require(0.0 < self.e_lr < 1.0, f"e_lr must be in (0, 1), got {self.e_lr!r}")
         require(
-            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(isinstance(b, int | float) and 0.0 <= b < 1.0 for b in self.betas),
             f"betas must be two values in [0, 1), got {self.betas!r}",
         )
         require(

@@ -222,7 +222,8 @@ class GAN(GenerativeModel):
 
     def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         """Mean f-AnoGAN score of (normal) validation images; meaningful once E trains."""
-        residual, _, logits = self._izif(self._to_net(images))
+        with torch.no_grad(), frozen(self.e, self.sampler, self.d):
+            residual, _, logits = self._izif(self._to_net(images))
         logs = {"loss": float(residual.total.mean())}
         logs["image_residual"] = float(residual.image.mean())
         logs["feature_residual"] = float(residual.feature.mean())

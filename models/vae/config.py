@@ -21,7 +21,7 @@ class VAEConfig(ModelConfig):
     `elbo_samples` draws, `iwae_bound` accepts up to `max_iwae_k` importance samples.
     """
 
-    latent_dim: int = 16
+    latent_dim: int = 8
     channels: tuple[int, ...] = (32, 64)
     hidden_dim: int = 256
     decoder: str = "bernoulli"
@@ -32,8 +32,8 @@ class VAEConfig(ModelConfig):
     elbo_samples: int = 4
     max_iwae_k: int = 256
     eval_seed: int = 0
-    bf16_autocast: bool = False
-    channels_last: bool = False
+    bf16_autocast: bool = True
+    channels_last: bool = True
 
     def validate(self) -> None:
         require(

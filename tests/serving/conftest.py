@@ -41,15 +41,30 @@ def train_tiny_autoencoder(
     return model.eval()
 
 
-def write_role(root: Path, role: str, model, calib_images: torch.Tensor, name: str, version: str,
-               tasks: list[str]) -> None:
+def write_role(
+    root: Path,
+    role: str,
+    model,
+    calib_images: torch.Tensor,
+    name: str,
+    version: str,
+    tasks: list[str],
+) -> None:
     """One bundle: weights + calibration fitted on held-out digits + meta.json."""
     with torch.no_grad():
         val_scores = model.anomaly_score(calib_images).numpy()
-    write_bundle(root / role, model, Calibration.fit(val_scores, target_fpr=0.05), {
-        "name": name, "version": version, "tasks": tasks, "data_version": "md5:test",
-        "metrics": {"anomaly_auroc_mean": 0.9, "fd_judge": 12.5},
-    })
+    write_bundle(
+        root / role,
+        model,
+        Calibration.fit(val_scores, target_fpr=0.05),
+        {
+            "name": name,
+            "version": version,
+            "tasks": tasks,
+            "data_version": "md5:test",
+            "metrics": {"anomaly_auroc_mean": 0.9, "fd_judge": 12.5},
+        },
+    )
 
 
 def make_source_dir(root: Path, conditional, unconditional, calib: torch.Tensor) -> Path:
@@ -67,8 +82,10 @@ def make_source_dir(root: Path, conditional, unconditional, calib: torch.Tensor)
 def tiny_models(real_digits):
     """(conditional, unconditional) tiny autoencoders."""
     images, labels = real_digits
-    return (train_tiny_autoencoder(images[TRAIN], labels[TRAIN], True),
-            train_tiny_autoencoder(images[TRAIN], labels[TRAIN], False))
+    return (
+        train_tiny_autoencoder(images[TRAIN], labels[TRAIN], True),
+        train_tiny_autoencoder(images[TRAIN], labels[TRAIN], False),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +107,32 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
-        env = {**os.environ, "GENOPS_MODEL_SOURCE": source, "BENTOML_HOME": str(home / "bentoml"),
-               "BENTOML_DO_NOT_TRACK": "True", "GENOPS_TORCH_THREADS": "1",
-               "PYTHONPATH": str(REPO), **(extra_env or {})}
+        env = {
+            **os.environ,
+            "GENOPS_MODEL_SOURCE": source,
+            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "GENOPS_TORCH_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+            **(extra_env or {}),
+        }
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:GenOps",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "serving.service:GenOps",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.client = httpx.Client(base_url=self.url, timeout=60)

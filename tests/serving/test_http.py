@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.calibration import Calibration
 from serving.bundle import load_bundle
-from tests.serving.conftest import CALIB, digits_as_lists
+from tests.serving.conftest import digits_as_lists
 
 HELD_OUT = slice(4500, 4516)  # 16 digits never used for training or calibration
 
@@ -42,7 +42,10 @@ def test_ready_and_metadata_describe_the_bundles(server, served_dir):
     assert via_get["models"] == via_post["models"] and via_get["ready"]
     anomaly = via_get["models"]["anomaly"]
     assert (anomaly["name"], anomaly["version"], anomaly["family"]) == (
-        "genops-anomaly", "2", "autoencoder")
+        "genops-anomaly",
+        "2",
+        "autoencoder",
+    )
     assert anomaly["data_version"] == "md5:test" and anomaly["metrics"]["anomaly_auroc_mean"] == 0.9
     assert anomaly["threshold"] == Calibration.load(served_dir / "anomaly").threshold
     assert set(via_get["models"]) == {"generation", "anomaly", "families/autoencoder"}
@@ -60,7 +63,7 @@ def test_generate_formats(server, fmt):
         assert len(images) == 5 and all(img.size == (28, 28) for img in images)
     else:
         array = np.asarray(body["array"])
-        assert array.shape == (5, 28, 28) and 0.0 <= array.min() and array.max() <= 1.0
+        assert array.shape == (5, 28, 28) and array.min() >= 0.0 and array.max() <= 1.0
 
 
 def test_generate_is_a_function_of_the_seed_even_under_concurrency(server, served_dir):
@@ -102,8 +105,11 @@ def test_batch_equals_one_by_one_and_concurrent_singles(server, digits):
     batch = _scores(server.client.post("/score", json={"images": images}))
     single = [_scores(server.client.post("/score", json={"images": [im]}))[0] for im in images]
     with ThreadPoolExecutor(8) as pool:  # concurrent singles are batched together by the server
-        concurrent = list(pool.map(
-            lambda im: _scores(server.client.post("/score", json={"images": [im]}))[0], images))
+        concurrent = list(
+            pool.map(
+                lambda im: _scores(server.client.post("/score", json={"images": [im]}))[0], images
+            )
+        )
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-6)
     np.testing.assert_allclose(concurrent, batch, rtol=0, atol=1e-6)
 
@@ -113,8 +119,11 @@ def test_uploads_and_uint8_arrays_score_alike(server, digits):
     files = [("files", (f"d{i}.png", _png(img), "image/png")) for i, img in enumerate(uint8)]
     uploaded = _scores(server.client.post("/score", files=files))
     as_json = _scores(server.client.post("/score", json={"images": uint8.tolist()}))
-    as_unit = _scores(server.client.post(
-        "/score", json={"images": (uint8 / 255.0).reshape(4, -1).tolist(), "scale": "unit"}))
+    as_unit = _scores(
+        server.client.post(
+            "/score", json={"images": (uint8 / 255.0).reshape(4, -1).tolist(), "scale": "unit"}
+        )
+    )
     np.testing.assert_allclose(uploaded, as_json, rtol=0, atol=1e-6)
     np.testing.assert_allclose(as_unit, as_json, rtol=0, atol=1e-6)
     big = np.asarray(Image.fromarray(uint8[0]).resize((56, 56)))  # other sizes are resized
@@ -187,19 +196,25 @@ def test_bad_raw_bodies_are_rejected(server, case):
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("upload", [
-    ("files", ("a.png", b"not an image at all", "image/png")),
-    ("files", ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif")),
-    ("files", ("empty.png", b"", "image/png")),
-])
+@pytest.mark.parametrize(
+    "upload",
+    [
+        ("files", ("a.png", b"not an image at all", "image/png")),
+        ("files", ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif")),
+        ("files", ("empty.png", b"", "image/png")),
+    ],
+)
 def test_bad_uploads_are_rejected(server, upload):
     response = server.client.post("/score", files=[upload])
     assert response.status_code == 400, response.text
 
 
 def test_file_fields_are_never_fetched_as_urls(server):
-    response = server.client.post("/score", data={"files": "http://169.254.169.254/latest"},
-                                  files=[("dummy", ("x.txt", b"x"))])
+    response = server.client.post(
+        "/score",
+        data={"files": "http://169.254.169.254/latest"},
+        files=[("dummy", ("x.txt", b"x"))],
+    )
     assert response.status_code == 400 and "not text or URLs" in response.text
 
 
@@ -209,8 +224,11 @@ def test_server_is_healthy_after_bad_input_and_metrics_count_it(server, digits):
     metrics = server.client.get("/metrics").text
     assert 'endpoint="/score",http_response_code="400"' in metrics
     assert 'endpoint="/score",http_response_code="200"' in metrics
-    counts = [float(line.split()[-1]) for line in metrics.splitlines()
-              if line.startswith("genops_anomaly_score_count")]
+    counts = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("genops_anomaly_score_count")
+    ]
     assert counts and sum(counts) >= 16
 
 

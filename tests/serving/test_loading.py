@@ -13,14 +13,16 @@ import torch
 
 from serving import imaging
 from serving.batching import ScoreBatcher
-from serving.bundle import BundleMeta, load_bundle
+from serving.bundle import BundleMeta, load_bundle, model_executor
 from serving.catalog import load_catalog
 from serving.sources import BentoSource, DirSource, MlflowSource, source_from_env
 
 
 def _break_sha(bundle_dir) -> None:
     meta_path = bundle_dir / "meta.json"
-    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"weights_sha256": "a" * 64}))
+    meta_path.write_text(
+        json.dumps(json.loads(meta_path.read_text()) | {"weights_sha256": "a" * 64})
+    )
 
 
 @pytest.fixture()
@@ -70,8 +72,13 @@ def test_tampered_weights_are_caught_too(source_copy):
 def test_meta_validation():
     good = {"name": "m", "version": "1", "family": "vae", "weights_sha256": "b" * 64}
     assert BundleMeta.from_dict(good).tasks == ()
-    for bad in ({"weights_sha256": "xyz"}, {"tasks": ["painting"]}, {"name": ""},
-                {"metrics": {"a": "high"}}, {"colour": "red"}):
+    for bad in (
+        {"weights_sha256": "xyz"},
+        {"tasks": ["painting"]},
+        {"name": ""},
+        {"metrics": {"a": "high"}},
+        {"colour": "red"},
+    ):
         with pytest.raises(ValueError):
             BundleMeta.from_dict(good | bad)
 
@@ -104,13 +111,15 @@ def test_batcher_merges_concurrent_requests_without_changing_scores(source_dir, 
     async def run(batcher: ScoreBatcher) -> list[np.ndarray]:
         return await asyncio.gather(*(batcher.score(served, images[i : i + 1]) for i in range(24)))
 
-    batched = ScoreBatcher(max_images=8)
+    executor = model_executor(1, workers=2)
+    batched = ScoreBatcher(executor, max_images=8)
     merged = np.concatenate(asyncio.run(run(batched)))
     np.testing.assert_allclose(merged, expected, rtol=0, atol=1e-6)
     assert batched.images == 24 and 3 <= batched.batches < 24  # batches of <= 8 images
-    unbatched = ScoreBatcher(enabled=False)
+    unbatched = ScoreBatcher(executor, enabled=False)
     np.testing.assert_allclose(np.concatenate(asyncio.run(run(unbatched))), expected, atol=1e-6)
     assert unbatched.batches == 0
+    executor.shutdown()
 
 
 def test_generation_is_deterministic_and_independent_of_global_rng(source_dir):
@@ -129,9 +138,14 @@ def test_parse_arrays_scales_and_rejects():
     np.testing.assert_allclose(as_uint8.reshape(-1), unit, atol=1e-6)
     rows = imaging.parse_arrays([np.reshape(unit, (28, 28)).tolist()], scale="unit")
     assert rows.shape == (1, 28, 28)
-    for bad, scale in (([[0.5] * 783], "auto"), ([[float("nan")] * 784], "auto"),
-                       ([[2.0] * 784], "unit"), ([[256.0] * 784], "auto"), ([], "auto"),
-                       ([[-1.0] * 784], "uint8")):
+    for bad, scale in (
+        ([[0.5] * 783], "auto"),
+        ([[float("nan")] * 784], "auto"),
+        ([[2.0] * 784], "unit"),
+        ([[256.0] * 784], "auto"),
+        ([], "auto"),
+        ([[-1.0] * 784], "uint8"),
+    ):
         with pytest.raises(imaging.BadImage):
             imaging.parse_arrays(bad, scale)
 

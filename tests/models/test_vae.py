@@ -1,0 +1,190 @@
+"""Contract tests of the VAE family (tiny seeded configs, real digits, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.io import build_model, load_model, save_model
+from models.vae.model import VAE, VAEConfig
+from models.vae.objective import kl_weight
+
+TINY = {
+    "channels": (8, 16),
+    "hidden_dim": 64,
+    "latent_dim": 8,
+    "lr": 3e-3,
+    "kl_warmup_steps": 50,
+    "max_iwae_k": 64,
+}
+
+
+def make(config: dict, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    model = build_model("vae", config)
+    assert isinstance(model, VAE)
+    return model
+
+
+def train(model: VAE, images, labels, steps: int, seed: int = 0, batch: int = 64):
+    """A minimal copy of the trainer's loop; returns the logged losses."""
+    opts = model.configure_optimizers()
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
+        model.train()
+        logs = model.training_step(images[idx], labels[idx], opts, step, gen)
+        losses.append(logs["recon"] + logs["kl"])  # the unweighted negative ELBO
+        model.on_train_step_end(step)
+    model.eval()
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(real_digits) -> VAE:
+    """150 steps on 1,000 real digits (all classes)."""
+    images, labels = real_digits
+    model = make(TINY)
+    train(model, images[::5], labels[::5], steps=150)
+    return model
+
+
+def test_shapes_and_ranges(trained, real_digits):
+    images = real_digits[0][:7]
+    samples = trained.sample(5, generator=torch.Generator().manual_seed(0))
+    recon = trained.reconstruct(images)
+    path = trained.interpolate(images[0], images[1], steps=6)
+    assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.float32
+    assert recon.shape == (7, 1, 28, 28) and path.shape == (6, 1, 28, 28)
+    for out in (samples, recon, path):
+        assert out.min() >= 0.0 and out.max() <= 1.0
+    torch.testing.assert_close(path[[0, -1]], recon[:2])
+    assert trained.encode(images).shape == (7, 8)
+    for values in (trained.elbo(images), trained.iwae_bound(images, k=8)):
+        assert values.shape == (7,) and torch.isfinite(values).all()
+
+
+def test_save_load_gives_identical_outputs(trained, real_digits, tmp_path):
+    images = real_digits[0][:16]
+    sha = save_model(trained, tmp_path / "vae")
+    loaded = load_model(tmp_path / "vae", expected_sha256=sha)
+    assert isinstance(loaded, VAE) and loaded.config == trained.config
+    assert torch.equal(loaded.eval_eps, trained.eval_eps)
+    assert torch.equal(loaded.elbo(images), trained.elbo(images))
+    assert torch.equal(loaded.iwae_bound(images, 16), trained.iwae_bound(images, 16))
+    assert torch.equal(loaded.reconstruct(images), trained.reconstruct(images))
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    assert torch.equal(loaded.sample(16, generator=gen()), trained.sample(16, generator=gen()))
+
+
+@pytest.mark.parametrize("extra", [{}, {"decoder": "gaussian"}, {"beta": 4.0}])
+def test_loss_falls_on_a_tiny_batch(extra, small_batch):
+    images, labels = small_batch
+    model = make(TINY | {"kl_warmup_steps": 0} | extra)
+    losses = train(model, images, labels, steps=40, batch=32)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 20.0  # nats per image
+
+
+def test_fixed_seed_gives_identical_samples(trained):
+    a = trained.sample(8, generator=torch.Generator().manual_seed(3))
+    b = trained.sample(8, generator=torch.Generator().manual_seed(3))
+    c = trained.sample(8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("latent_dim", 0),
+        ("channels", (8,)),
+        ("hidden_dim", -1),
+        ("decoder", "poisson"),
+        ("gaussian_std", 0.0),
+        ("beta", -1.0),
+        ("kl_warmup_steps", -5),
+        ("lr", 2.0),
+        ("elbo_samples", 0),
+        ("max_iwae_k", 0),
+        ("eval_seed", -1),
+    ],
+)
+def test_invalid_config_raises(field, value):
+    with pytest.raises(ValueError, match=field):
+        VAEConfig(**{field: value})
+
+
+def test_invalid_arguments_raise(trained, small_batch):
+    images = small_batch[0]
+    with pytest.raises(ValueError, match="unconditional"):
+        trained.sample(2, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="k must be"):
+        trained.iwae_bound(images[:2], k=65)
+    with pytest.raises(ValueError, match="steps"):
+        trained.interpolate(images[0], images[1], steps=1)
+    with pytest.raises(ValueError, match="shape"):
+        trained.anomaly_score(torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match="unknown config key"):
+        build_model("vae", {"latent": 8})
+
+
+def test_scores_are_finite_deterministic_and_batch_independent(trained, real_digits):
+    images = torch.cat([real_digits[0][:6], torch.rand(2, 1, 28, 28)])
+    batch = trained.anomaly_score(images)
+    single = torch.cat([trained.anomaly_score(img[None]) for img in images])
+    assert torch.isfinite(batch).all()
+    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-3)
+    assert torch.equal(batch, trained.anomaly_score(images))
+    torch.testing.assert_close(batch, -trained.elbo(images))
+
+
+def test_noise_scores_higher_than_real_digits(trained, real_digits):
+    real = real_digits[0][1::5][:500]  # digits not used for training
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert trained.anomaly_score(noise).mean() > 2 * trained.anomaly_score(real).mean()
+
+
+def test_validation_loss_is_the_negative_elbo_in_nats(trained, real_digits):
+    images, labels = real_digits[0][1::50], real_digits[1][1::50]
+    metrics = trained.validation_loss(images, labels)
+    assert set(metrics) >= {"loss", "elbo", "recon", "kl"}
+    assert metrics["loss"] == pytest.approx(-metrics["elbo"])
+    assert metrics["elbo"] == pytest.approx(-(metrics["recon"] + metrics["kl"]), rel=1e-5)
+    assert metrics["kl"] > 0 and 40.0 < metrics["loss"] < 400.0  # Bernoulli nats per digit
+    assert metrics["loss"] == pytest.approx(float(trained.anomaly_score(images).mean()), rel=1e-5)
+
+
+def test_iwae_bound_tightens_with_k(trained, real_digits):
+    images = real_digits[0][1::100]
+    elbo = trained.elbo(images).mean()
+    iwae_1, iwae_64 = trained.iwae_bound(images, 1).mean(), trained.iwae_bound(images, 64).mean()
+    assert iwae_64 > iwae_1 and iwae_64 > elbo
+
+
+def test_kl_warmup_is_linear():
+    assert kl_weight(0, beta=2.0, warmup_steps=100) == pytest.approx(0.02)
+    assert kl_weight(49, beta=2.0, warmup_steps=100) == pytest.approx(1.0)
+    assert kl_weight(99, beta=2.0, warmup_steps=100) == kl_weight(5000, 2.0, 100) == 2.0
+    assert kl_weight(0, beta=0.5, warmup_steps=0) == 0.5
+
+
+def test_resume_is_bit_identical(small_batch):
+    """Checkpoint after 5 steps (weights, optimizer, generator), resume: same as 10 straight."""
+    images, labels = small_batch
+    straight = make(TINY)
+    opts, gen = straight.configure_optimizers(), torch.Generator().manual_seed(1)
+    for step in range(10):
+        straight.training_step(images[:16], labels[:16], opts, step, gen)
+    first = make(TINY)
+    opts, gen = first.configure_optimizers(), torch.Generator().manual_seed(1)
+    for step in range(5):
+        first.training_step(images[:16], labels[:16], opts, step, gen)
+    resumed = make(TINY, seed=123)
+    resumed.load_state_dict(first.state_dict())
+    opts2 = resumed.configure_optimizers()
+    opts2["adam"].load_state_dict(opts["adam"].state_dict())
+    gen2 = torch.Generator().set_state(gen.get_state())
+    for step in range(5, 10):
+        resumed.training_step(images[:16], labels[:16], opts2, step, gen2)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
