@@ -275,9 +275,15 @@ def main() -> None:
         bundle = (
             Path(args.source.removeprefix("dir:"))
             if args.source
-            else tiny_bundle(tmp_path / "models")
+            else tiny_bundle(tmp_path / "models", args.arch)
         )
         images = digits(64)
+        model = load_bundle(bundle / "anomaly").model
+        print(
+            f"- model: {model.family} {model.config.to_dict()}, "
+            f"{model.num_parameters():,} parameters",
+            file=sys.stderr,
+        )
         rows = raw_floor(bundle, images, seconds=args.duration)
         memory = {}
         for batching in (True, False):

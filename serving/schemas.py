@@ -80,6 +80,7 @@ class ReconstructResponse(BaseModel):
 
 class ReloadResponse(BaseModel):
     swapped: bool = Field(description="a new set of models is now being served")
+    refused: bool = Field(description="the source could not be read or was not servable")
     ready: bool
     fingerprint: str
     reason: str

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import threading
-from dataclasses import dataclass
-from functools import cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from serving.batching import ScoreBatcher
 from serving.bundle import ServedModel, model_executor
 from serving.catalog import CHAMPION, Catalog, UnknownModel, empty_catalog, load_catalog
 from serving.http import BodySizeLimit, metadata_app, refuse_file_urls
+from serving.runtime import Settings, score_metrics, setup_logging
 from serving.schemas import (
     MAX_RECONSTRUCT,
     MAX_SCORE,
@@ -58,72 +56,8 @@ FORBIDDEN = HTTPStatus.FORBIDDEN
 NO_FILES = Field(default_factory=list, description="PNG/JPEG uploads (multipart/form-data)")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Runtime knobs, read from the environment once per service instance."""
-
-    reload_interval_s: float = 0.0  # GENOPS_RELOAD_INTERVAL_S; 0 = no polling
-    batching: bool = True  # GENOPS_BATCHING=0 turns adaptive batching off
-    max_body_bytes: int = 16 << 20  # GENOPS_MAX_BODY_BYTES
-    admin_token: str = ""  # GENOPS_ADMIN_TOKEN; when set, /admin/reload needs it
-    torch_threads: int = 0  # GENOPS_TORCH_THREADS; 0 = torch's default
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        return cls(
-            reload_interval_s=float(env.get("GENOPS_RELOAD_INTERVAL_S", "0") or 0),
-            batching=env.get("GENOPS_BATCHING", "1").strip().lower() not in ("0", "false", "no"),
-            max_body_bytes=int(env.get("GENOPS_MAX_BODY_BYTES", str(16 << 20))),
-            admin_token=env.get("GENOPS_ADMIN_TOKEN", ""),
-            torch_threads=int(env.get("GENOPS_TORCH_THREADS", "0") or 0),
-        )
-
-
-@cache
-def _metrics() -> tuple[Any, Any]:
-    """Prometheus metrics, created lazily: BentoML sets the multiprocess dir before __init__."""
-    import prometheus_client as prom
-
-    buckets = tuple(round(10.0**e, 6) for e in np.arange(-4.0, 2.01, 0.25))
-    histogram = prom.Histogram(
-        "genops_anomaly_score",
-        "Anomaly scores served by /score",
-        ["family", "version"],
-        buckets=buckets,
-    )
-    anomalies = prom.Counter(
-        "genops_anomalies", "Images /score flagged as anomalous", ["family", "version"]
-    )
-    return histogram, anomalies
-
-
 def _bad_request(exc: Exception) -> InvalidArgument:
     return InvalidArgument(str(exc))
-
-
-class _ClientErrorFilter(logging.Filter):
-    """Log a request rejected with a 4xx as one WARNING line instead of a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        status = getattr(getattr(exc, "error_code", None), "value", 0)
-        if type(exc).__name__ == "ValidationError" or 400 <= status < 500:
-            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}".splitlines()[0]
-            record.args, record.exc_info, record.exc_text = (), None, None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-def _setup_logging() -> None:
-    """Show our INFO lines through BentoML's handlers; keep 4xx out of the error log."""
-    ours = logging.getLogger("genops")
-    ours.disabled = log.disabled = False
-    if ours.level == logging.NOTSET:
-        ours.setLevel(logging.INFO)
-    http_log = logging.getLogger("bentoml._internal.server.http_app")
-    if not any(isinstance(f, _ClientErrorFilter) for f in http_log.filters):
-        http_log.addFilter(_ClientErrorFilter())
 
 
 @bentoml.service(
@@ -136,7 +70,7 @@ class GenOps:
     """Serves the generation and anomaly champions plus the latest model of each family."""
 
     def __init__(self) -> None:
-        _setup_logging()
+        setup_logging()
         self.settings = Settings.from_env()
         self.executor = model_executor(self.settings.torch_threads)
         self.batcher = ScoreBatcher(self.executor, MAX_SCORE, enabled=self.settings.batching)
@@ -144,6 +78,7 @@ class GenOps:
         self._stop = threading.Event()
         self.source: ModelSource | None = None
         self.catalog: Catalog = empty_catalog("none", "not loaded yet")
+        self.last_reload: ReloadResponse | None = None
         try:
             self.source = source_from_env()
         except ValueError as exc:
@@ -173,45 +108,43 @@ class GenOps:
         A catalog that is not ready never replaces one that is: the old models keep serving.
         """
         with self._reload_lock:
-            current = self.catalog
-            if self.source is None:
-                return ReloadResponse(
-                    swapped=False,
-                    ready=current.ready,
-                    fingerprint=current.fingerprint,
-                    reason="no valid source",
-                )
-            try:
-                fingerprint = self.source.fingerprint()
-            except Exception as exc:
-                log.error("cannot read model source %s: %s", self.source.spec, exc)
-                return ReloadResponse(
-                    swapped=False,
-                    ready=current.ready,
-                    fingerprint=current.fingerprint,
-                    reason=str(exc),
-                )
-            if not force and fingerprint == current.fingerprint:
-                return ReloadResponse(
-                    swapped=False,
-                    ready=current.ready,
-                    fingerprint=fingerprint,
-                    reason="source unchanged",
-                )
-            new = load_catalog(self.source)
-            if current.ready and not new.ready:
-                reason = f"new models not servable, kept the current ones: {dict(new.errors)}"
+            self.last_reload = self._reload(force)
+            return self.last_reload
+
+    def _reload(self, force: bool) -> ReloadResponse:
+        current = self.catalog
+
+        def kept(reason: str, refused: bool = True) -> ReloadResponse:
+            if refused:
                 log.error("reload refused: %s", reason)
-                return ReloadResponse(
-                    swapped=False, ready=True, fingerprint=current.fingerprint, reason=reason
-                )
-            self.catalog = new  # one reference swap; in-flight requests keep the old catalog
-            log.info(
-                "serving model set %s from %s (ready=%s)", new.fingerprint, new.source, new.ready
-            )
             return ReloadResponse(
-                swapped=True, ready=new.ready, fingerprint=new.fingerprint, reason="loaded"
+                swapped=False,
+                refused=refused,
+                ready=current.ready,
+                fingerprint=current.fingerprint,
+                reason=reason,
             )
+
+        if self.source is None:
+            return kept("no valid model source (see GENOPS_MODEL_SOURCE)")
+        try:
+            fingerprint = self.source.fingerprint()
+        except Exception as exc:
+            return kept(f"cannot read model source {self.source.spec}: {exc}")
+        if not force and fingerprint == current.fingerprint:
+            return kept("model source unchanged", refused=False)
+        new = load_catalog(self.source)
+        if current.ready and not new.ready:
+            return kept(f"new models not servable, kept the current ones: {dict(new.errors)}")
+        self.catalog = new  # one reference swap; in-flight requests keep the old catalog
+        log.info("serving model set %s from %s (ready=%s)", new.fingerprint, new.source, new.ready)
+        return ReloadResponse(
+            swapped=True,
+            refused=False,
+            ready=new.ready,
+            fingerprint=new.fingerprint,
+            reason="loaded",
+        )
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_s):
@@ -231,6 +164,7 @@ class GenOps:
             **self.catalog.describe(),
             "limits": limits | {"max_body_bytes": self.settings.max_body_bytes},
             "batching": self.settings.batching,
+            "last_reload": None if self.last_reload is None else self.last_reload.model_dump(),
         }
 
     # ---- helpers ----------------------------------------------------------------------
@@ -326,7 +260,7 @@ class GenOps:
         batch = await self._read_images(images, files, scale, MAX_SCORE)
         scores = await self.batcher.score(served, batch)
         meta, calibration = served.meta, served.calibration
-        histogram, anomalies = _metrics()
+        histogram, anomalies = score_metrics()
         results = []
         for value in scores.tolist():
             flagged = calibration.is_anomaly(value)
@@ -390,7 +324,7 @@ class GenOps:
                 "missing or wrong X-Admin-Token", error_code=HTTPStatus.FORBIDDEN
             )
         result = await anyio.to_thread.run_sync(self.reload, force)
-        if not result.swapped and result.reason.startswith("new models not servable"):
+        if result.refused:
             raise BentoMLException(result.reason, error_code=HTTPStatus.CONFLICT)
         return result
 

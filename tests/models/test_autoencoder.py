@@ -81,7 +81,14 @@ def test_save_load_gives_identical_outputs(trained, real_digits, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"loss": "mse"}, {"denoise_std": 0.3, "mask_prob": 0.2}, TINY_MLP]
+    "extra",
+    [
+        {},
+        {"loss": "mse"},
+        {"denoise_std": 0.3, "mask_prob": 0.2},
+        {"bf16_autocast": False, "channels_last": False},
+        TINY_MLP,
+    ],
 )
 def test_loss_falls_on_a_tiny_batch(extra, small_batch):
     images, labels = small_batch

@@ -78,7 +78,10 @@ def test_save_load_gives_identical_outputs(trained, real_digits, tmp_path):
     assert torch.equal(loaded.sample(16, generator=gen()), trained.sample(16, generator=gen()))
 
 
-@pytest.mark.parametrize("extra", [{}, {"decoder": "gaussian"}, {"beta": 4.0}])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"decoder": "gaussian"}, {"beta": 4.0}, {"bf16_autocast": False, "channels_last": False}],
+)
 def test_loss_falls_on_a_tiny_batch(extra, small_batch):
     images, labels = small_batch
     model = make(TINY | {"kl_warmup_steps": 0} | extra)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from serving.batching import ScoreBatcher
 from serving.bundle import BundleMeta, load_bundle, model_executor
 from serving.catalog import load_catalog
 from serving.sources import BentoSource, DirSource, MlflowSource, source_from_env
+from tests.serving.conftest import REPO
 
 
 def _break_sha(bundle_dir) -> None:
@@ -162,3 +167,41 @@ def test_decode_upload_and_grid():
     with pytest.raises(imaging.BadImage, match="not a readable"):
         imaging.decode_upload(b"\x89PNG but not really")
     assert imaging.grid(np.zeros((10, 28, 28))).shape == (3 * 30 + 2, 4 * 30 + 2)
+
+
+def test_polling_reload_picks_up_a_new_version(source_copy, monkeypatch):
+    from serving.service import GenOps
+
+    monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{source_copy}")
+    monkeypatch.setenv("GENOPS_RELOAD_INTERVAL_S", "0.1")
+    service = GenOps()
+    try:
+        assert (
+            service.__is_ready__() and service.catalog.families["autoencoder"].meta.version == "7"
+        )
+        meta = source_copy / "families" / "autoencoder" / "meta.json"
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"version": "9"}))
+        deadline = time.monotonic() + 20
+        while service.catalog.families["autoencoder"].meta.version != "9":
+            assert time.monotonic() < deadline, "the poller never reloaded"
+            time.sleep(0.05)
+        assert service.last_reload.swapped and service.__is_ready__()
+    finally:
+        service._shutdown()
+
+
+def test_serving_imports_neither_pipelines_nor_mlflow():
+    code = (
+        "import sys, serving.service, serving.build; "
+        "bad = [m for m in ('pipelines', 'mlflow', 'prefect', 'dvc', 'great_expectations') "
+        "if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,77 @@
+"""Process-level setup of the service: settings from the environment, metrics, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("genops.serving")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime knobs, read from the environment once per service instance."""
+
+    reload_interval_s: float = 0.0  # GENOPS_RELOAD_INTERVAL_S; 0 = no polling
+    batching: bool = True  # GENOPS_BATCHING=0 turns adaptive batching off
+    max_body_bytes: int = 16 << 20  # GENOPS_MAX_BODY_BYTES
+    admin_token: str = ""  # GENOPS_ADMIN_TOKEN; when set, /admin/reload needs it
+    torch_threads: int = 0  # GENOPS_TORCH_THREADS; 0 = torch's default
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            reload_interval_s=float(env.get("GENOPS_RELOAD_INTERVAL_S", "0") or 0),
+            batching=env.get("GENOPS_BATCHING", "1").strip().lower() not in ("0", "false", "no"),
+            max_body_bytes=int(env.get("GENOPS_MAX_BODY_BYTES", str(16 << 20))),
+            admin_token=env.get("GENOPS_ADMIN_TOKEN", ""),
+            torch_threads=int(env.get("GENOPS_TORCH_THREADS", "0") or 0),
+        )
+
+
+@cache
+def score_metrics() -> tuple[Any, Any]:
+    """Prometheus metrics, created lazily: BentoML sets the multiprocess dir before __init__."""
+    import prometheus_client as prom
+
+    buckets = tuple(round(10.0**e, 6) for e in np.arange(-4.0, 2.01, 0.25))
+    histogram = prom.Histogram(
+        "genops_anomaly_score",
+        "Anomaly scores served by /score",
+        ["family", "version"],
+        buckets=buckets,
+    )
+    anomalies = prom.Counter(
+        "genops_anomalies", "Images /score flagged as anomalous", ["family", "version"]
+    )
+    return histogram, anomalies
+
+
+class _ClientErrorFilter(logging.Filter):
+    """Log a request rejected with a 4xx as one WARNING line instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", 0)
+        if type(exc).__name__ == "ValidationError" or 400 <= status < 500:
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}".splitlines()[0]
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def setup_logging() -> None:
+    """Show our INFO lines through BentoML's handlers; keep 4xx out of the error log."""
+    ours = logging.getLogger("genops")
+    ours.disabled = log.disabled = False
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+    http_log = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorFilter) for f in http_log.filters):
+        http_log.addFilter(_ClientErrorFilter())
