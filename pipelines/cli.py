@@ -228,6 +228,18 @@ def one_class_cmd(ctx, families, steps, data_dir, out) -> None:
     click.echo(markdown(results))
 
 
+@main.command("build-bento")
+def build_bento_cmd() -> None:
+    """Copy the registry champions into the BentoML store and build the Bento."""
+    from pipelines.bento import build_bento
+
+    try:
+        info = build_bento(Path("."))
+    except (LookupError, ValueError) as exc:
+        _fail(f"bento build failed: {exc}")
+    click.echo(json.dumps(info, indent=2))
+
+
 @main.command("champions")
 def champions_cmd() -> None:
     """Show the current champion of each task."""

@@ -80,6 +80,11 @@ def train_judge_job(
     from pipelines.evaluation.evaluate import config_from_params, real_reference, save_reference
     from pipelines.evaluation.judge import judge_accuracy, save_judge, train_judge
 
+    import torch
+
+    from pipelines.train import available_cores
+
+    torch.set_num_threads(available_cores())
     cfg = dict(section(params, "judge"))
     (tx, ty), (vx, vy), (ex, ey) = (load_tensors(data_dir, s) for s in ("train", "val", "test"))
     net, history = train_judge(tx, ty, vx, vy, **cfg)
@@ -132,6 +137,11 @@ def evaluate_family(
     )
     from pipelines.evaluation.judge import load_judge
 
+    import torch
+
+    from pipelines.train import available_cores
+
+    torch.set_num_threads(available_cores())  # per thread: flows run tasks in worker threads
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir)
     cfg = config_from_params(section(params, "evaluate"))

@@ -62,9 +62,13 @@ class GenerateResponse(BaseModel):
     label: int | None
     steps: int | None
     format: OutputFormat
-    png_grid: str | None = Field(None, description="base64 PNG of all images in one grid")
-    pngs: list[str] | None = Field(None, description="one base64 PNG per image")
-    array: list[list[list[float]]] | None = Field(None, description="(n, 28, 28) in [0, 1]")
+    # only the requested format is filled; the others stay empty (never null: BentoML's
+    # Python client cannot decode a null array)
+    png_grid: str = Field("", description="base64 PNG of all images in one grid")
+    pngs: list[str] = Field(default_factory=list, description="one base64 PNG per image")
+    array: list[list[list[float]]] = Field(
+        default_factory=list, description="(n, 28, 28) in [0, 1]"
+    )
 
 
 class Reconstruction(BaseModel):

@@ -51,7 +51,6 @@ from serving.schemas import (
 from serving.sources import ModelSource, source_from_env
 
 log = logging.getLogger("genops.serving")
-FORBIDDEN = HTTPStatus.FORBIDDEN
 # Uploads default to an empty list: BentoML 1.4 cannot make `list[Path] | None` a multipart field.
 NO_FILES = Field(default_factory=list, description="PNG/JPEG uploads (multipart/form-data)")
 
@@ -225,7 +224,7 @@ class GenOps:
         except ValueError as exc:
             raise _bad_request(exc) from None
         images = images[:, 0]
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"png_grid": "", "pngs": [], "array": []}
         if format == "png_grid":
             out["png_grid"] = imaging.b64(imaging.png_bytes(imaging.grid(images)))
         elif format == "pngs":
@@ -239,7 +238,7 @@ class GenOps:
             label=label,
             steps=steps,
             format=format,
-            **{k: out.get(k) for k in ("png_grid", "pngs", "array")},
+            **out,
         )
 
     @bentoml.api(route="/score")

@@ -103,13 +103,20 @@ def free_port() -> int:
 class Server:
     """A `bentoml serve` subprocess and an httpx client pointed at it."""
 
-    def __init__(self, source: str, home: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        source: str | None,
+        home: Path,
+        extra_env: dict[str, str] | None = None,
+        target: str = "serving.service:GenOps",
+        cwd: Path = REPO,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
         env = {
-            **os.environ,
-            "GENOPS_MODEL_SOURCE": source,
+            **{k: v for k, v in os.environ.items() if k != "GENOPS_MODEL_SOURCE"},
+            **({} if source is None else {"GENOPS_MODEL_SOURCE": source}),
             "BENTOML_HOME": str(home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "GENOPS_TORCH_THREADS": "1",
@@ -123,13 +130,13 @@ class Server:
                 "-m",
                 "bentoml",
                 "serve",
-                "serving.service:GenOps",
+                target,
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
             ],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -49,6 +49,17 @@ def test_checksum_mismatch_keeps_readyz_false(broken_anomaly_source):
         assert "checksum mismatch" in errors["anomaly"]
 
 
+def test_admin_token_guards_reload(source_dir, monkeypatch):
+    monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{source_dir}")
+    monkeypatch.setenv("GENOPS_ADMIN_TOKEN", "s3cret")
+    with TestClient(_second_app()) as client:
+        assert client.post("/admin/reload", json={}).status_code == 403
+        wrong = client.post("/admin/reload", json={}, headers={"X-Admin-Token": "guess"})
+        assert wrong.status_code == 403
+        ok = client.post("/admin/reload", json={"force": True}, headers={"X-Admin-Token": "s3cret"})
+        assert ok.status_code == 200 and ok.json()["swapped"]
+
+
 def _with_json_bodies(raw: dict) -> dict:
     """Declare the JSON form of /score and /reconstruct next to the multipart one.
 

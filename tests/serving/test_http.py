@@ -259,3 +259,18 @@ def test_reload_swaps_models_and_refuses_a_broken_source(server, served_dir, dig
         meta_path.write_text(original)
     assert server.client.post("/admin/reload", json={"force": True}).json()["ready"]
     assert "REFUSING to serve anomaly" in server.log()
+
+
+def test_bentoml_python_client_round_trip(server, digits, tmp_path):
+    import bentoml
+
+    png = tmp_path / "digit.png"
+    png.write_bytes(_png(np.round(digits[0, 0].numpy() * 255).astype(np.uint8)))
+    with bentoml.SyncHTTPClient(server.url) as client:
+        generated = client.generate(n=2, seed=7, format="pngs")
+        uploaded = client.score(files=[png])
+        as_array = client.score(images=digits_as_lists(digits[:1]))
+    assert len(generated["pngs"]) == 2 and generated["array"] == []
+    assert uploaded["results"][0]["score"] == pytest.approx(
+        as_array["results"][0]["score"], abs=1e-4
+    )
