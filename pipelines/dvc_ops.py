@@ -29,12 +29,12 @@ def data_version(root: Path = Path("."), data_dir: Path | None = None) -> str:
 
     import yaml
 
-    dvc_file = Path(root) / DATA_DVC
-    if data_dir is None or Path(data_dir).resolve() == (Path(root) / "data").resolve():
-        if dvc_file.is_file():
-            return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
+    data_dir = Path(data_dir) if data_dir is not None else Path(root) / "data"
+    dvc_file = data_dir.parent / f"{data_dir.name}.dvc"
+    if dvc_file.is_file():
+        return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
     digest = hashlib.md5()
-    for path in sorted(Path(data_dir or Path(root) / "data").iterdir()):
+    for path in sorted(data_dir.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     return f"local-{digest.hexdigest()}"
 

@@ -77,7 +77,7 @@ def train_judge_job(
 ) -> dict[str, Any]:
     """Train the digit-classifier judge, cache the real-data reference, report test accuracy."""
     from models.io import atomic_write_json
-    from pipelines.evaluation.evaluate import config_from_params, real_reference, save_reference
+    from pipelines.evaluation.evaluate import EvalConfig, real_reference, save_reference
     from pipelines.evaluation.judge import judge_accuracy, save_judge, train_judge
 
     import torch
@@ -90,7 +90,7 @@ def train_judge_job(
     net, history = train_judge(tx, ty, vx, vy, **cfg)
     version = data_version(data_dir=data_dir)
     save_judge(net, out_dir, extra={"data_version": version})
-    eval_cfg = config_from_params(section(params, "evaluate"))
+    eval_cfg = EvalConfig.from_dict(section(params, "evaluate"))
     save_reference(real_reference(net, tx, ex, eval_cfg), Path(out_dir) / "reference.npz")
     metrics = {"test_accuracy": judge_accuracy(net, ex, ey), "val_accuracy": history[-1]["val_acc"],
                "train_seconds": history[-1]["seconds"]}
@@ -130,7 +130,7 @@ def evaluate_family(
     from models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, load_model, sha256_file
     from pipelines.data import SPLITS
     from pipelines.evaluation.evaluate import (
-        config_from_params,
+        EvalConfig,
         evaluate_model,
         load_reference,
         numeric_metrics,
@@ -144,7 +144,7 @@ def evaluate_family(
     torch.set_num_threads(available_cores())  # per thread: flows run tasks in worker threads
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir)
-    cfg = config_from_params(section(params, "evaluate"))
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(data_dir, s) for s in SPLITS}
     reference = load_reference(Path(judge_dir) / "reference.npz")
     result = evaluate_model(model, load_judge(judge_dir), splits, cfg, out_dir, reference)

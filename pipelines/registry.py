@@ -122,6 +122,8 @@ def gate(
     champ_value: float | None = None
     if current is None:
         promoted, reason = True, "no champion yet"
+    elif str(current.version) == str(candidate_version):
+        promoted, reason = False, "candidate is already the champion"
     else:
         if current.tags.get("data_version") == data_version:
             champ_value = float(current.tags[f"metric.{task.metric}"])

@@ -35,7 +35,7 @@ class DiffusionConfig(ModelConfig):
     p_uncond: float = 0.1
     guidance_scale: float = 2.0
     # sampling (DDIM; `sample(steps=...)` overrides sample_steps)
-    sample_steps: int = 20
+    sample_steps: int = 15
     ddim_eta: float = 0.0
     # optimisation
     lr: float = 2e-3
@@ -44,9 +44,11 @@ class DiffusionConfig(ModelConfig):
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    # anomaly score: noise to each level, DDIM back to x0 in `score_steps` steps
-    score_timesteps: tuple[int, ...] = (100, 250, 400)
-    score_steps: int = 5
+    # anomaly score: noise to each level with `score_draws` fixed noise images, DDIM back to
+    # x0 in `score_steps` steps (1 = the model's one-shot x0 estimate), mean squared error
+    score_timesteps: tuple[int, ...] = (500, 600, 700)
+    score_draws: int = 2
+    score_steps: int = 1
     score_seed: int = 0
     # CPU speed options
     bf16_autocast: bool = True
@@ -122,5 +124,6 @@ class DiffusionConfig(ModelConfig):
             f"{name}.score_timesteps must be one or more levels in 0..{self.timesteps - 1}, "
             f"got {self.score_timesteps}",
         )
+        require(self.score_draws >= 1, f"{name}.score_draws must be >= 1, got {self.score_draws}")
         require(self.score_steps >= 1, f"{name}.score_steps must be >= 1, got {self.score_steps}")
         require(self.score_seed >= 0, f"{name}.score_seed must be >= 0, got {self.score_seed}")

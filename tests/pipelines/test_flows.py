@@ -91,3 +91,60 @@ def test_transient_classification():
     assert is_transient(sqlite3.OperationalError("database is locked"))
     assert not is_transient(DataValidationFailed("bad data"))
     assert not is_transient(ValueError("bad config"))
+
+
+TINY_PARAMS = {
+    "train": {"steps": 8, "batch_size": 32, "val_every": 4, "checkpoint_every": 4,
+              "num_threads": 1, "log_every": 4, "progress": False, "seed": 0},
+    "autoencoder": {"model": {"arch": "mlp", "hidden_dims": [32], "latent_dim": 4}},
+    "vae": {"model": {"channels": [8, 16], "hidden_dim": 32, "latent_dim": 4,
+                      "kl_warmup_steps": 4, "max_iwae_k": 64}},
+    "gan": {"model": {"latent_dim": 8, "label_embed_dim": 4, "g_width": 8, "d_width": 8,
+                      "e_width": 8, "monitor_every": 2, "monitor_batch": 8,
+                      "encoder_start_step": 5, "ema_decay": 0.9}},
+    "diffusion": {"model": {"base_channels": 8, "channel_mults": [1, 2], "attention": False,
+                            "timesteps": 50, "sample_steps": 2, "score_timesteps": [10],
+                            "score_steps": 1, "score_draws": 1, "warmup_steps": 2,
+                            "ema_decay": 0.5, "bf16_autocast": False}},
+    "judge": {"epochs": 1, "max_steps": 10, "batch_size": 64, "progress": False},
+    "evaluate": {"n_samples": 40, "anomaly_per_kind": 8, "likelihood_max_images": 16,
+                 "n_plot": 16, "sample_batch_size": 40},
+}
+
+
+def test_flow_end_to_end_registers_versions_tags_and_aliases(prefect_api, tmp_path, monkeypatch):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import registry, tracking
+    from pipelines.dvc_ops import data_version
+    from pipelines.flows import FAMILIES, pipeline
+
+    root = make_project(tmp_path / "proj", TINY_PARAMS)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GENOPS_ROOT", str(root))
+    result = pipeline(root=str(root), build_bento=False)
+
+    version = data_version(root)
+    assert result["data_version"] == version
+    assert (root / ".mlflow" / "mlflow.db").is_file(), "MLflow store lives in the project"
+    client = MlflowClient(tracking.tracking_uri(root))
+    for family in FAMILIES:
+        versions = client.search_model_versions(f"name='{registry.family_model_name(family)}'")
+        assert len(versions) == 1
+        tags = versions[0].tags
+        assert tags["family"] == family and tags["data_version"] == version
+        assert len(tags["weights_sha256"]) == 64 and tags["git_commit"]
+        assert tags["params_hash"] and "metric.fd_judge" in tags
+        assert (root / "metrics" / f"{family}.json").is_file()
+    for task in registry.TASKS.values():
+        champ = client.get_model_version_by_alias(task.registered_model, "champion")
+        assert champ.tags["promotion.decision"] == "promoted"
+        assert champ.tags["promotion.reason"] == "no champion yet"
+        assert float(champ.tags[f"metric.{task.metric}"]) == pytest.approx(
+            json.loads((root / "metrics" / f"{champ.tags['family']}.json").read_text())[task.metric])
+    report = json.loads((root / "reports" / "promotion.json").read_text())
+    assert {d["task"] for d in report["decisions"]} == {"generation", "anomaly"}
+    board = (root / "reports" / "leaderboard.md").read_text()
+    assert all(f in board for f in FAMILIES)
