@@ -40,6 +40,26 @@ def _rate(fn, images_per_call: int, seconds: float, warmup: int = 2) -> float:
     return calls * images_per_call / (time.perf_counter() - start)
 
 
+def _bench_variant(
+    family: str, cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, seconds: float
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(family, cfg)
+    opts = model.configure_optimizers()
+    gen = torch.Generator().manual_seed(0)
+    x, y = images[:batch], labels[:batch]
+    step = iter(range(10**9))
+    model.train()
+    train = _rate(lambda: model.training_step(x, y, opts, next(step), gen), batch, seconds)
+    model.eval()
+    with torch.no_grad():
+        sample = _rate(
+            lambda: model.sample(64, generator=torch.Generator().manual_seed(1)), 64, seconds, 1
+        )
+        score = _rate(lambda: model.anomaly_score(images[:256]), 256, seconds, warmup=1)
+    return {"train_img_s": train, "sample_img_s": sample, "score_img_s": score}
+
+
 def bench_family(family: str, model_cfg: dict, batch: int, seconds: float) -> list[dict]:
     images, labels = _digits(max(batch, 256))
     base = build_model(family, model_cfg)
@@ -47,22 +67,9 @@ def bench_family(family: str, model_cfg: dict, batch: int, seconds: float) -> li
     variants = [{}] + [{o: not getattr(base.config, o)} for o in OPTIONS if o in fields]
     rows = []
     for change in variants:
-        torch.manual_seed(0)
-        model = build_model(family, {**model_cfg, **change})
-        opts = model.configure_optimizers()
-        gen = torch.Generator().manual_seed(0)
-        x, y = images[:batch], labels[:batch]
-        step = iter(range(10**9))
-        model.train()
-        train = _rate(lambda: model.training_step(x, y, opts, next(step), gen), batch, seconds)
-        model.eval()
-        with torch.no_grad():
-            sample = _rate(lambda: model.sample(64, generator=torch.Generator().manual_seed(1)),
-                           64, seconds, warmup=1)
-            score = _rate(lambda: model.anomaly_score(images[:256]), 256, seconds, warmup=1)
         label = ", ".join(f"{k}={v}" for k, v in change.items()) or "default config"
-        rows.append({"family": family, "variant": label, "train_img_s": train,
-                     "sample_img_s": sample, "score_img_s": score})
+        rates = _bench_variant(family, {**model_cfg, **change}, images, labels, batch, seconds)
+        rows.append({"family": family, "variant": label, **rates})
         print(rows[-1], flush=True)
     return rows
 
@@ -74,7 +81,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     args = parser.parse_args()
     torch.set_num_threads(available_cores())
-    params = yaml.safe_load(open(args.params))
+    with open(args.params) as fh:
+        params = yaml.safe_load(fh)
     rows = []
     for family in args.family or ["autoencoder", "vae", "gan", "diffusion"]:
         section = params.get(family, {})
@@ -85,8 +93,10 @@ def main() -> None:
     print("| family | variant | train img/s | sample img/s | score img/s |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['family']} | {r['variant']} | {r['train_img_s']:.0f} | "
-              f"{r['sample_img_s']:.0f} | {r['score_img_s']:.0f} |")
+        print(
+            f"| {r['family']} | {r['variant']} | {r['train_img_s']:.0f} | "
+            f"{r['sample_img_s']:.0f} | {r['score_img_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

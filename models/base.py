@@ -72,7 +72,8 @@ class GenerativeModel(nn.Module, ABC):
         super().__init__()
         if not isinstance(config, self.config_cls):
             raise ValueError(
-                f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}"
+                f"{type(self).__name__} needs a {self.config_cls.__name__}, "
+                f"got {type(config).__name__}"
             )
         self.config = config
 
@@ -136,7 +137,7 @@ class GenerativeModel(nn.Module, ABC):
     def has_reconstruction(self) -> bool:
         return type(self).reconstruct is not GenerativeModel.reconstruct
 
-    def on_train_step_end(self, step: int) -> None:  # noqa: B027 - optional hook
+    def on_train_step_end(self, step: int) -> None:
         """Hook after each optimisation step (e.g. EMA update)."""
 
     def num_parameters(self) -> int:

@@ -80,9 +80,7 @@ def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model(
-    model: GenerativeModel, directory: Path, extra: dict[str, Any] | None = None
-) -> str:
+def save_model(model: GenerativeModel, directory: Path, extra: dict[str, Any] | None = None) -> str:
     """Write weights + config into `directory` atomically; return the weights sha256."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

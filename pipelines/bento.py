@@ -20,9 +20,12 @@ def build_bento(root: Path = Path("."), report: Path | None = None) -> dict[str,
     tracking.setup(root)
     models_tag = import_from_registry(tracking.tracking_uri(root))
     bento_tag = bentoml_build(root / "serving" / "bentofile.yaml", root)
-    info = {"models": models_tag, "bento": bento_tag,
-            "seconds": round(time.perf_counter() - started, 1),
-            "serve": f"bentoml serve {bento_tag}",
-            "containerize": f"bentoml containerize {bento_tag}"}
+    info = {
+        "models": models_tag,
+        "bento": bento_tag,
+        "seconds": round(time.perf_counter() - started, 1),
+        "serve": f"bentoml serve {bento_tag}",
+        "containerize": f"bentoml containerize {bento_tag}",
+    }
     atomic_write_json(report or root / "reports" / "bento.json", info)
     return info

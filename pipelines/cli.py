@@ -22,14 +22,22 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--params", "params_file", default="params.yaml", show_default=True,
-              type=click.Path(path_type=Path), help="The DVC params file.")
+@click.option(
+    "--params",
+    "params_file",
+    default="params.yaml",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The DVC params file.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def main(ctx: click.Context, params_file: Path, verbose: bool) -> None:
     """genops: train, judge, register and serve generative digit models."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("great_expectations", "alembic", "mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.obj = {"params_file": params_file}
@@ -69,12 +77,27 @@ def data_pull() -> None:
 
 
 @data.command("import")
-@click.option("--images", "images", multiple=True, required=True,
-              type=click.Path(path_type=Path), help="IDX images file (gz ok); repeatable.")
-@click.option("--labels", "labels", multiple=True, required=True,
-              type=click.Path(path_type=Path), help="IDX labels file, one per --images.")
-@click.option("--test-images", type=click.Path(path_type=Path),
-              help="Official test images: kept as the test split as is.")
+@click.option(
+    "--images",
+    "images",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="IDX images file (gz ok); repeatable.",
+)
+@click.option(
+    "--labels",
+    "labels",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="IDX labels file, one per --images.",
+)
+@click.option(
+    "--test-images",
+    type=click.Path(path_type=Path),
+    help="Official test images: kept as the test split as is.",
+)
 @click.option("--test-labels", type=click.Path(path_type=Path))
 @click.option("--max-per-class", type=int, help="Cap examples per class (before the split).")
 @click.option("--out", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
@@ -93,8 +116,13 @@ def data_import(ctx, images, labels, test_images, test_labels, max_per_class, ou
         _fail("give both --test-images and --test-labels, or neither", 2)
     test_pair = (test_images, test_labels) if test_images else None
     try:
-        counts = import_idx(out, list(zip(images, labels)), P.split_config(_params(ctx)),
-                            test_pair, max_per_class)
+        counts = import_idx(
+            out,
+            list(zip(images, labels, strict=True)),
+            P.split_config(_params(ctx)),
+            test_pair,
+            max_per_class,
+        )
     except DataError as exc:
         _fail(f"import failed, {out}/ left unchanged: {exc}")
     click.echo(f"imported into {out}/: {counts}\nnext: dvc add {out} && dvc push")
@@ -103,8 +131,12 @@ def data_import(ctx, images, labels, test_images, test_labels, max_per_class, ou
 # ---- validation --------------------------------------------------------------------------
 @main.command()
 @click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
-@click.option("--report-dir", default=REPORTS / "validation", show_default=True,
-              type=click.Path(path_type=Path))
+@click.option(
+    "--report-dir",
+    default=REPORTS / "validation",
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
 @click.pass_context
 def validate(ctx: click.Context, data_dir: Path, report_dir: Path) -> None:
     """Run the Great Expectations gate; exit 1 with a summary when any expectation fails."""
@@ -128,8 +160,11 @@ CHECKPOINTS = Path(".genops") / "checkpoints"
 @main.command("train")
 @click.option("--family", type=click.Choice(FAMILIES), required=True)
 @click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Model folder [default: artifacts/models/<family>].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Model folder [default: artifacts/models/<family>].",
+)
 @click.option("--steps", type=int, help="Override train.steps.")
 @click.option("--fresh", is_flag=True, help="Ignore an existing checkpoint and start over.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
@@ -139,18 +174,31 @@ def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
     from pipelines.jobs import train_family
 
     overrides = {"steps": steps} if steps else {}
-    summary = train_family(_params(ctx), family, data_dir, out or ARTIFACTS / "models" / family,
-                           CHECKPOINTS / family, overrides=overrides, fresh=fresh,
-                           log_mlflow=not no_mlflow)
+    summary = train_family(
+        _params(ctx),
+        family,
+        data_dir,
+        out or ARTIFACTS / "models" / family,
+        CHECKPOINTS / family,
+        overrides=overrides,
+        fresh=fresh,
+        log_mlflow=not no_mlflow,
+    )
     click.echo(json.dumps(summary, indent=2))
 
 
 @main.command("train-judge")
 @click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
-@click.option("--out", default=ARTIFACTS / "judge", show_default=True,
-              type=click.Path(path_type=Path))
-@click.option("--metrics", "metrics_path", default=Path("metrics") / "judge.json",
-              show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", default=ARTIFACTS / "judge", show_default=True, type=click.Path(path_type=Path)
+)
+@click.option(
+    "--metrics",
+    "metrics_path",
+    default=Path("metrics") / "judge.json",
+    show_default=True,
+    type=click.Path(path_type=Path),
+)
 @click.option("--no-mlflow", is_flag=True)
 @click.pass_context
 def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
@@ -170,22 +218,35 @@ def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
     """Evaluate a trained family: quality, likelihood, anomaly AUROC, calibration, cost."""
     from pipelines.jobs import evaluate_family
 
-    metrics = evaluate_family(_params(ctx), family, data_dir, ARTIFACTS / "models" / family,
-                              ARTIFACTS / "judge", ARTIFACTS / "eval" / family,
-                              Path("metrics") / f"{family}.json", log_mlflow=not no_mlflow)
+    metrics = evaluate_family(
+        _params(ctx),
+        family,
+        data_dir,
+        ARTIFACTS / "models" / family,
+        ARTIFACTS / "judge",
+        ARTIFACTS / "eval" / family,
+        Path("metrics") / f"{family}.json",
+        log_mlflow=not no_mlflow,
+    )
     click.echo(json.dumps(metrics, indent=2))
 
 
 @main.command("register")
-@click.option("--family", "families", multiple=True, type=click.Choice(FAMILIES),
-              help="Families to consider [default: all].")
+@click.option(
+    "--family",
+    "families",
+    multiple=True,
+    type=click.Choice(FAMILIES),
+    help="Families to consider [default: all].",
+)
 @click.pass_context
 def register_cmd(ctx, families) -> None:
     """Leaderboard, register candidates, and gate each task's champion alias."""
     from pipelines.jobs import register_and_promote
 
-    report = register_and_promote(_params(ctx), list(families or FAMILIES), ARTIFACTS / "eval",
-                                  Path("metrics"), REPORTS)
+    report = register_and_promote(
+        _params(ctx), list(families or FAMILIES), ARTIFACTS / "eval", Path("metrics"), REPORTS
+    )
     click.echo((REPORTS / "leaderboard.md").read_text())
     click.echo((REPORTS / "promotion.md").read_text())
     if not report["decisions"]:
@@ -204,12 +265,19 @@ def rollback_cmd(task, version) -> None:
 
 
 @main.command("one-class")
-@click.option("--family", "families", multiple=True, type=click.Choice(FAMILIES),
-              default=("autoencoder", "vae"), show_default=True)
+@click.option(
+    "--family",
+    "families",
+    multiple=True,
+    type=click.Choice(FAMILIES),
+    default=("autoencoder", "vae"),
+    show_default=True,
+)
 @click.option("--steps", type=int, default=600, show_default=True, help="Training steps per digit.")
 @click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
-@click.option("--out", default=REPORTS / "one_class", show_default=True,
-              type=click.Path(path_type=Path))
+@click.option(
+    "--out", default=REPORTS / "one_class", show_default=True, type=click.Path(path_type=Path)
+)
 @click.pass_context
 def one_class_cmd(ctx, families, steps, data_dir, out) -> None:
     """Benchmark: the one-class MNIST protocol (train on one digit, AUROC vs the rest)."""
@@ -220,8 +288,15 @@ def one_class_cmd(ctx, families, steps, data_dir, out) -> None:
     results = []
     for family in families:
         model_cfg, cfg = family_params(_params(ctx), family)
-        cfg = cfg.__class__.from_dict({**cfg.__dict__, "steps": steps, "progress": False,
-                                       "checkpoint_every": steps, "val_every": steps})
+        cfg = cfg.__class__.from_dict(
+            {
+                **cfg.__dict__,
+                "steps": steps,
+                "progress": False,
+                "checkpoint_every": steps,
+                "val_every": steps,
+            }
+        )
         results.append(one_class(family, model_cfg, cfg, data_dir, Path(".genops") / "one_class"))
     atomic_write_json(out / "one_class.json", results)
     (out / "one_class.md").write_text(markdown(results))

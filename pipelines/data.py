@@ -191,7 +191,7 @@ def write_splits(
             idx = index[split]
             write_idx(images_path(staging, split), images[idx].astype(np.uint8))
             write_idx(labels_path(staging, split), labels[idx].astype(np.uint8))
-            counts[split] = int(len(idx))
+            counts[split] = len(idx)
         meta = {
             "source": source,
             "seed": cfg.seed,

@@ -11,7 +11,7 @@ DATA_DVC = "data.dvc"
 
 
 def dvc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `dvc <args>` with this interpreter's DVC; raise RuntimeError with its output on failure."""
+    """Run `dvc <args>` with this interpreter's DVC; RuntimeError with its output on failure."""
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True
     )

@@ -45,7 +45,7 @@ def is_transient(exc: BaseException | None) -> bool:
 def _retry_transient(task_, task_run, state) -> bool:
     try:
         state.result()
-    except BaseException as exc:  # noqa: BLE001 - we only classify it
+    except BaseException as exc:
         return is_transient(exc)
     return False
 
@@ -71,8 +71,9 @@ def prepare_data(root: str, rev: str | None = None, remote: str | None = None) -
 def validate(root: str, params: dict[str, Any]) -> str:
     from pipelines.validation import validate_data
 
-    report = validate_data(Path(root) / "data", Path(root) / "reports" / "validation",
-                           validation_config(params))
+    report = validate_data(
+        Path(root) / "data", Path(root) / "reports" / "validation", validation_config(params)
+    )
     if not report.success:
         raise DataValidationFailed(report.summary())
     return report.docs_index
@@ -81,42 +82,74 @@ def validate(root: str, params: dict[str, Any]) -> str:
 @task(name="train-judge", **TRANSIENT)
 def train_judge(root: str, params: dict[str, Any]) -> dict[str, Any]:
     r = Path(root)
-    return jobs.train_judge_job(params, r / "data", r / "artifacts" / "judge",
-                                r / "metrics" / "judge.json")
+    return jobs.train_judge_job(
+        params, r / "data", r / "artifacts" / "judge", r / "metrics" / "judge.json"
+    )
 
 
 @task(name="train-family", **TRANSIENT)
 def train_family(root: str, params: dict[str, Any], family: str) -> dict[str, Any]:
     r = Path(root)
-    return jobs.train_family(params, family, r / "data", r / "artifacts" / "models" / family,
-                             r / ".genops" / "checkpoints" / family)
+    return jobs.train_family(
+        params,
+        family,
+        r / "data",
+        r / "artifacts" / "models" / family,
+        r / ".genops" / "checkpoints" / family,
+    )
 
 
 @task(name="evaluate-family", **TRANSIENT)
 def evaluate_family(root: str, params: dict[str, Any], family: str, _trained: Any = None) -> dict:
     r = Path(root)
-    return jobs.evaluate_family(params, family, r / "data", r / "artifacts" / "models" / family,
-                                r / "artifacts" / "judge", r / "artifacts" / "eval" / family,
-                                r / "metrics" / f"{family}.json")
+    return jobs.evaluate_family(
+        params,
+        family,
+        r / "data",
+        r / "artifacts" / "models" / family,
+        r / "artifacts" / "judge",
+        r / "artifacts" / "eval" / family,
+        r / "metrics" / f"{family}.json",
+    )
 
 
 @task(name="register-and-promote", **TRANSIENT)
 def register(root: str, params: dict[str, Any], families: list[str]) -> dict[str, Any]:
     r = Path(root)
-    report = jobs.register_and_promote(params, families, r / "artifacts" / "eval", r / "metrics",
-                                       r / "reports", r / "data")
+    report = jobs.register_and_promote(
+        params, families, r / "artifacts" / "eval", r / "metrics", r / "reports", r / "data"
+    )
     import json
 
     board = json.loads((r / "reports" / "leaderboard.json").read_text())
-    columns = ("fd_judge", "precision", "recall", "classes_covered", "anomaly_auroc_mean",
-               "elbo_nats", "train_wall_time_s", "sample_ms_per_image", "score_ms_per_image")
-    rows = [{"family": family, **{c: round(stats["metrics"][c]["mean"], 4)
-                                  for c in columns if c in stats["metrics"]}}
-            for family, stats in board["families"].items()]
-    create_table_artifact(key="genops-leaderboard", table=rows,
-                          description="genops leaderboard (same data, same metrics)")
-    create_markdown_artifact(key="genops-promotion", markdown=jobs.promotion_markdown(report),
-                             description="promotion gate decisions")
+    columns = (
+        "fd_judge",
+        "precision",
+        "recall",
+        "classes_covered",
+        "anomaly_auroc_mean",
+        "elbo_nats",
+        "train_wall_time_s",
+        "sample_ms_per_image",
+        "score_ms_per_image",
+    )
+    rows = [
+        {
+            "family": family,
+            **{c: round(stats["metrics"][c]["mean"], 4) for c in columns if c in stats["metrics"]},
+        }
+        for family, stats in board["families"].items()
+    ]
+    create_table_artifact(
+        key="genops-leaderboard",
+        table=rows,
+        description="genops leaderboard (same data, same metrics)",
+    )
+    create_markdown_artifact(
+        key="genops-promotion",
+        markdown=jobs.promotion_markdown(report),
+        description="promotion gate decisions",
+    )
     return report
 
 
@@ -145,8 +178,9 @@ def pipeline(
     validate(root, params)  # raises DataValidationFailed: nothing below runs
     judge = train_judge.submit(root, params)
     trained = {f: train_family.submit(root, params, f) for f in families}
-    evaluated = [evaluate_family.submit(root, params, f, trained[f], wait_for=[judge])
-                 for f in families]
+    evaluated = [
+        evaluate_family.submit(root, params, f, trained[f], wait_for=[judge]) for f in families
+    ]
     for future in evaluated:
         future.result()
     report = register(root, params, families)
@@ -160,16 +194,21 @@ def pipeline(
 
 def deployment(name: str = DEPLOYMENT, cron: str = NIGHTLY_CRON, root: str = "."):
     """The nightly retrain deployment (a RunnerDeployment; `.apply()` registers it)."""
-    return pipeline.to_deployment(name=name, cron=cron, parameters={"root": str(Path(root).resolve())},
-                                  description="Nightly genops retrain, evaluate, gate, build",
-                                  tags=["genops", "nightly"])
+    return pipeline.to_deployment(
+        name=name,
+        cron=cron,
+        parameters={"root": str(Path(root).resolve())},
+        description="Nightly genops retrain, evaluate, gate, build",
+        tags=["genops", "nightly"],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flows",
-                                     description="Run or serve the genops Prefect flow.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.flows", description="Run or serve the genops Prefect flow."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the flow once now")
     run.add_argument("--family", action="append", choices=FAMILIES)
@@ -183,8 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "run":
         flow_ = pipeline.with_options(task_runner=_runner(args.parallel))
-        flow_(families=args.family, rev=args.rev, remote=args.remote,
-              build_bento=not args.no_bento)
+        flow_(families=args.family, rev=args.rev, remote=args.remote, build_bento=not args.no_bento)
     elif args.command == "serve":
         from prefect import serve as prefect_serve
 

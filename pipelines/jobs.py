@@ -45,26 +45,47 @@ def train_family(
     if fresh:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     version = data_version(data_dir=data_dir)
-    result = train(family, model_cfg, cfg, load_tensors(data_dir, "train"),
-                   load_tensors(data_dir, "val"), checkpoint_dir, data_version=version)
+    result = train(
+        family,
+        model_cfg,
+        cfg,
+        load_tensors(data_dir, "train"),
+        load_tensors(data_dir, "val"),
+        checkpoint_dir,
+        data_version=version,
+    )
     sha = save_trained(result, out_dir, extra={"data_version": version})
-    summary = {"family": family, "steps": result.steps_done, "weights_sha256": sha,
-               "train_wall_time_s": round(result.wall_time_s, 1),
-               "train_images_per_s": round(result.images_per_s, 1),
-               "best_val_loss": result.best_val_loss, "resumed_from": result.resumed_from}
+    summary = {
+        "family": family,
+        "steps": result.steps_done,
+        "weights_sha256": sha,
+        "train_wall_time_s": round(result.wall_time_s, 1),
+        "train_images_per_s": round(result.images_per_s, 1),
+        "best_val_loss": result.best_val_loss,
+        "resumed_from": result.resumed_from,
+    }
     if log_mlflow:
         summary["mlflow_run_id"] = tracking.log_run(
             f"train-{family}",
-            params={"family": family, "model": result.model.config.to_dict(),
-                    "train": cfg.__dict__},
-            tags={"stage": "train", "family": family, "data_version": version,
-                  "git_commit": tracking.git_commit(),
-                  "params_hash": tracking.params_hash(section(params, family)),
-                  "weights_sha256": sha},
+            params={
+                "family": family,
+                "model": result.model.config.to_dict(),
+                "train": cfg.__dict__,
+            },
+            tags={
+                "stage": "train",
+                "family": family,
+                "data_version": version,
+                "git_commit": tracking.git_commit(),
+                "params_hash": tracking.params_hash(section(params, family)),
+                "weights_sha256": sha,
+            },
             history=result.history,
-            metrics={"train_wall_time_s": result.wall_time_s,
-                     "train_images_per_s": result.images_per_s,
-                     "params": result.model.num_parameters()},
+            metrics={
+                "train_wall_time_s": result.wall_time_s,
+                "train_images_per_s": result.images_per_s,
+                "params": result.model.num_parameters(),
+            },
             artifacts={"model": out_dir},
         )
     return summary
@@ -72,16 +93,18 @@ def train_family(
 
 # ---- judge ---------------------------------------------------------------------------------
 def train_judge_job(
-    params: dict[str, Any], data_dir: Path, out_dir: Path, metrics_path: Path,
+    params: dict[str, Any],
+    data_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
     log_mlflow: bool = True,
 ) -> dict[str, Any]:
     """Train the digit-classifier judge, cache the real-data reference, report test accuracy."""
+    import torch
+
     from models.io import atomic_write_json
     from pipelines.evaluation.evaluate import EvalConfig, real_reference, save_reference
     from pipelines.evaluation.judge import judge_accuracy, save_judge, train_judge
-
-    import torch
-
     from pipelines.train import available_cores
 
     torch.set_num_threads(available_cores())
@@ -92,14 +115,21 @@ def train_judge_job(
     save_judge(net, out_dir, extra={"data_version": version})
     eval_cfg = EvalConfig.from_dict(section(params, "evaluate"))
     save_reference(real_reference(net, tx, ex, eval_cfg), Path(out_dir) / "reference.npz")
-    metrics = {"test_accuracy": judge_accuracy(net, ex, ey), "val_accuracy": history[-1]["val_acc"],
-               "train_seconds": history[-1]["seconds"]}
+    metrics = {
+        "test_accuracy": judge_accuracy(net, ex, ey),
+        "val_accuracy": history[-1]["val_acc"],
+        "train_seconds": history[-1]["seconds"],
+    }
     atomic_write_json(metrics_path, metrics)
     if log_mlflow:
-        tracking.log_run("judge", params={"judge": cfg}, history=history, metrics=metrics,
-                         tags={"stage": "judge", "data_version": version,
-                               "git_commit": tracking.git_commit()},
-                         artifacts={"judge": out_dir})
+        tracking.log_run(
+            "judge",
+            params={"judge": cfg},
+            history=history,
+            metrics=metrics,
+            tags={"stage": "judge", "data_version": version, "git_commit": tracking.git_commit()},
+            artifacts={"judge": out_dir},
+        )
     return metrics
 
 
@@ -120,11 +150,19 @@ def _signature_files(model, bundle: Path) -> None:
 
 
 def evaluate_family(
-    params: dict[str, Any], family: str, data_dir: Path, model_dir: Path, judge_dir: Path,
-    out_dir: Path, metrics_path: Path, log_mlflow: bool = True,
+    params: dict[str, Any],
+    family: str,
+    data_dir: Path,
+    model_dir: Path,
+    judge_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    log_mlflow: bool = True,
 ) -> dict[str, Any]:
     """Evaluate one trained family on the shared metrics; build its servable bundle."""
     import json
+
+    import torch
 
     from models.calibration import Calibration
     from models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, load_model, sha256_file
@@ -136,9 +174,6 @@ def evaluate_family(
         numeric_metrics,
     )
     from pipelines.evaluation.judge import load_judge
-
-    import torch
-
     from pipelines.train import available_cores
 
     torch.set_num_threads(available_cores())  # per thread: flows run tasks in worker threads
@@ -161,13 +196,19 @@ def evaluate_family(
     _signature_files(model, bundle)
     version = data_version(data_dir=data_dir)
     sha = sha256_file(bundle / WEIGHTS_FILE)
-    info = {"family": family, "data_version": version, "weights_sha256": sha,
-            "params_hash": tracking.params_hash(section(params, family)),
-            "git_commit": tracking.git_commit()}
+    info = {
+        "family": family,
+        "data_version": version,
+        "weights_sha256": sha,
+        "params_hash": tracking.params_hash(section(params, family)),
+        "git_commit": tracking.git_commit(),
+    }
     if log_mlflow:
         info["run_id"] = tracking.log_run(
-            f"evaluate-{family}", params={"family": family, "evaluate": cfg.to_dict()},
-            tags={"stage": "evaluate", **info}, metrics=metrics,
+            f"evaluate-{family}",
+            params={"family": family, "evaluate": cfg.to_dict()},
+            tags={"stage": "evaluate", **info},
+            metrics=metrics,
             history=json.loads((model_dir / "history.json").read_text()),
             artifacts={"model": bundle, "plots": out_dir / "plots"},
         )
@@ -177,8 +218,12 @@ def evaluate_family(
 
 # ---- selection, registration, promotion ------------------------------------------------------
 def register_and_promote(
-    params: dict[str, Any], families: list[str], eval_root: Path, metrics_root: Path,
-    report_dir: Path, data_dir: Path = Path("data"),
+    params: dict[str, Any],
+    families: list[str],
+    eval_root: Path,
+    metrics_root: Path,
+    report_dir: Path,
+    data_dir: Path = Path("data"),
 ) -> dict[str, Any]:
     """Leaderboard -> register every candidate -> gate each task's best against its champion."""
     import json
@@ -207,10 +252,22 @@ def register_and_promote(
             continue
         best = ranked[0]
         candidate = _register_once(task.registered_model, runs[best], metrics[best])
-        decisions.append(registry.gate(
-            task, candidate, best, metrics[best], version, float(margins.get(task.name, 0.0)),
-            reevaluate=lambda mv: _reevaluate(params, mv, data_dir)).to_dict())
-    report = {"data_version": version, "decisions": decisions, "champions": registry.registry_state()}
+        decisions.append(
+            registry.gate(
+                task,
+                candidate,
+                best,
+                metrics[best],
+                version,
+                float(margins.get(task.name, 0.0)),
+                reevaluate=lambda mv: _reevaluate(params, mv, data_dir),
+            ).to_dict()
+        )
+    report = {
+        "data_version": version,
+        "decisions": decisions,
+        "champions": registry.registry_state(),
+    }
     atomic_write_json(report_dir / "promotion.json", report)
     (report_dir / "promotion.md").write_text(promotion_markdown(report))
     return report
@@ -225,13 +282,21 @@ def _register_once(name: str, run: dict[str, Any], metrics: dict[str, Any]) -> s
     tracking.setup()
     for mv in MlflowClient().search_model_versions(f"name='{name}'"):
         if (mv.tags.get("weights_sha256"), mv.tags.get("data_version")) == (
-                run["weights_sha256"], run["data_version"]):
+            run["weights_sha256"],
+            run["data_version"],
+        ):
             return str(mv.version)
-    tags = {k: run[k] for k in ("family", "data_version", "weights_sha256", "params_hash",
-                                "git_commit")}
+    tags = {
+        k: run[k] for k in ("family", "data_version", "weights_sha256", "params_hash", "git_commit")
+    }
     tags |= {f"metric.{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
-    return registry.register_version(name, run["run_id"], "model", tags,
-                                     description="genops candidate (weights + config + calibration)")
+    return registry.register_version(
+        name,
+        run["run_id"],
+        "model",
+        tags,
+        description="genops candidate (weights + config + calibration)",
+    )
 
 
 def _reevaluate(params: dict[str, Any], model_version: Any, data_dir: Path) -> dict[str, float]:
@@ -243,24 +308,43 @@ def _reevaluate(params: dict[str, Any], model_version: Any, data_dir: Path) -> d
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(model_version.source, dst_path=tmp))
         judge_dir = Path("artifacts") / "judge"
-        return evaluate_family(params, model_version.tags.get("family", "?"), data_dir, local,
-                               judge_dir, Path(tmp) / "eval", Path(tmp) / "m.json",
-                               log_mlflow=False)
+        return evaluate_family(
+            params,
+            model_version.tags.get("family", "?"),
+            data_dir,
+            local,
+            judge_dir,
+            Path(tmp) / "eval",
+            Path(tmp) / "m.json",
+            log_mlflow=False,
+        )
 
 
 def promotion_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Promotion decisions (data {report['data_version']})", "",
-             "| task | candidate | metric | champion before | decision | reason |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Promotion decisions (data {report['data_version']})",
+        "",
+        "| task | candidate | metric | champion before | decision | reason |",
+        "|---|---|---|---|---|---|",
+    ]
     for d in report["decisions"]:
-        champ = "none" if d["champion_version"] is None else (
-            f"v{d['champion_version']} ({d['champion_metric']:.4g})"
-            if d["champion_metric"] is not None else f"v{d['champion_version']}")
-        lines.append(f"| {d['task']} | {d['candidate_family']} v{d['candidate_version']} | "
-                     f"{d['candidate_metric']:.4g} | {champ} | "
-                     f"{'promoted' if d['promoted'] else 'kept champion'} | {d['reason']} |")
+        champ = (
+            "none"
+            if d["champion_version"] is None
+            else (
+                f"v{d['champion_version']} ({d['champion_metric']:.4g})"
+                if d["champion_metric"] is not None
+                else f"v{d['champion_version']}"
+            )
+        )
+        lines.append(
+            f"| {d['task']} | {d['candidate_family']} v{d['candidate_version']} | "
+            f"{d['candidate_metric']:.4g} | {champ} | "
+            f"{'promoted' if d['promoted'] else 'kept champion'} | {d['reason']} |"
+        )
     lines += ["", "Champions now:", ""]
     for task, state in report["champions"].items():
-        lines.append(f"- {task}: " + ("none" if state is None else
-                                      f"{state['family']} v{state['version']}"))
+        lines.append(
+            f"- {task}: " + ("none" if state is None else f"{state['family']} v{state['version']}")
+        )
     return "\n".join(lines) + "\n"

@@ -24,7 +24,11 @@ PUBLISHED = {"conv AE": 0.90, "Deep SVDD": 0.948, "OCGAN": 0.975, "GeoTrans": 0.
 
 
 def one_class(
-    family: str, model_cfg: dict[str, Any], cfg: TrainConfig, data_dir: Path, work_dir: Path,
+    family: str,
+    model_cfg: dict[str, Any],
+    cfg: TrainConfig,
+    data_dir: Path,
+    work_dir: Path,
     digits: tuple[int, ...] = tuple(range(10)),
 ) -> dict[str, Any]:
     """Per-digit AUROC (digit = normal) and their mean for one family."""
@@ -35,17 +39,27 @@ def one_class(
     started = time.perf_counter()
     for digit in digits:
         keep, vkeep = ty == digit, vy == digit
-        result = train(family, model_cfg, cfg, (tx[keep], ty[keep]), (vx[vkeep], vy[vkeep]),
-                       Path(work_dir) / family / str(digit))
+        result = train(
+            family,
+            model_cfg,
+            cfg,
+            (tx[keep], ty[keep]),
+            (vx[vkeep], vy[vkeep]),
+            Path(work_dir) / family / str(digit),
+        )
         scores = score_images(result.model, ex, 256)
         normal = (ey == digit).numpy()
         per_digit[str(digit)] = float(auroc(scores[normal], scores[~normal]))
         print(f"{family} digit {digit}: AUROC {per_digit[str(digit)]:.4f}", flush=True)
-    return {"family": family, "per_digit_auroc": per_digit,
-            "mean_auroc": float(np.mean(list(per_digit.values()))),
-            "train_images_per_digit": int((ty == digits[0]).sum()),
-            "steps": cfg.steps, "seconds": time.perf_counter() - started,
-            "threads": torch.get_num_threads()}
+    return {
+        "family": family,
+        "per_digit_auroc": per_digit,
+        "mean_auroc": float(np.mean(list(per_digit.values()))),
+        "train_images_per_digit": int((ty == digits[0]).sum()),
+        "steps": cfg.steps,
+        "seconds": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -55,6 +69,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         cells = [f"{r['per_digit_auroc'].get(str(d), float('nan')):.3f}" for d in range(10)]
         lines.append(f"| {r['family']} | " + " | ".join(cells) + f" | **{r['mean_auroc']:.3f}** |")
     lines.append("")
-    lines.append("Published means (full MNIST): " +
-                 ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED.items()))
+    lines.append(
+        "Published means (full MNIST): " + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED.items())
+    )
     return "\n".join(lines) + "\n"

@@ -140,9 +140,17 @@ def gate(
                 f"{task.metric} {value:.4g} vs champion {champ_value:.4g} ({direction} is better): "
                 f"improvement {gain:+.4g} {'>' if promoted else '<='} margin {margin:g}"
             )
-    decision = Decision(task.name, candidate_family, candidate_version, value,
-                        None if current is None else str(current.version), champ_value, margin,
-                        promoted, reason)
+    decision = Decision(
+        task.name,
+        candidate_family,
+        candidate_version,
+        value,
+        None if current is None else str(current.version),
+        champ_value,
+        margin,
+        promoted,
+        reason,
+    )
     with tracking.write_lock():
         if promoted:
             client.set_registered_model_alias(task.registered_model, ALIAS, candidate_version)
@@ -154,8 +162,14 @@ def gate(
             "promotion.candidate_metric": f"{value:.6g}",
         }.items():
             client.set_model_version_tag(task.registered_model, candidate_version, key, val)
-    log.info("%s: %s v%s %s (%s)", task.name, candidate_family, candidate_version,
-             "PROMOTED" if promoted else "kept champion", reason)
+    log.info(
+        "%s: %s v%s %s (%s)",
+        task.name,
+        candidate_family,
+        candidate_version,
+        "PROMOTED" if promoted else "kept champion",
+        reason,
+    )
     return decision
 
 
@@ -167,8 +181,9 @@ def rollback(task_name: str, version: str) -> str:
     previous = champion(task)
     with tracking.write_lock():
         client.set_registered_model_alias(task.registered_model, ALIAS, str(target.version))
-        client.set_model_version_tag(task.registered_model, str(target.version),
-                                     "promotion.decision", "rolled back to")
+        client.set_model_version_tag(
+            task.registered_model, str(target.version), "promotion.decision", "rolled back to"
+        )
     return "none" if previous is None else str(previous.version)
 
 
@@ -177,10 +192,14 @@ def registry_state() -> dict[str, Any]:
     state = {}
     for task in TASKS.values():
         current = champion(task)
-        state[task.name] = None if current is None else {
-            "version": str(current.version),
-            "family": current.tags.get("family"),
-            task.metric: current.tags.get(f"metric.{task.metric}"),
-            "data_version": current.tags.get("data_version"),
-        }
+        state[task.name] = (
+            None
+            if current is None
+            else {
+                "version": str(current.version),
+                "family": current.tags.get("family"),
+                task.metric: current.tags.get(f"metric.{task.metric}"),
+                "data_version": current.tags.get("data_version"),
+            }
+        )
     return state

@@ -65,10 +65,19 @@ def setup(root: Path | None = None) -> str:
 
 def git_commit(root: Path | None = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or project_root(),
-                             capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root or project_root(), capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root or project_root(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root or project_root(),
+            capture_output=True,
+            text=True,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -114,15 +123,24 @@ def log_run(
     rows, now = [], int(time.time() * 1000)
     for row in history or []:
         step = int(row.get("step", 0))
-        rows += [Metric(k, float(v), now, step) for k, v in row.items()
-                 if k != "step" and isinstance(v, int | float)]
-    rows += [Metric(k, float(v), now, 0) for k, v in flatten(metrics or {}).items()
-             if isinstance(v, int | float) and not isinstance(v, bool)]
+        rows += [
+            Metric(k, float(v), now, step)
+            for k, v in row.items()
+            if k != "step" and isinstance(v, int | float)
+        ]
+    rows += [
+        Metric(k, float(v), now, 0)
+        for k, v in flatten(metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
     with write_lock(root):
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()],
-                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in flat.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
         for start in range(0, len(rows), 900):
             client.log_batch(run_id, metrics=rows[start : start + 900])
         for dest, path in (artifacts or {}).items():

@@ -50,7 +50,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "val_every", "val_size", "checkpoint_every", "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "val_every",
+            "val_size",
+            "checkpoint_every",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("patience", "num_threads", "time_budget_s", "min_delta"):
@@ -89,8 +96,12 @@ def available_cores() -> int:
 
 def fingerprint(family: str, model_config: dict, cfg: TrainConfig, data_version: str) -> str:
     """Identifies a training job: a checkpoint is resumed only by the same job."""
-    job = {"family": family, "model": model_config, "data": data_version,
-           "train": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "time_budget_s")}}
+    job = {
+        "family": family,
+        "model": model_config,
+        "data": data_version,
+        "train": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "time_budget_s")},
+    }
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -158,7 +169,7 @@ def train(
     data_version: str = "",
     on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train `family` from its config; resume from `checkpoint_dir` when a matching checkpoint exists."""
+    """Train `family` from its config; resume from a matching checkpoint in `checkpoint_dir`."""
     torch.set_num_threads(cfg.num_threads or available_cores())
     with _INIT_LOCK:  # the global RNG seeds the init: one job at a time (flows use threads)
         torch.manual_seed(cfg.seed)
@@ -171,8 +182,15 @@ def train(
     job = fingerprint(family, model.config.to_dict(), cfg, data_version)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
 
-    state = {"step": 0, "best": None, "best_state": None, "bad_checks": 0, "history": [],
-             "elapsed": 0.0, "stopped_early": False}
+    state = {
+        "step": 0,
+        "best": None,
+        "best_state": None,
+        "bad_checks": 0,
+        "history": [],
+        "elapsed": 0.0,
+        "stopped_early": False,
+    }
     resumed_from = None
     ckpt = _load_checkpoint(ckpt_path, job)
     if ckpt is not None:
@@ -187,9 +205,15 @@ def train(
 
     def checkpoint() -> None:
         _atomic_torch_save(
-            {"version": CHECKPOINT_VERSION, "fingerprint": job, "model": model.state_dict(),
-             "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **state},
+            {
+                "version": CHECKPOINT_VERSION,
+                "fingerprint": job,
+                "model": model.state_dict(),
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                **state,
+            },
             ckpt_path,
         )
 
@@ -198,8 +222,13 @@ def train(
     elapsed_before = state["elapsed"]
     running: dict[str, list[float]] = {}
     out_of_time = False
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {family}",
-               disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state["step"],
+        desc=f"train {family}",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     while state["step"] < cfg.steps and not state["stopped_early"]:
         step = state["step"]
         idx = batches.indices(step)
@@ -219,10 +248,18 @@ def train(
         if state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps:
             _check_validation(model, cfg, state, val_images, val_labels, on_log)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
-        if cfg.time_budget_s and state["elapsed"] >= cfg.time_budget_s and state["step"] < cfg.steps:
+        if (
+            cfg.time_budget_s
+            and state["elapsed"] >= cfg.time_budget_s
+            and state["step"] < cfg.steps
+        ):
             out_of_time = True
-            log.warning("%s: wall-clock budget %.0fs spent at step %d", family, cfg.time_budget_s,
-                        state["step"])
+            log.warning(
+                "%s: wall-clock budget %.0fs spent at step %d",
+                family,
+                cfg.time_budget_s,
+                state["step"],
+            )
             break
         if state["step"] % cfg.checkpoint_every == 0:
             checkpoint()
@@ -233,9 +270,17 @@ def train(
     model.eval()
     done = state["step"] - (resumed_from or 0)
     wall = time.perf_counter() - started
-    return TrainResult(model, state["step"], state["stopped_early"], out_of_time, resumed_from,
-                       state["elapsed"], done * batches.batch_size / max(wall, 1e-9),
-                       state["best"], state["history"])
+    return TrainResult(
+        model,
+        state["step"],
+        state["stopped_early"],
+        out_of_time,
+        resumed_from,
+        state["elapsed"],
+        done * batches.batch_size / max(wall, 1e-9),
+        state["best"],
+        state["history"],
+    )
 
 
 def _check_validation(model, cfg, state, val_images, val_labels, on_log) -> None:
@@ -252,8 +297,11 @@ def _check_validation(model, cfg, state, val_images, val_labels, on_log) -> None
         state["bad_checks"] += 1
         if cfg.patience and state["bad_checks"] >= cfg.patience:
             state["stopped_early"] = True
-            log.info("early stop at step %d: val_loss did not improve for %d checks",
-                     state["step"], cfg.patience)
+            log.info(
+                "early stop at step %d: val_loss did not improve for %d checks",
+                state["step"],
+                cfg.patience,
+            )
 
 
 def save_trained(result: TrainResult, out_dir: Path, extra: dict[str, Any] | None = None) -> str:
@@ -263,11 +311,16 @@ def save_trained(result: TrainResult, out_dir: Path, extra: dict[str, Any] | Non
     atomic_write_json(out_dir / "history.json", result.history)
     atomic_write_json(
         out_dir / "train_metrics.json",
-        {"steps": result.steps_done, "stopped_early": result.stopped_early,
-         "out_of_time": result.out_of_time, "resumed_from": result.resumed_from,
-         "train_wall_time_s": round(result.wall_time_s, 3),
-         "train_images_per_s": round(result.images_per_s, 2),
-         "best_val_loss": result.best_val_loss, "params": result.model.num_parameters(),
-         "weights_sha256": sha},
+        {
+            "steps": result.steps_done,
+            "stopped_early": result.stopped_early,
+            "out_of_time": result.out_of_time,
+            "resumed_from": result.resumed_from,
+            "train_wall_time_s": round(result.wall_time_s, 3),
+            "train_images_per_s": round(result.images_per_s, 2),
+            "best_val_loss": result.best_val_loss,
+            "params": result.model.num_parameters(),
+            "weights_sha256": sha,
+        },
     )
     return sha

@@ -25,16 +25,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    min_rows: dict[str, int] = field(default_factory=lambda: {"train": 1000, "val": 100, "test": 100})
+    min_rows: dict[str, int] = field(
+        default_factory=lambda: {"train": 1000, "val": 100, "test": 100}
+    )
     class_share_tolerance: float = 0.5  # each class's share within (1 ± tol) / 10
     ink_min: float = 0.01  # mean intensity in [0, 1]: below = blank image
     ink_max: float = 0.6  # above = saturated image
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.class_share_tolerance < 1.0:
-            raise ValueError(f"class_share_tolerance must be in [0, 1), got {self.class_share_tolerance}")
+            raise ValueError(
+                f"class_share_tolerance must be in [0, 1), got {self.class_share_tolerance}"
+            )
         if not 0.0 <= self.ink_min < self.ink_max <= 1.0:
-            raise ValueError(f"need 0 <= ink_min < ink_max <= 1, got {self.ink_min}, {self.ink_max}")
+            raise ValueError(
+                f"need 0 <= ink_min < ink_max <= 1, got {self.ink_min}, {self.ink_max}"
+            )
         unknown = set(self.min_rows) - set(SPLITS)
         if unknown:
             raise ValueError(f"min_rows names unknown split(s) {sorted(unknown)}")
@@ -101,7 +107,9 @@ def _split_expectations(gx, cfg: ValidationConfig, split: str) -> list:
             min_value=share * (1 - cfg.class_share_tolerance),
             max_value=share * (1 + cfg.class_share_tolerance),
         ),
-        e.ExpectColumnValuesToBeBetween(column="ink_mass", min_value=cfg.ink_min, max_value=cfg.ink_max),
+        e.ExpectColumnValuesToBeBetween(
+            column="ink_mass", min_value=cfg.ink_min, max_value=cfg.ink_max
+        ),
         e.ExpectColumnValuesToNotBeNull(column="content_hash"),
     ]
 
@@ -131,12 +139,16 @@ def _describe(result, table: pd.DataFrame) -> str:
         where = ""
         if rows and "split" in table:
             picked = table.iloc[[i for i in rows[:6] if isinstance(i, int | np.integer)]]
-            where = "; rows " + ", ".join(f"{s}#{r}" for s, r in zip(picked["split"], picked["row"]))
+            where = "; rows " + ", ".join(
+                f"{s}#{r}" for s, r in zip(picked["split"], picked["row"], strict=True)
+            )
         return f"{res['unexpected_count']} of {len(table)} rows unexpected, e.g. {examples}{where}"
     return f"observed {res.get('observed_value')!r}"
 
 
-def validate_data(data_dir: Path, report_dir: Path, cfg: ValidationConfig | None = None) -> ValidationReport:
+def validate_data(
+    data_dir: Path, report_dir: Path, cfg: ValidationConfig | None = None
+) -> ValidationReport:
     """Run the GX gate over `data_dir`; write Data Docs and summary.json under `report_dir`."""
     import great_expectations as gx
 
@@ -151,7 +163,10 @@ def validate_data(data_dir: Path, report_dir: Path, cfg: ValidationConfig | None
         site_name="genops",
         site_config={
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir),
+            },
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )

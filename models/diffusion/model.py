@@ -30,7 +30,7 @@ from models.diffusion.ema import EMA
 from models.diffusion.process import Denoiser, GaussianDiffusion
 from models.diffusion.unet import UNet
 
-MAX_CHUNK = 512  # network evaluations per forward pass when sampling/scoring big batches
+MAX_CHUNK = 128  # images per network call: bigger batches fall out of cache on CPU
 
 
 class Diffusion(GenerativeModel):

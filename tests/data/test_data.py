@@ -157,8 +157,18 @@ def test_cli_import_reports_the_file_and_problem(source_pair, default_data, tmp_
     root = Path(__file__).resolve().parents[2]
     result = CliRunner().invoke(
         main,
-        ["--params", str(root / "params.yaml"), "data", "import",
-         "--images", str(ip), "--labels", str(lp), "--out", str(out)],
+        [
+            "--params",
+            str(root / "params.yaml"),
+            "data",
+            "import",
+            "--images",
+            str(ip),
+            "--labels",
+            str(lp),
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 1
     assert "bad magic number" in result.output and str(ip) in result.output
@@ -168,6 +178,11 @@ def test_cli_import_reports_the_file_and_problem(source_pair, default_data, tmp_
 
 def test_cli_help_on_every_command():
     runner = CliRunner()
-    for args in (["--help"], ["data", "--help"], ["data", "import", "--help"], ["validate", "--help"]):
+    for args in (
+        ["--help"],
+        ["data", "--help"],
+        ["data", "import", "--help"],
+        ["validate", "--help"],
+    ):
         result = runner.invoke(main, args)
         assert result.exit_code == 0 and "Usage" in result.output, args

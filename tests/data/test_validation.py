@@ -103,8 +103,11 @@ def test_gate_fails_with_a_clear_message(inject, clean_data, tmp_path):
     split, expectation, target = inject(data)
     report = validate_data(data, tmp_path / "report")
     assert not report.success
-    hits = [f for f in report.failures
-            if (f["split"], f["expectation"], f["target"]) == (split, expectation, target)]
+    hits = [
+        f
+        for f in report.failures
+        if (f["split"], f["expectation"], f["target"]) == (split, expectation, target)
+    ]
     assert hits, report.summary()
     assert f"[{split}] {expectation}({target})" in report.summary()
 
@@ -121,8 +124,17 @@ def test_cli_validate_exits_nonzero_with_summary(clean_data, tmp_path):
     _bad_label(data)
     root = Path(__file__).resolve().parents[2]
     result = CliRunner().invoke(
-        main, ["--params", str(root / "params.yaml"), "validate", "--data-dir", str(data),
-               "--report-dir", str(tmp_path / "r")])
+        main,
+        [
+            "--params",
+            str(root / "params.yaml"),
+            "validate",
+            "--data-dir",
+            str(data),
+            "--report-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 1
     assert "FAILED" in result.output and "[train]" in result.output
 

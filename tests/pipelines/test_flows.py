@@ -27,8 +27,7 @@ def prefect_api(tmp_path_factory):
 
 
 def _dvc(root: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
 
 
 def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool = False) -> Path:
@@ -94,21 +93,62 @@ def test_transient_classification():
 
 
 TINY_PARAMS = {
-    "train": {"steps": 8, "batch_size": 32, "val_every": 4, "checkpoint_every": 4,
-              "num_threads": 1, "log_every": 4, "progress": False, "seed": 0},
+    "train": {
+        "steps": 8,
+        "batch_size": 32,
+        "val_every": 4,
+        "checkpoint_every": 4,
+        "num_threads": 1,
+        "log_every": 4,
+        "progress": False,
+        "seed": 0,
+    },
     "autoencoder": {"model": {"arch": "mlp", "hidden_dims": [32], "latent_dim": 4}},
-    "vae": {"model": {"channels": [8, 16], "hidden_dim": 32, "latent_dim": 4,
-                      "kl_warmup_steps": 4, "max_iwae_k": 64}},
-    "gan": {"model": {"latent_dim": 8, "label_embed_dim": 4, "g_width": 8, "d_width": 8,
-                      "e_width": 8, "monitor_every": 2, "monitor_batch": 8,
-                      "encoder_start_step": 5, "ema_decay": 0.9}},
-    "diffusion": {"model": {"base_channels": 8, "channel_mults": [1, 2], "attention": False,
-                            "timesteps": 50, "sample_steps": 2, "score_timesteps": [10],
-                            "score_steps": 1, "score_draws": 1, "warmup_steps": 2,
-                            "ema_decay": 0.5, "bf16_autocast": False}},
+    "vae": {
+        "model": {
+            "channels": [8, 16],
+            "hidden_dim": 32,
+            "latent_dim": 4,
+            "kl_warmup_steps": 4,
+            "max_iwae_k": 64,
+        }
+    },
+    "gan": {
+        "model": {
+            "latent_dim": 8,
+            "label_embed_dim": 4,
+            "g_width": 8,
+            "d_width": 8,
+            "e_width": 8,
+            "monitor_every": 2,
+            "monitor_batch": 8,
+            "encoder_start_step": 5,
+            "ema_decay": 0.9,
+        }
+    },
+    "diffusion": {
+        "model": {
+            "base_channels": 8,
+            "channel_mults": [1, 2],
+            "attention": False,
+            "timesteps": 50,
+            "sample_steps": 2,
+            "score_timesteps": [10],
+            "score_steps": 1,
+            "score_draws": 1,
+            "warmup_steps": 2,
+            "ema_decay": 0.5,
+            "bf16_autocast": False,
+        }
+    },
     "judge": {"epochs": 1, "max_steps": 10, "batch_size": 64, "progress": False},
-    "evaluate": {"n_samples": 40, "anomaly_per_kind": 8, "likelihood_max_images": 16,
-                 "n_plot": 16, "sample_batch_size": 40},
+    "evaluate": {
+        "n_samples": 40,
+        "anomaly_per_kind": 8,
+        "likelihood_max_images": 16,
+        "n_plot": 16,
+        "sample_batch_size": 40,
+    },
 }
 
 
@@ -143,7 +183,8 @@ def test_flow_end_to_end_registers_versions_tags_and_aliases(prefect_api, tmp_pa
         assert champ.tags["promotion.decision"] == "promoted"
         assert champ.tags["promotion.reason"] == "no champion yet"
         assert float(champ.tags[f"metric.{task.metric}"]) == pytest.approx(
-            json.loads((root / "metrics" / f"{champ.tags['family']}.json").read_text())[task.metric])
+            json.loads((root / "metrics" / f"{champ.tags['family']}.json").read_text())[task.metric]
+        )
     report = json.loads((root / "reports" / "promotion.json").read_text())
     assert {d["task"] for d in report["decisions"]} == {"generation", "anomaly"}
     board = (root / "reports" / "leaderboard.md").read_text()

@@ -20,14 +20,25 @@ def _candidate(tmp_path, family: str, fd: float, auroc: float, data: str = "d1")
     model_dir = tmp_path / f"m-{family}-{fd}-{data}"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps({"family": family}))
-    run_id = tracking.log_run(f"eval-{family}", params={"family": family},
-                              tags={"family": family, "data_version": data},
-                              metrics={"fd_judge": fd}, artifacts={"model": model_dir})
+    run_id = tracking.log_run(
+        f"eval-{family}",
+        params={"family": family},
+        tags={"family": family, "data_version": data},
+        metrics={"fd_judge": fd},
+        artifacts={"model": model_dir},
+    )
     task = registry.TASKS["generation"]
     return registry.register_version(
-        task.registered_model, run_id, "model",
-        {"family": family, "data_version": data, "metric.fd_judge": fd,
-         "metric.anomaly_auroc_mean": auroc})
+        task.registered_model,
+        run_id,
+        "model",
+        {
+            "family": family,
+            "data_version": data,
+            "metric.fd_judge": fd,
+            "metric.anomaly_auroc_mean": auroc,
+        },
+    )
 
 
 def test_gate_promotes_first_then_only_better_candidates(store):
@@ -65,6 +76,13 @@ def test_gate_needs_the_same_data_version(store):
     kept = registry.gate(task, v2, "gan", {"fd_judge": 1.0}, "new", margin=0.0)
     assert not kept.promoted and "another data version" in kept.reason
     v3 = _candidate(store, "gan", 1.0, 0.9, data="new")
-    moved = registry.gate(task, v3, "gan", {"fd_judge": 1.0}, "new", margin=0.0,
-                          reevaluate=lambda version: {"fd_judge": 30.0})
+    moved = registry.gate(
+        task,
+        v3,
+        "gan",
+        {"fd_judge": 1.0},
+        "new",
+        margin=0.0,
+        reevaluate=lambda version: {"fd_judge": 30.0},
+    )
     assert moved.promoted and moved.champion_metric == 30.0
