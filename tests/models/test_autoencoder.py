@@ -8,6 +8,7 @@ import torch
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.model import Autoencoder, AutoencoderConfig
 from models.io import build_model, load_model, save_model
+from tests.models.contract import assert_resume_bit_identical
 
 TINY_CONV = {"channels": (8, 16), "latent_dim": 8, "lr": 3e-3, "prior_momentum": 0.1}
 TINY_MLP = {"arch": "mlp", "hidden_dims": (64, 32), "latent_dim": 8}
@@ -148,23 +149,7 @@ def test_resume_is_bit_identical(small_batch):
     """Checkpoint after 5 steps (weights, optimizer, generator), resume: same as 10 straight."""
     images, labels = small_batch
     cfg = TINY_CONV | {"denoise_std": 0.2, "mask_prob": 0.1}
-    straight = make(cfg)
-    opts, gen = straight.configure_optimizers(), torch.Generator().manual_seed(1)
-    for step in range(10):
-        straight.training_step(images[:16], labels[:16], opts, step, gen)
-    first = make(cfg)
-    opts, gen = first.configure_optimizers(), torch.Generator().manual_seed(1)
-    for step in range(5):
-        first.training_step(images[:16], labels[:16], opts, step, gen)
-    resumed = make(cfg, seed=123)
-    resumed.load_state_dict(first.state_dict())
-    opts2 = resumed.configure_optimizers()
-    opts2["adam"].load_state_dict(opts["adam"].state_dict())
-    gen2 = torch.Generator().set_state(gen.get_state())
-    for step in range(5, 10):
-        resumed.training_step(images[:16], labels[:16], opts2, step, gen2)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_bit_identical(lambda seed=0: make(cfg, seed=seed), images[:16], labels[:16])
 
 
 def test_labels_only_for_the_conditional_prior(small_batch):

@@ -8,6 +8,7 @@ import torch
 from models.io import build_model, load_model, save_model
 from models.vae.model import VAE, VAEConfig
 from models.vae.objective import kl_weight
+from tests.models.contract import assert_resume_bit_identical
 
 TINY = {
     "channels": (8, 16),
@@ -174,20 +175,4 @@ def test_kl_warmup_is_linear():
 def test_resume_is_bit_identical(small_batch):
     """Checkpoint after 5 steps (weights, optimizer, generator), resume: same as 10 straight."""
     images, labels = small_batch
-    straight = make(TINY)
-    opts, gen = straight.configure_optimizers(), torch.Generator().manual_seed(1)
-    for step in range(10):
-        straight.training_step(images[:16], labels[:16], opts, step, gen)
-    first = make(TINY)
-    opts, gen = first.configure_optimizers(), torch.Generator().manual_seed(1)
-    for step in range(5):
-        first.training_step(images[:16], labels[:16], opts, step, gen)
-    resumed = make(TINY, seed=123)
-    resumed.load_state_dict(first.state_dict())
-    opts2 = resumed.configure_optimizers()
-    opts2["adam"].load_state_dict(opts["adam"].state_dict())
-    gen2 = torch.Generator().set_state(gen.get_state())
-    for step in range(5, 10):
-        resumed.training_step(images[:16], labels[:16], opts2, step, gen2)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_bit_identical(lambda seed=0: make(TINY, seed=seed), images[:16], labels[:16])
