@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.data import build_default
-from pipelines.dvc_ops import data_in_sync, data_version, pull_or_rebuild
+from pipelines.dvc_ops import data_in_sync, data_version, dvc, pull_or_rebuild
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _dvc(root: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
 
 
 @pytest.fixture()
@@ -26,8 +21,8 @@ def fresh_clone(tmp_path) -> Path:
     root = tmp_path / "clone"
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    _dvc(root, "init", "-q")
-    _dvc(root, "remote", "add", "-d", "local", str(tmp_path / "empty-remote"))
+    dvc("init", "-q", cwd=root)
+    dvc("remote", "add", "-d", "local", str(tmp_path / "empty-remote"), cwd=root)
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     shutil.copy(ROOT / "data.dvc", root / "data.dvc")
     return root

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.data import build_default, labels_path, load_split, write_idx
+from pipelines.dvc_ops import dvc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,11 @@ def prefect_api(tmp_path_factory):
         yield
 
 
-def _dvc(root: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
-
-
 def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool = False) -> Path:
     """A real DVC project in `root`: git + dvc init, data/, a local remote, tiny params."""
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    _dvc(root, "init", "-q")
+    dvc("init", "-q", cwd=root)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params |= params_overrides or {}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -44,9 +40,9 @@ def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool
         labels = labels.copy()
         labels[:4] = 11
         write_idx(labels_path(root / "data", "train"), labels)
-    _dvc(root, "add", "-q", "data")
-    _dvc(root, "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote"))
-    _dvc(root, "push", "-q")
+    dvc("add", "-q", "data", cwd=root)
+    dvc("remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote"), cwd=root)
+    dvc("push", "-q", cwd=root)
     return root
 
 
