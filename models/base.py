@@ -144,6 +144,16 @@ class GenerativeModel(nn.Module, ABC):
         return sum(p.numel() for p in self.parameters())
 
 
+def bf16_autocast(enabled: bool, device_type: str = "cpu") -> torch.autocast:
+    """bf16 autocast on `device_type` when `enabled` (the families' `bf16_autocast` option)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_channels_last(images: Tensor, enabled: bool) -> Tensor:
+    """`images` in channels-last memory format when `enabled` (the `channels_last` option)."""
+    return images.contiguous(memory_format=torch.channels_last) if enabled else images
+
+
 def check_images(images: Tensor) -> Tensor:
     """Validate a batch of images at the model boundary and return it as float32."""
     if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:

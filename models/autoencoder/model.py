@@ -12,7 +12,14 @@ from torch import Tensor
 from models.autoencoder.config import AutoencoderConfig
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.networks import build_networks
-from models.base import NUM_CLASSES, GenerativeModel, check_images, check_labels
+from models.base import (
+    NUM_CLASSES,
+    GenerativeModel,
+    bf16_autocast,
+    check_images,
+    check_labels,
+    to_channels_last,
+)
 
 
 class Autoencoder(GenerativeModel):
@@ -60,15 +67,10 @@ class Autoencoder(GenerativeModel):
         return self.latent_prior.means.device
 
     def _prepare(self, images: Tensor) -> Tensor:
-        images = check_images(images).to(self._device())
-        if self._use_channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return to_channels_last(check_images(images).to(self._device()), self._use_channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(
-            self._device().type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
-        )
+        return bf16_autocast(self.config.bf16_autocast, self._device().type)
 
     def _logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(latents, pixel logits) for prepared images, both float32."""

@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.base import IMAGE_SHAPE, NUM_CLASSES, GenerativeModel, check_images, check_labels
+from models.base import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    GenerativeModel,
+    bf16_autocast,
+    check_images,
+    check_labels,
+    to_channels_last,
+)
 from models.diffusion.config import DiffusionConfig
 from models.diffusion.ema import EMA
 from models.diffusion.process import Denoiser, GaussianDiffusion
@@ -60,13 +68,11 @@ class Diffusion(GenerativeModel):
 
     # ---- helpers --------------------------------------------------------------------
     def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
-        device = self.score_noise.device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+        return bf16_autocast(enabled, self.score_noise.device.type)
 
     def _run(self, net: UNet, x: Tensor, t: Tensor, labels: Tensor | None, fast: bool) -> Tensor:
         """One network call; `fast` allows bf16 autocast (training and sampling)."""
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(x, self.config.channels_last)
         with self._autocast(fast and self.config.bf16_autocast):
             return net(x, t, labels).float().contiguous()
 

@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import NUM_CLASSES, GenerativeModel, check_images, check_labels
+from models.base import (
+    NUM_CLASSES,
+    GenerativeModel,
+    bf16_autocast,
+    check_images,
+    check_labels,
+    to_channels_last,
+)
 from models.gan.config import GANConfig
 from models.gan.monitors import d_collapse_warning, diversity_ratio, mode_collapse_warning
 from models.gan.networks import Discriminator, Encoder, Generator
@@ -91,11 +98,10 @@ class GAN(GenerativeModel):
         return self.g_ema if self.config.ema_decay > 0 else self.g
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16_autocast)
+        return bf16_autocast(self.config.bf16_autocast)
 
     def _to_net(self, images: Tensor) -> Tensor:
-        x = check_images(images) * 2.0 - 1.0
-        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+        return to_channels_last(check_images(images) * 2.0 - 1.0, self.config.channels_last)
 
     def _label_input(self, logits: Tensor | None) -> Tensor | None:
         return None if logits is None else logits.float().softmax(dim=1)

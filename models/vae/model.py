@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from models.base import GenerativeModel, check_images
+from models.base import GenerativeModel, bf16_autocast, check_images, to_channels_last
 from models.vae.config import VAEConfig
 from models.vae.networks import Decoder, GaussianEncoder, Posterior
 from models.vae.objective import (
@@ -58,15 +58,10 @@ class VAE(GenerativeModel):
         return self.eval_eps.device
 
     def _prepare(self, images: Tensor) -> Tensor:
-        images = check_images(images).to(self._device())
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return to_channels_last(check_images(images).to(self._device()), self.config.channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(
-            self._device().type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
-        )
+        return bf16_autocast(self.config.bf16_autocast, self._device().type)
 
     def _posterior(self, images: Tensor) -> Posterior:
         mean, logvar = self.encoder(images)
