@@ -1,7 +1,9 @@
 """The set of models one service instance serves, loaded from a source as one immutable unit.
 
 A reload builds a whole new `Catalog` and then swaps one reference, so a request that took
-the old catalog finishes on the old models and never sees a half-loaded set.
+the old catalog finishes on the old models and never sees a half-loaded set. The catalog's
+fingerprint is the one of the source snapshot it was loaded from, so it names exactly the
+versions it serves.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from models.spec import ALIAS, ANOMALY, FAMILIES_ROLE_PREFIX, GENERATION
 from serving.bundle import ServedModel, load_bundle
-from serving.sources import ANOMALY, GENERATION, ModelSource
+from serving.sources import ModelSource, Snapshot
 
 log = logging.getLogger("genops.serving")
 
 REQUIRED_ROLES = (GENERATION, ANOMALY)
-CHAMPION = "champion"
+CHAMPION = ALIAS
 
 
 class UnknownModel(LookupError):
@@ -44,9 +48,9 @@ class Catalog:
     @property
     def families(self) -> dict[str, ServedModel]:
         return {
-            role.removeprefix("families/"): m
+            role.removeprefix(FAMILIES_ROLE_PREFIX): m
             for role, m in self.roles.items()
-            if role.startswith("families/")
+            if role.startswith(FAMILIES_ROLE_PREFIX)
         }
 
     def model_names(self) -> list[str]:
@@ -64,12 +68,17 @@ class Catalog:
             raise UnknownModel(f"unknown model {name!r}; known: {self.model_names()}")
         return families[name]
 
+    def versions(self) -> dict[str, str]:
+        """Role -> "name:version" of every served model."""
+        return {role: f"{m.meta.name}:{m.meta.version}" for role, m in sorted(self.roles.items())}
+
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "fingerprint": self.fingerprint,
             "ready": self.ready,
             "loaded_at": self.loaded_at,
+            "versions": self.versions(),
             "models": {role: m.describe() for role, m in sorted(self.roles.items())},
             "errors": dict(self.errors),
         }
@@ -85,14 +94,13 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
     Never raises for a bad bundle: the catalog records the reason, and `ready` is False when
     a required role is missing.
     """
-    fingerprint = source.fingerprint()
     try:
-        bundles = source.bundles()
+        snapshot = source.snapshot()
     except Exception as exc:
         log.error("model source %s is unusable: %s", source.spec, exc)
         return Catalog(
             source.spec,
-            fingerprint,
+            "unreadable",
             errors={r: str(exc) for r in required},
             required=required,
             loaded_at=time.time(),
@@ -100,14 +108,17 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
     roles: dict[str, ServedModel] = {}
     errors: dict[str, str] = {}
     cache: dict[tuple[str, str], Any] = {}
-    for role, path in sorted(bundles.items()):
+    for role, reason in sorted(snapshot.errors.items()):
+        log.error("REFUSING to serve %s: %s", role, reason)
+        errors[role] = reason
+    for role, path in sorted(snapshot.bundles.items()):
         try:
-            roles[role] = load_bundle(path, cache)
+            roles[role] = _load_role(snapshot, role, path, cache)
         except Exception as exc:
             log.error("REFUSING to serve %s from %s: %s", role, path, exc)
             errors[role] = f"{type(exc).__name__}: {exc}"
     for role in required:
-        if role not in bundles:
+        if role not in snapshot.bundles:
             errors.setdefault(role, f"missing from model source {source.spec}")
     for role, m in sorted(roles.items()):
         log.info(
@@ -120,9 +131,23 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
         )
     return Catalog(
         source.spec,
-        fingerprint,
+        snapshot.fingerprint,
         MappingProxyType(roles),
         MappingProxyType(errors),
         required,
         time.time(),
     )
+
+
+def _load_role(
+    snapshot: Snapshot, role: str, path: Path, cache: dict[tuple[str, str], Any]
+) -> ServedModel:
+    """Load one bundle; refuse it unless it is the version the source said it would be."""
+    served = load_bundle(path, cache)
+    expected = snapshot.expected.get(role)
+    if expected is not None:
+        got = (served.meta.name, served.meta.version, served.meta.weights_sha256)
+        want = (expected.name, expected.version, expected.weights_sha256)
+        if got != want:
+            raise ValueError(f"bundle is {got}, the source expects {want}")
+    return served

@@ -21,30 +21,60 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from models.calibration import CALIBRATION_FILE
-from models.io import CONFIG_FILE, FAMILIES, WEIGHTS_FILE
-from serving.bundle import META_FILE, BundleMeta, verify_weights, write_meta
+from models.bundle import (
+    BundleMeta,
+    check_model_files,
+    meta_from_tags,
+    read_meta,
+    verify_weights,
+    write_meta,
+)
+from models.spec import (
+    ALIAS,
+    ANOMALY,
+    BUNDLE_FILES,
+    FAMILIES,
+    FAMILIES_ROLE_PREFIX,
+    GENERATION,
+    META_FILE,
+    MODEL_FILES,
+    TASKS,
+    family_model_name,
+    family_role,
+    tracking_uri,
+)
 
 log = logging.getLogger("genops.serving")
 
 ENV_SOURCE = "GENOPS_MODEL_SOURCE"
+ENV_CACHE = "GENOPS_MODEL_CACHE"
 BENTO_MODEL = "genops-models"
-ALIAS = "champion"
-GENERATION, ANOMALY = "generation", "anomaly"
-TASK_MODELS = {GENERATION: "genops-generation", ANOMALY: "genops-anomaly"}
+TASK_MODELS = {name: task.registered_model for name, task in TASKS.items()}
+__all__ = ["ANOMALY", "GENERATION", "family_role"]
 
 
-def family_role(family: str) -> str:
-    return f"families/{family}"
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a source: the bundles it offers now and the fingerprint of exactly those.
 
+    `expected` is the source's own word on each role's identity (for the registry: the
+    registered name, version and weights sha256); a loaded bundle that disagrees is refused.
+    `errors` says why a role the source lists has no bundle (e.g. a failed download).
+    """
 
-def family_model_name(family: str) -> str:
-    return f"genops-{family}"
+    fingerprint: str
+    bundles: Mapping[str, Path]
+    expected: Mapping[str, BundleMeta] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
 
 
 class ModelSource(ABC):
@@ -60,6 +90,11 @@ class ModelSource(ABC):
     def bundles(self) -> dict[str, Path]:
         """Role -> local bundle folder (downloaded first where needed)."""
 
+    def snapshot(self) -> Snapshot:
+        """Fingerprint, then bundles: a change in between only causes one more reload."""
+        fingerprint = self.fingerprint()
+        return Snapshot(fingerprint, self.bundles())
+
 
 class DirSource(ModelSource):
     """A folder with generation/, anomaly/ and families/<family>/ bundle subfolders."""
@@ -72,7 +107,7 @@ class DirSource(ModelSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"model source folder {self.root} does not exist")
         found = {role: self.root / role for role in (GENERATION, ANOMALY)}
-        families = self.root / "families"
+        families = self.root / FAMILIES_ROLE_PREFIX.rstrip("/")
         if families.is_dir():
             for sub in sorted(p for p in families.iterdir() if p.is_dir()):
                 found[family_role(sub.name)] = sub
@@ -86,7 +121,7 @@ class DirSource(ModelSource):
             return "missing"
         for role, path in sorted(bundles.items()):
             digest.update(role.encode())
-            for name in (META_FILE, CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE):
+            for name in BUNDLE_FILES:
                 try:
                     st = (path / name).stat()
                 except FileNotFoundError:
@@ -120,39 +155,117 @@ class BentoSource(ModelSource):
 
 
 class MlflowSource(ModelSource):
-    """Development mode: read champions and per-family latest versions from the registry."""
+    """Development mode: read champions and per-family latest versions from the registry.
+
+    Downloads are cached under `<cache>/<tracking-server hash>/<name>/<version>/`. A cached
+    folder is used only when it is ours (owner, no group/other write) and matches the
+    registry: its meta.json names the registered name, version and weights sha256, and the
+    weights hash to the registry's `weights_sha256` tag. Anything else is downloaded again.
+    """
 
     def __init__(self, tracking_uri: str | None = None, cache_dir: Path | None = None) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        root = os.environ.get("GENOPS_MODEL_CACHE") or Path(tempfile.gettempdir()) / "genops-models"
-        self.cache_dir = Path(cache_dir or root)
-        self.spec = f"mlflow:{self.tracking_uri}"
+        self.cache_dir = Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir())
+        shown = redact_uri(self.tracking_uri)
+        self.spec = f"mlflow:{shown}"
+        self.namespace = hashlib.sha256(shown.encode()).hexdigest()[:16]
+
+    def bundle_dir(self, name: str, version: str) -> Path:
+        """Where version `version` of registered model `name` is cached."""
+        return self.cache_dir / self.namespace / name / str(version)
 
     def fingerprint(self) -> str:
-        versions = registry_versions(self.tracking_uri)
-        return ",".join(f"{role}={mv.name}:{mv.version}" for role, mv in sorted(versions.items()))
+        return versions_fingerprint(registry_versions(self.tracking_uri))
 
     def bundles(self) -> dict[str, Path]:
-        out = {}
-        for role, mv in registry_versions(self.tracking_uri).items():
-            dst = self.cache_dir / mv.name / str(mv.version)
+        return dict(self.snapshot().bundles)
+
+    def snapshot(self) -> Snapshot:
+        """One registry read: the fingerprint always describes the versions downloaded."""
+        versions = registry_versions(self.tracking_uri)
+        bundles: dict[str, Path] = {}
+        expected: dict[str, BundleMeta] = {}
+        errors: dict[str, str] = {}
+        for role, mv in sorted(versions.items()):
             try:
-                if not (dst / META_FILE).is_file():
-                    # unverified here: load_bundle checks the sha256 and reports a mismatch per role
-                    materialize_version(mv, role, dst, self.tracking_uri, verify=False)
+                expected[role] = meta_from_version(mv, role)
+                bundles[role] = self._cached(mv, role, expected[role])
             except Exception as exc:
-                log.error("cannot download %s v%s: %s", mv.name, mv.version, exc)
-                continue
-            out[role] = dst
-        return out
+                log.error("cannot fetch %s v%s for %s: %s", mv.name, mv.version, role, exc)
+                errors[role] = f"{type(exc).__name__}: {exc}"
+        return Snapshot(versions_fingerprint(versions), bundles, expected, errors)
+
+    def _cached(self, mv: Any, role: str, meta: BundleMeta) -> Path:
+        dst = self.bundle_dir(mv.name, str(mv.version))
+        if dst.exists():
+            problem = cache_problem(dst, meta)
+            if problem is None:
+                return dst
+            log.warning("not trusting cached %s (%s): downloading it again", dst, problem)
+        _private_dir(self.cache_dir)
+        return materialize_version(mv, role, dst, self.tracking_uri, verify=True)
+
+
+def default_cache_dir() -> Path:
+    """`$TMPDIR/genops-models-<uid>`: per user, so nobody else can plant bundles in it."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"genops-models-{user}"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user:password and query string (what may be shown or logged)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc and not parts.query:
+        return uri  # leave e.g. sqlite:////abs/path exactly as it was
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", parts.fragment))
+
+
+def versions_fingerprint(versions: Mapping[str, Any]) -> str:
+    """`role=name:version,...` of registry versions (sorted by role)."""
+    return ",".join(f"{role}={mv.name}:{mv.version}" for role, mv in sorted(versions.items()))
+
+
+def cache_problem(directory: Path, expected: BundleMeta) -> str | None:
+    """Why a cached bundle folder must not be served for `expected`, or None if it may.
+
+    The registry's tags are the authority, never the folder's own meta.json: a folder
+    someone else created (or a half-written one) is not trusted on its own word.
+    """
+    directory = Path(directory)
+    missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
+    if missing:
+        return f"incomplete, no {missing}"
+    if hasattr(os, "getuid"):
+        for path in (directory, *(directory / name for name in BUNDLE_FILES)):
+            st = path.lstat()
+            if st.st_uid != os.getuid() or stat.S_ISLNK(st.st_mode):
+                return f"{path.name} is not a file of ours"
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return f"{path.name} is writable by others"
+    try:
+        cached = read_meta(directory)
+    except (OSError, ValueError) as exc:
+        return f"unreadable meta: {exc}"
+    ours = (cached.name, cached.version, cached.weights_sha256)
+    theirs = (expected.name, expected.version, expected.weights_sha256)
+    if ours != theirs:
+        return f"meta says {ours}, the registry says {theirs}"
+    try:
+        verify_weights(directory, expected.weights_sha256)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (mode 0700) if it is missing."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the project's SQLite store (same rule as the pipelines)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(os.environ.get("GENOPS_ROOT", ".")).resolve()
-    return f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else the project's SQLite store (the rule in models.spec)."""
+    return tracking_uri()
 
 
 def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
@@ -179,37 +292,19 @@ def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
 
 def meta_from_version(mv: Any, role: str) -> BundleMeta:
     """BundleMeta from a registered version's tags (family, weights_sha256, metric.<name>...)."""
-    tags = dict(mv.tags or {})
-    for key in ("family", "weights_sha256"):
-        if not tags.get(key):
-            raise ValueError(f"{mv.name} v{mv.version} has no {key!r} tag")
-    metrics = {}
-    for key, value in tags.items():
-        if key.startswith("metric."):
-            try:
-                metrics[key.removeprefix("metric.")] = float(value)
-            except ValueError:
-                continue
-    return BundleMeta(
-        name=mv.name,
-        version=str(mv.version),
-        family=tags["family"],
-        weights_sha256=tags["weights_sha256"],
-        tasks=(role,) if role in TASK_MODELS else (),
-        data_version=tags.get("data_version", "unknown"),
-        metrics=metrics,
-        git_commit=tags.get("git_commit", "unknown"),
-        params_hash=tags.get("params_hash", "unknown"),
-        source=str(mv.source),
-    )
+    tasks = (role,) if role in TASK_MODELS else ()
+    return meta_from_tags(mv.name, str(mv.version), dict(mv.tags or {}), tasks, str(mv.source))
 
 
 def materialize_version(
     mv: Any, role: str, dst: Path, tracking_uri: str | None = None, verify: bool = True
 ) -> Path:
-    """Download a version's artifact folder into `dst` as a bundle (atomic rename).
+    """Download a version's artifact folder into `dst` as a bundle; all or nothing.
 
-    With `verify`, raise ValueError unless the weights match the version's weights_sha256 tag.
+    The bundle is assembled in a staging folder beside `dst` and renamed into place, so
+    `dst` is never a half download. A folder already at `dst` is moved aside first (it is
+    only replaced when it was not trusted). With `verify`, raise ValueError unless the
+    weights match the version's weights_sha256 tag.
     """
     import mlflow
 
@@ -225,20 +320,24 @@ def materialize_version(
         )
         bundle = staging / "bundle"
         bundle.mkdir()
-        for name in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE):
-            if not (Path(local) / name).is_file():
-                raise FileNotFoundError(f"{mv.name} v{mv.version}: artifact has no {name}")
-            shutil.copy2(Path(local) / name, bundle / name)
+        check_model_files(Path(local), f"{mv.name} v{mv.version}")
+        for name in MODEL_FILES:
+            shutil.copyfile(Path(local) / name, bundle / name)
+            os.chmod(bundle / name, 0o644)
         if verify:
             verify_weights(bundle, meta.weights_sha256)
-        write_meta(bundle, meta)
-        if dst.exists():
-            shutil.rmtree(dst)
+        write_meta(bundle, meta)  # last: a folder with meta.json is complete
+        os.chmod(bundle, 0o755)
+        if dst.exists() or dst.is_symlink():
+            os.replace(dst, staging / "replaced")  # atomic; removed with the staging folder
         try:
             os.replace(bundle, dst)
-        except OSError:  # another worker finished the same download first
+        except OSError:  # another worker finished the same download first: check its work
             if not (dst / META_FILE).is_file():
                 raise
+            problem = cache_problem(dst, meta) if verify else None
+            if problem:
+                raise ValueError(f"{dst} appeared meanwhile, not trusted: {problem}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dst
