@@ -10,9 +10,11 @@ handling in serving.imaging, batching in serving.batching.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,11 @@ from serving.sources import ModelSource, source_from_env
 log = logging.getLogger("genops.serving")
 # Uploads default to an empty list: BentoML 1.4 cannot make `list[Path] | None` a multipart field.
 NO_FILES = Field(default_factory=list, description="PNG/JPEG uploads (multipart/form-data)")
+# Response headers naming the registered model version that produced the result.
+MODEL_HEADER, VERSION_HEADER = "X-Genops-Model", "X-Genops-Model-Version"
+# A catalog with load errors (e.g. a failed download) is retried this often even when the
+# source is unchanged, so a transient failure does not leave a model out until the next change.
+ERROR_RETRY_S = 30.0
 
 
 def _bad_request(exc: Exception) -> InvalidArgument:
@@ -77,14 +84,17 @@ class GenOps:
         self._stop = threading.Event()
         self.source: ModelSource | None = None
         self.catalog: Catalog = empty_catalog("none", "not loaded yet")
-        self.last_reload: ReloadResponse | None = None
+        self.last_reload: ReloadResponse | None = None  # the last attempt, whatever its outcome
+        self.last_reload_info: dict[str, Any] | None = None  # the same, with when and how long
+        self.last_swap: dict[str, Any] | None = None  # the last time the served set changed
+        self._refused: dict[str, float] = {}  # fingerprint of a refused model set -> when
         try:
             self.source = source_from_env()
         except ValueError as exc:
             log.error("%s", exc)
             self.catalog = empty_catalog("invalid", str(exc))
         else:
-            self.reload(force=True)
+            self.reload(force=True, trigger="startup")
         if self.settings.reload_interval_s > 0 and self.source is not None:
             threading.Thread(target=self._poll, name="genops-reload", daemon=True).start()
 
@@ -101,20 +111,32 @@ class GenOps:
     async def _on_model_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def reload(self, force: bool = False) -> ReloadResponse:
+    def reload(self, force: bool = False, trigger: str = "admin") -> ReloadResponse:
         """Re-read the source; build a new catalog, then swap the reference (atomically).
 
         A catalog that is not ready never replaces one that is: the old models keep serving.
         """
         with self._reload_lock:
-            self.last_reload = self._reload(force)
-            return self.last_reload
+            before, started = self.catalog, time.time()
+            result = self._reload(force)
+            took = round(time.time() - started, 3)
+            info = {"trigger": trigger, "at": started, "duration_s": took}
+            self.last_reload, self.last_reload_info = result, result.model_dump() | info
+            if result.swapped:
+                self.last_swap = {
+                    "at": self.catalog.loaded_at,
+                    "trigger": trigger,
+                    "load_s": took,
+                    "from": before.versions(),
+                    "to": self.catalog.versions(),
+                }
+            return result
 
     def _reload(self, force: bool) -> ReloadResponse:
         current = self.catalog
 
-        def kept(reason: str, refused: bool = True) -> ReloadResponse:
-            if refused:
+        def kept(reason: str, refused: bool = True, quiet: bool = False) -> ReloadResponse:
+            if refused and not quiet:
                 log.error("reload refused: %s", reason)
             return ReloadResponse(
                 swapped=False,
@@ -130,13 +152,32 @@ class GenOps:
             fingerprint = self.source.fingerprint()
         except Exception as exc:
             return kept(f"cannot read model source {self.source.spec}: {exc}")
-        if not force and fingerprint == current.fingerprint:
-            return kept("model source unchanged", refused=False)
-        new = load_catalog(self.source)
+        now = time.time()
+        if not force:
+            retry = bool(current.errors) and now - current.loaded_at >= ERROR_RETRY_S
+            if fingerprint == current.fingerprint and not retry:
+                return kept("model source unchanged", refused=False)
+            if now - self._refused.get(fingerprint, -ERROR_RETRY_S) < ERROR_RETRY_S:
+                reason = f"{fingerprint} was refused less than {ERROR_RETRY_S:.0f} s ago"
+                return kept(reason, quiet=True)
+        new = load_catalog(self.source)  # beside the serving one, which keeps answering
         if current.ready and not new.ready:
+            self._refused = {new.fingerprint: new.loaded_at}
             return kept(f"new models not servable, kept the current ones: {dict(new.errors)}")
+        self._refused = {}
+        unchanged = new.fingerprint == current.fingerprint and new.versions() == current.versions()
+        if not force and unchanged and set(new.errors) == set(current.errors):
+            # a retry that failed the same way again: keep the models, restart the retry clock
+            self.catalog = dataclasses.replace(current, loaded_at=new.loaded_at)
+            return kept("model source unchanged; load errors persist", refused=False)
         self.catalog = new  # one reference swap; in-flight requests keep the old catalog
-        log.info("serving model set %s from %s (ready=%s)", new.fingerprint, new.source, new.ready)
+        log.info(
+            "serving model set %s from %s (ready=%s): %s",
+            new.fingerprint,
+            new.source,
+            new.ready,
+            new.versions(),
+        )
         return ReloadResponse(
             swapped=True,
             refused=False,
@@ -148,7 +189,7 @@ class GenOps:
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_s):
             try:
-                self.reload()
+                self.reload(trigger="poll")
             except Exception:
                 log.exception("periodic reload failed; still serving the current models")
 
@@ -163,7 +204,9 @@ class GenOps:
             **self.catalog.describe(),
             "limits": limits | {"max_body_bytes": self.settings.max_body_bytes},
             "batching": self.settings.batching,
-            "last_reload": None if self.last_reload is None else self.last_reload.model_dump(),
+            "reload_interval_s": self.settings.reload_interval_s,
+            "last_reload": self.last_reload_info,
+            "last_swap": self.last_swap,
         }
 
     # ---- helpers ----------------------------------------------------------------------
@@ -202,6 +245,7 @@ class GenOps:
     @bentoml.api(route="/generate")
     async def generate(
         self,
+        ctx: bentoml.Context,
         n: N = 16,
         seed: Seed = 0,
         label: Label | None = None,
@@ -215,6 +259,7 @@ class GenOps:
         step count (diffusion); either one given to another model is a 400.
         """
         served = self._resolve("generation", model)
+        _name_the_model(ctx, served)
         if label is not None and not served.conditional:
             raise InvalidArgument(f"{served.meta.family} model is unconditional: omit `label`")
         if steps is not None and not served.supports_steps:
@@ -244,6 +289,7 @@ class GenOps:
     @bentoml.api(route="/score")
     async def score(
         self,
+        ctx: bentoml.Context,
         images: list[ImageArray] | None = None,
         files: list[Path] = NO_FILES,
         model: ModelName | None = None,
@@ -256,6 +302,7 @@ class GenOps:
         to 28x28. At most 256 images per request.
         """
         served = self._resolve("anomaly", model)
+        _name_the_model(ctx, served)
         batch = await self._read_images(images, files, scale, MAX_SCORE)
         scores = await self.batcher.score(served, batch)
         meta, calibration = served.meta, served.calibration
@@ -287,6 +334,7 @@ class GenOps:
     @bentoml.api(route="/reconstruct")
     async def reconstruct(
         self,
+        ctx: bentoml.Context,
         images: list[ImageArray] | None = None,
         files: list[Path] = NO_FILES,
         model: ModelName | None = None,
@@ -294,6 +342,7 @@ class GenOps:
     ) -> ReconstructResponse:
         """Reconstruction and per-pixel squared-error map (models with a reconstruction only)."""
         served = self._resolve("anomaly", model)
+        _name_the_model(ctx, served)
         if not served.has_reconstruction:
             raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
         batch = await self._read_images(images, files, scale, MAX_RECONSTRUCT)
@@ -326,6 +375,12 @@ class GenOps:
         if result.refused:
             raise BentoMLException(result.reason, error_code=HTTPStatus.CONFLICT)
         return result
+
+
+def _name_the_model(ctx: bentoml.Context, served: ServedModel) -> None:
+    """Response headers with the registered name and version that answer this request."""
+    ctx.response.headers[MODEL_HEADER] = served.meta.name
+    ctx.response.headers[VERSION_HEADER] = served.meta.version
 
 
 def _decode_files(files: list[Path]) -> np.ndarray:
