@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_FILE = "calibration.json"
+from models.spec import CALIBRATION_FILE
 
 
 @dataclass(frozen=True)

@@ -16,27 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from models.base import GenerativeModel
+from models.spec import CONFIG_FILE, FAMILY_CLASSES, WEIGHTS_FILE, check_family
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-# family name -> "module:Class"; imported lazily so a service loads only what it serves.
-FAMILIES: dict[str, str] = {
-    "autoencoder": "models.autoencoder.model:Autoencoder",
-    "vae": "models.vae.model:VAE",
-    "gan": "models.gan.model:GAN",
-    "diffusion": "models.diffusion.model:Diffusion",
-}
 
 
 def family_class(family: str) -> type[GenerativeModel]:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    module_name, class_name = FAMILIES[family].split(":")
+    module_name, class_name = FAMILY_CLASSES[check_family(family)].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
@@ -83,17 +73,9 @@ def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_model(model: GenerativeModel, directory: Path, extra: dict[str, Any] | None = None) -> str:
     """Write weights + config into `directory` atomically; return the weights sha256."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_contiguous_state(model), tmp, metadata={"family": model.family})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = safetensors_bytes(_contiguous_state(model), metadata={"family": model.family})
+    atomic_write_bytes(weights, data)
     payload = {
         "format_version": FORMAT_VERSION,
         "family": model.family,

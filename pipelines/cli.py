@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from models.spec import FAMILIES, TASKS
 from pipelines import params as P
 from pipelines.data import DataError
 
@@ -152,7 +153,6 @@ def validate(ctx: click.Context, data_dir: Path, report_dir: Path) -> None:
 
 
 # ---- training ----------------------------------------------------------------------------
-FAMILIES = ("autoencoder", "vae", "gan", "diffusion")
 ARTIFACTS = Path("artifacts")
 CHECKPOINTS = Path(".genops") / "checkpoints"
 
@@ -171,7 +171,7 @@ CHECKPOINTS = Path(".genops") / "checkpoints"
 @click.pass_context
 def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
     """Train one family with its params.yaml section; resumes from its last checkpoint."""
-    from pipelines.jobs import train_family
+    from pipelines.jobs.training import train_family
 
     overrides = {"steps": steps} if steps else {}
     summary = train_family(
@@ -203,7 +203,7 @@ def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
 @click.pass_context
 def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
     """Train the digit-classifier judge whose features the quality metrics use."""
-    from pipelines.jobs import train_judge_job
+    from pipelines.jobs.training import train_judge_job
 
     metrics = train_judge_job(_params(ctx), data_dir, out, metrics_path, not no_mlflow)
     click.echo(json.dumps(metrics, indent=2))
@@ -216,7 +216,7 @@ def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
 @click.pass_context
 def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
     """Evaluate a trained family: quality, likelihood, anomaly AUROC, calibration, cost."""
-    from pipelines.jobs import evaluate_family
+    from pipelines.jobs.evaluation import evaluate_family
 
     metrics = evaluate_family(
         _params(ctx),
@@ -242,7 +242,7 @@ def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
 @click.pass_context
 def register_cmd(ctx, families) -> None:
     """Leaderboard, register candidates, and gate each task's champion alias."""
-    from pipelines.jobs import register_and_promote
+    from pipelines.jobs.promotion import register_and_promote
 
     report = register_and_promote(
         _params(ctx), list(families or FAMILIES), ARTIFACTS / "eval", Path("metrics"), REPORTS
@@ -254,7 +254,7 @@ def register_cmd(ctx, families) -> None:
 
 
 @main.command("rollback")
-@click.option("--task", type=click.Choice(["generation", "anomaly"]), required=True)
+@click.option("--task", type=click.Choice(list(TASKS)), required=True)
 @click.option("--version", required=True, help="Registered model version to make champion.")
 def rollback_cmd(task, version) -> None:
     """Move a task's `champion` alias back to an earlier registered version."""
@@ -282,7 +282,7 @@ def rollback_cmd(task, version) -> None:
 def one_class_cmd(ctx, families, steps, data_dir, out) -> None:
     """Benchmark: the one-class MNIST protocol (train on one digit, AUROC vs the rest)."""
     from models.io import atomic_write_json
-    from pipelines.jobs import family_params
+    from pipelines.jobs.training import family_params
     from pipelines.one_class import markdown, one_class
 
     results = []
@@ -313,6 +313,19 @@ def build_bento_cmd() -> None:
     except (LookupError, ValueError) as exc:
         _fail(f"bento build failed: {exc}")
     click.echo(json.dumps(info, indent=2))
+
+
+@main.command("history")
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the Markdown here.")
+def history_cmd(out: Path | None) -> None:
+    """Every promotion decision and rollback across data versions (from the registry)."""
+    from pipelines.jobs.reports import history_markdown
+    from pipelines.registry import history
+
+    text = history_markdown(history())
+    if out:
+        out.write_text(text)
+    click.echo(text)
 
 
 @main.command("champions")

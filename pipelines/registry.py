@@ -1,48 +1,32 @@
 """MLflow model registry: candidates, the `champion` alias per task, the promotion gate, rollback.
 
-Registered models:
+Registered models (names in models.spec):
     genops-generation   task "generation", primary metric fd_judge (lower is better)
     genops-anomaly      task "anomaly", primary metric anomaly_auroc_mean (higher is better)
     genops-<family>     every evaluated candidate of that family (any family by name)
 
-A candidate takes `champion` only if it beats the current champion on the task's primary
-metric by `margin`, both measured on the same data version; otherwise the champion stays.
-Every decision is tagged on the candidate version and returned for the report file.
+A candidate takes `champion` only if it beats the current champion by more than `margin`. With
+a `compare` function (the pipeline always passes one) the champion is measured on the current
+data with the current judge, and the decision rests on a paired bootstrap confidence interval
+of the improvement: the candidate is promoted only when the interval's lower end clears the
+margin. Every decision is tagged on the candidate version (numbers, interval, both data
+versions, judge version) and returned for the report; `history()` reads them all back.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from models.spec import ALIAS, TASKS, Tag, Task, family_model_name, metric_tag  # noqa: F401
 from pipelines import tracking
 
 log = logging.getLogger(__name__)
-ALIAS = "champion"
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    registered_model: str
-    metric: str
-    higher_is_better: bool
-
-    def improvement(self, candidate: float, champion: float) -> float:
-        """How much better the candidate is (positive = better), in metric units."""
-        return candidate - champion if self.higher_is_better else champion - candidate
-
-
-TASKS = {
-    "generation": Task("generation", "genops-generation", "fd_judge", False),
-    "anomaly": Task("anomaly", "genops-anomaly", "anomaly_auroc_mean", True),
-}
-
-
-def family_model_name(family: str) -> str:
-    return f"genops-{family}"
+P = Tag.PROMOTION_PREFIX
+ROLLBACK_PREFIX = "rollback."
 
 
 @dataclass
@@ -56,9 +40,21 @@ class Decision:
     margin: float
     promoted: bool
     reason: str
+    method: str = "point-estimate"  # "first", "same-version", "paired-bootstrap", ...
+    data_version: str = ""
+    champion_family: str | None = None
+    champion_data_version: str | None = None  # where the champion was first measured
+    champion_evidence: str | None = None  # "logged" or "re-measured" (paired bootstrap)
+    judge_version: str | None = None
+    interval: dict[str, Any] | None = None  # PairedInterval.to_dict()
+    decided_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# compare(champion ModelVersion) -> (PairedInterval, how the champion was measured)
+Compare = Callable[[Any], tuple[Any, str]]
 
 
 def _client():
@@ -108,69 +104,85 @@ def gate(
     candidate_metrics: dict[str, float],
     data_version: str,
     margin: float,
-    reevaluate: Callable[[Any], dict[str, float]] | None = None,
+    compare: Compare | None = None,
+    judge_version: str | None = None,
 ) -> Decision:
     """Move the champion alias to the candidate only if it beats the champion by `margin`.
 
-    The champion's number must come from the same data version: when its recorded data version
-    differs, `reevaluate(model_version)` measures it on the current data (without it, the
-    champion is kept and the candidate is rejected as not comparable).
+    With `compare`, the decision is the paired bootstrap interval's lower end > margin. Without
+    it, the recorded point estimates are compared, and only on the same data version (a
+    champion measured on other data is kept and the candidate rejected as not comparable).
     """
     client = _client()
     value = float(candidate_metrics[task.metric])
     current = champion(task)
-    champ_value: float | None = None
+    d = Decision(task.name, candidate_family, str(candidate_version), value, None, None,
+                 margin, False, "", data_version=data_version, judge_version=judge_version,
+                 decided_at=time.time())  # fmt: skip
+    direction = "higher" if task.higher_is_better else "lower"
     if current is None:
-        promoted, reason = True, "no champion yet"
-    elif str(current.version) == str(candidate_version):
-        promoted, reason = False, "candidate is already the champion"
+        d.promoted, d.reason, d.method = True, "no champion yet", "first"
     else:
-        if current.tags.get("data_version") == data_version:
-            champ_value = float(current.tags[f"metric.{task.metric}"])
-        elif reevaluate is not None:
-            champ_value = float(reevaluate(current)[task.metric])
-        if champ_value is None:
-            promoted = False
-            reason = "champion was evaluated on another data version and was not re-evaluated"
-        else:
-            gain = task.improvement(value, champ_value)
-            promoted = gain > margin
-            direction = "higher" if task.higher_is_better else "lower"
-            reason = (
-                f"{task.metric} {value:.4g} vs champion {champ_value:.4g} ({direction} is better): "
-                f"improvement {gain:+.4g} {'>' if promoted else '<='} margin {margin:g}"
+        tags = dict(current.tags or {})
+        d.champion_version = str(current.version)
+        d.champion_family = tags.get(Tag.FAMILY)
+        d.champion_data_version = tags.get(Tag.DATA_VERSION)
+        if d.champion_version == str(candidate_version):
+            d.reason, d.method = "candidate is already the champion", "same-version"
+        elif compare is not None:
+            interval, d.champion_evidence = compare(current)
+            d.method, d.interval = "paired-bootstrap", interval.to_dict()
+            d.champion_metric = float(interval.champion)
+            d.promoted = interval.ci_low > margin
+            d.reason = (
+                f"{task.metric} {interval.candidate:.4g} vs champion {interval.champion:.4g} "
+                f"({direction} is better, paired on data {data_version}): improvement "
+                f"{interval.improvement:+.4g}, {interval.confidence:.0%} CI "
+                f"[{interval.ci_low:+.4g}, {interval.ci_high:+.4g}] "
+                f"{'clears' if d.promoted else 'does not clear'} margin {margin:g}"
             )
-    decision = Decision(
-        task.name,
-        candidate_family,
-        candidate_version,
-        value,
-        None if current is None else str(current.version),
-        champ_value,
-        margin,
-        promoted,
-        reason,
-    )
+        elif d.champion_data_version == data_version:
+            d.champion_metric = float(tags[metric_tag(task.metric)])
+            gain = task.improvement(value, d.champion_metric)
+            d.promoted = gain > margin
+            d.reason = (
+                f"{task.metric} {value:.4g} vs champion {d.champion_metric:.4g} "
+                f"({direction} is better): improvement {gain:+.4g} "
+                f"{'>' if d.promoted else '<='} margin {margin:g}"
+            )
+        else:
+            d.method = "not-comparable"
+            d.reason = "champion was evaluated on another data version and was not re-evaluated"
+    _record(client, task, d)
+    log.info("%s: %s v%s %s (%s)", task.name, candidate_family, candidate_version,
+             "PROMOTED" if d.promoted else "kept champion", d.reason)  # fmt: skip
+    return d
+
+
+def _record(client: Any, task: Task, d: Decision) -> None:
+    """Move the alias (when promoted) and tag the decision on the candidate, in one lock."""
+    interval = d.interval or {}
+    tags = {
+        "decision": "promoted" if d.promoted else "rejected",
+        "reason": d.reason,
+        "method": d.method,
+        "champion_version": d.champion_version or "none",
+        "champion_metric": "none" if d.champion_metric is None else f"{d.champion_metric:.6g}",
+        "champion_data_version": d.champion_data_version or "none",
+        "champion_evidence": d.champion_evidence or "none",
+        "candidate_metric": f"{d.candidate_metric:.6g}",
+        "data_version": d.data_version,
+        "judge_version": d.judge_version or "none",
+        "margin": f"{d.margin:g}",
+        "decided_at": f"{d.decided_at:.3f}",
+        **{k: f"{interval[k]:.6g}" for k in ("improvement", "ci_low", "ci_high") if k in interval},
+        **({"confidence": f"{interval['confidence']:g}"} if interval else {}),
+    }
     with tracking.write_lock():
-        if promoted:
-            client.set_registered_model_alias(task.registered_model, ALIAS, candidate_version)
-        for key, val in {
-            "promotion.decision": "promoted" if promoted else "rejected",
-            "promotion.reason": reason,
-            "promotion.champion_version": decision.champion_version or "none",
-            "promotion.champion_metric": "none" if champ_value is None else f"{champ_value:.6g}",
-            "promotion.candidate_metric": f"{value:.6g}",
-        }.items():
-            client.set_model_version_tag(task.registered_model, candidate_version, key, val)
-    log.info(
-        "%s: %s v%s %s (%s)",
-        task.name,
-        candidate_family,
-        candidate_version,
-        "PROMOTED" if promoted else "kept champion",
-        reason,
-    )
-    return decision
+        if d.promoted:
+            client.set_registered_model_alias(task.registered_model, ALIAS, d.candidate_version)
+        for key, val in tags.items():
+            client.set_model_version_tag(task.registered_model, d.candidate_version, P + key, val)
 
 
 def rollback(task_name: str, version: str) -> str:
@@ -179,12 +191,16 @@ def rollback(task_name: str, version: str) -> str:
     client = _client()
     target = client.get_model_version(task.registered_model, str(version))  # raises if missing
     previous = champion(task)
+    before = "none" if previous is None else str(previous.version)
     with tracking.write_lock():
         client.set_registered_model_alias(task.registered_model, ALIAS, str(target.version))
         client.set_model_version_tag(
-            task.registered_model, str(target.version), "promotion.decision", "rolled back to"
+            task.registered_model,
+            str(target.version),
+            f"{ROLLBACK_PREFIX}{time.time():.3f}",
+            f"rolled back to from v{before}",
         )
-    return "none" if previous is None else str(previous.version)
+    return before
 
 
 def registry_state() -> dict[str, Any]:
@@ -197,9 +213,47 @@ def registry_state() -> dict[str, Any]:
             if current is None
             else {
                 "version": str(current.version),
-                "family": current.tags.get("family"),
-                task.metric: current.tags.get(f"metric.{task.metric}"),
-                "data_version": current.tags.get("data_version"),
+                "family": current.tags.get(Tag.FAMILY),
+                task.metric: current.tags.get(metric_tag(task.metric)),
+                "data_version": current.tags.get(Tag.DATA_VERSION),
             }
         )
     return state
+
+
+def register_candidate(name: str, run: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Register an evaluate run's bundle under `name` with its lineage and metric tags, unless
+    the same weights on the same data (and judge) are registered there already."""
+    from models.spec import REGISTERED_ARTIFACT_PATH
+
+    key = (Tag.WEIGHTS_SHA256, Tag.DATA_VERSION, Tag.JUDGE_VERSION)
+    for mv in _client().search_model_versions(f"name='{name}'"):
+        if all(mv.tags.get(k) == run.get(k) for k in key):
+            return str(mv.version)
+    tags = {k: run[k] for k in Tag.LINEAGE if k in run}
+    tags |= {metric_tag(k): v for k, v in metrics.items() if isinstance(v, int | float)}
+    description = "genops candidate (weights + config + calibration)"
+    return register_version(name, run["run_id"], REGISTERED_ARTIFACT_PATH, tags, description)
+
+
+def history() -> list[dict[str, Any]]:
+    """Every gate decision and rollback recorded in the registry, oldest first."""
+    client, events = _client(), []
+    for task in TASKS.values():
+        try:
+            versions = client.search_model_versions(f"name='{task.registered_model}'")
+        except Exception:
+            versions = []
+        for mv in versions:
+            tags = dict(mv.tags or {})
+            base = {"task": task.name, "version": str(mv.version), "family": tags.get(Tag.FAMILY)}
+            if P + "decision" in tags:
+                fields = {k.removeprefix(P): v for k, v in tags.items() if k.startswith(P)}
+                at = float(fields.get("decided_at") or mv.creation_timestamp / 1000)
+                events.append({**base, "at": at, "event": fields["decision"], **fields})
+            for key, value in tags.items():
+                if key.startswith(ROLLBACK_PREFIX):
+                    at = float(key.removeprefix(ROLLBACK_PREFIX))
+                    events.append({**base, "at": at, "event": "rollback", "reason": value,
+                                   "data_version": tags.get(Tag.DATA_VERSION)})  # fmt: skip
+    return sorted(events, key=lambda e: (e["at"], e["task"]))

@@ -10,31 +10,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from models import spec
+from models.spec import project_root
+
 EXPERIMENT = "genops"
-STATE_DIR = ".mlflow"
-
-
-def project_root() -> Path:
-    return Path(os.environ.get("GENOPS_ROOT", ".")).resolve()
+STATE_DIR = spec.MLFLOW_STATE_DIR
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = root or project_root()
-    (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / STATE_DIR / 'mlflow.db'}"
+    """The store's URI (the rule in models.spec); creates the embedded store's folder."""
+    if spec.uses_embedded_store():
+        (project_root(root) / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    return spec.tracking_uri(root)
 
 
 def artifact_location(root: Path | None = None) -> str:
-    return ((root or project_root()) / STATE_DIR / "artifacts").as_uri()
+    return (project_root(root) / STATE_DIR / "artifacts").as_uri()
 
 
 @contextlib.contextmanager
@@ -42,7 +39,7 @@ def write_lock(root: Path | None = None) -> Iterator[None]:
     """Serialize MLflow writes across this project's processes (SQLite allows one writer)."""
     from filelock import FileLock
 
-    path = (root or project_root()) / STATE_DIR / "write.lock"
+    path = project_root(root) / STATE_DIR / "write.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path), timeout=600):
         yield
@@ -58,7 +55,7 @@ def setup(root: Path | None = None) -> str:
     with write_lock(root):
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
-            location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_location(root)
+            location = artifact_location(root) if spec.uses_embedded_store() else None
             return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
         return experiment.experiment_id
 
@@ -67,14 +64,14 @@ def git_commit(root: Path | None = None) -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=root or project_root(),
+            cwd=project_root(root),
             capture_output=True,
             text=True,
             check=True,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root or project_root(),
+            cwd=project_root(root),
             capture_output=True,
             text=True,
         )

@@ -1,25 +1,15 @@
-"""A served model on disk (a *bundle*) and the loaded, lock-guarded model the service calls.
+"""The loaded, lock-guarded model the service calls, built from a verified bundle.
 
-Bundle layout (one folder):
-    config.json        family + config (models.io)
-    model.safetensors  weights (models.io); verified against meta.json's sha256 at load
-    calibration.json   threshold, target FPR, sorted validation-normal scores
-    meta.json          BundleMeta: name, version, family, tasks, data_version,
-                       weights_sha256, metrics (+ optional provenance)
-
-`load_bundle` refuses (ValueError) a bundle whose weights do not match the recorded sha256.
+The bundle layout and its metadata live in `models.bundle` (shared with the pipeline that
+writes it). `load_bundle` refuses (ValueError) a bundle whose weights do not match the
+recorded sha256.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
-import re
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,95 +17,16 @@ import numpy as np
 import torch
 
 from models.base import GenerativeModel
-from models.calibration import CALIBRATION_FILE, Calibration
-from models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, load_model, sha256_file
-
-META_FILE = "meta.json"
-BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, META_FILE)
-TASKS = ("generation", "anomaly")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class BundleMeta:
-    """What a bundle is: identity, provenance and the metrics it was promoted on."""
-
-    name: str
-    version: str
-    family: str
-    weights_sha256: str
-    tasks: tuple[str, ...] = ()
-    data_version: str = "unknown"
-    metrics: dict[str, float] = field(default_factory=dict)
-    git_commit: str = "unknown"
-    params_hash: str = "unknown"
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("name", "version", "family"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"meta.{name} must be a non-empty string, got {value!r}")
-        if not isinstance(self.weights_sha256, str) or not _SHA256.match(self.weights_sha256):
-            raise ValueError(
-                f"meta.weights_sha256 must be 64 lowercase hex chars, got {self.weights_sha256!r}"
-            )
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"meta.tasks has unknown task(s) {unknown}; known: {list(TASKS)}")
-        bad = {k: v for k, v in self.metrics.items() if not isinstance(v, int | float)}
-        if bad:
-            raise ValueError(f"meta.metrics values must be numbers, got {bad}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"tasks": list(self.tasks)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BundleMeta:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"meta.json: unknown key(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        values["tasks"] = tuple(values.get("tasks", ()))
-        values["metrics"] = {str(k): float(v) for k, v in dict(values.get("metrics", {})).items()}
-        return cls(**values)
-
-
-def read_meta(directory: Path) -> BundleMeta:
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {META_FILE} in {directory}")
-    return BundleMeta.from_dict(json.loads(path.read_text()))
-
-
-def write_meta(directory: Path, meta: BundleMeta) -> Path:
-    path = Path(directory) / META_FILE
-    atomic_write_json(path, meta.to_dict())
-    return path
-
-
-def verify_weights(directory: Path, expected_sha256: str) -> None:
-    """Raise ValueError when the bundle's weights file does not hash to `expected_sha256`."""
-    weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
-    actual = sha256_file(weights)
-    if actual != expected_sha256:
-        raise ValueError(
-            f"weights checksum mismatch for {weights}: expected {expected_sha256}, got {actual}"
-        )
-
-
-def copy_bundle(src: Path, dst: Path) -> BundleMeta:
-    """Copy the four bundle files from `src` to `dst`, verifying the weights on the copy."""
-    src, dst = Path(src), Path(dst)
-    meta = read_meta(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in BUNDLE_FILES:
-        shutil.copy2(src / name, dst / name)
-    verify_weights(dst, meta.weights_sha256)
-    return meta
+from models.bundle import (  # noqa: F401  (re-exported for serving's callers)
+    BundleMeta,
+    copy_bundle,
+    read_meta,
+    verify_weights,
+    write_meta,
+)
+from models.calibration import Calibration
+from models.io import load_model, sha256_file
+from models.spec import CONFIG_FILE
 
 
 class ServedModel:
@@ -133,7 +44,7 @@ class ServedModel:
         self.calibration = calibration
         self.model = model
         self.lock = lock
-        self.supports_steps = "steps" in inspect.signature(model.sample).parameters
+        self.supports_steps = model.capabilities.sampling_steps
 
     @property
     def conditional(self) -> bool:
@@ -152,6 +63,7 @@ class ServedModel:
             "conditional": self.conditional,
             "supports_steps": self.supports_steps,
             "has_reconstruction": self.has_reconstruction,
+            "capabilities": dataclasses.asdict(self.model.capabilities),
         }
 
     def score(self, images: np.ndarray) -> np.ndarray:
@@ -173,9 +85,9 @@ class ServedModel:
         """`n` images (N, 1, 28, 28) float32 in [0, 1], a pure function of the arguments."""
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         labels = None if label is None else torch.full((n,), int(label), dtype=torch.long)
-        kwargs: dict[str, Any] = {} if steps is None else {"steps": int(steps)}
+        steps = None if steps is None else int(steps)
         with self.lock, torch.no_grad():
-            out = self.model.sample(n, generator=generator, labels=labels, **kwargs)
+            out = self.model.sample(n, generator=generator, labels=labels, steps=steps)
         return out.detach().float().clamp(0.0, 1.0).cpu().numpy()
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Le, Len
 from pydantic import BaseModel, Field
 
-from models.io import FAMILIES
+from models.spec import ALIAS, FAMILIES
 
 MAX_GENERATE = 256  # images per /generate
 MAX_SCORE = 256  # images per /score
@@ -19,8 +19,8 @@ N = Annotated[int, Ge(1), Le(MAX_GENERATE)]
 Seed = Annotated[int, Ge(0), Le(MAX_SEED)]
 Label = Annotated[int, Ge(0), Le(9)]
 Steps = Annotated[int, Ge(1), Le(MAX_STEPS)]
-# "champion" (the task's champion) or a family name; families come from models.io.FAMILIES
-ModelName = Literal[("champion", *FAMILIES)]  # type: ignore[valid-type]
+# "champion" (the task's champion) or a family name; families come from models.spec.FAMILIES
+ModelName = Literal[(ALIAS, *FAMILIES)]  # type: ignore[valid-type]
 OutputFormat = Literal["png_grid", "pngs", "array"]
 PixelScale = Literal["auto", "unit", "uint8"]
 

@@ -12,10 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-TASKS: dict[str, tuple[str, bool]] = {  # task -> (metric, higher_is_better)
-    "generation": ("fd_judge", False),
-    "anomaly": ("anomaly_auroc_mean", True),
-}
+from models.spec import TASKS, rank
 
 # (header, metric key, format) per table; stability shows as "mean ± spread" in each cell
 _GENERATION_COLUMNS = [
@@ -62,20 +59,17 @@ def summarise_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, flo
 
 
 def _rank(families: Mapping[str, Mapping[str, Any]], metric: str, higher: bool) -> list[dict]:
-    def key(name: str) -> tuple[int, float, str]:
+    def mean(name: str) -> float | None:
         stat = families[name]["metrics"].get(metric)
-        if stat is None:
-            return (1, 0.0, name)
-        return (0, -stat["mean"] if higher else stat["mean"], name)
+        return None if stat is None else stat["mean"]
 
-    ordered = sorted(families, key=key)
     rows = []
-    for position, name in enumerate(ordered, start=1):
+    for position, (name, value) in enumerate(rank(families, mean, higher), start=1):
         stat = families[name]["metrics"].get(metric)
         rows.append({
-            "rank": position if stat is not None else None,
+            "rank": position if value is not None else None,
             "family": name,
-            metric: None if stat is None else stat["mean"],
+            metric: value,
             f"{metric}_spread": None if stat is None else stat["spread"],
         })  # fmt: skip
     return rows
@@ -95,10 +89,13 @@ def build_leaderboard(
         families[name] = {"n_runs": len(runs), "metrics": summarise_runs(runs)}
     board: dict[str, Any] = {
         "families": families,
-        "tasks": {task: {"metric": m, "higher_is_better": h} for task, (m, h) in TASKS.items()},
+        "tasks": {
+            name: {"metric": t.metric, "higher_is_better": t.higher_is_better}
+            for name, t in TASKS.items()
+        },
     }
-    for task, (metric, higher) in TASKS.items():
-        board[task] = _rank(families, metric, higher)
+    for name, t in TASKS.items():
+        board[name] = _rank(families, t.metric, t.higher_is_better)
     return board
 
 

@@ -1,0 +1,157 @@
+"""The project's shared names and rules, defined once on the ground floor.
+
+`pipelines/` (which writes the registry and the bundles) and `serving/` (which reads them) both
+import from here and never retype a name: the family list, the tasks with their metrics and
+directions, the registered-model names and the alias, the tag keys on a registered version, the
+bundle layout, the ranking rule, the project root and the tracking-URI rule.
+
+This module imports nothing heavy (no torch, no MLflow) so any layer can use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# ---- families ---------------------------------------------------------------------------------
+# family name -> "module:Class"; imported lazily so a service loads only what it serves.
+FAMILY_CLASSES: dict[str, str] = {
+    "autoencoder": "models.autoencoder.model:Autoencoder",
+    "vae": "models.vae.model:VAE",
+    "gan": "models.gan.model:GAN",
+    "diffusion": "models.diffusion.model:Diffusion",
+}
+FAMILIES: tuple[str, ...] = tuple(FAMILY_CLASSES)
+
+
+def check_family(family: str) -> str:
+    """Return `family` or raise ValueError naming the known ones."""
+    if family not in FAMILY_CLASSES:
+        raise ValueError(f"unknown model family {family!r}; known: {list(FAMILIES)}")
+    return family
+
+
+# ---- tasks, registered models, alias ----------------------------------------------------------
+ALIAS = "champion"
+MODEL_PREFIX = "genops-"
+GENERATION, ANOMALY = "generation", "anomaly"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task the registry keeps a champion for, and the metric that decides it."""
+
+    name: str
+    metric: str
+    higher_is_better: bool
+
+    @property
+    def registered_model(self) -> str:
+        return f"{MODEL_PREFIX}{self.name}"
+
+    def improvement(self, candidate: float, champion: float) -> float:
+        """How much better the candidate is (positive = better), in metric units."""
+        return candidate - champion if self.higher_is_better else champion - candidate
+
+
+TASKS: dict[str, Task] = {
+    GENERATION: Task(GENERATION, "fd_judge", higher_is_better=False),
+    ANOMALY: Task(ANOMALY, "anomaly_auroc_mean", higher_is_better=True),
+}
+
+
+def family_model_name(family: str) -> str:
+    """The registered model that holds every evaluated candidate of `family`."""
+    return f"{MODEL_PREFIX}{check_family(family)}"
+
+
+# ---- tag keys on a registered version (written by pipelines, read by serving) ------------------
+class Tag:
+    FAMILY = "family"
+    DATA_VERSION = "data_version"
+    WEIGHTS_SHA256 = "weights_sha256"
+    PARAMS_HASH = "params_hash"
+    GIT_COMMIT = "git_commit"
+    JUDGE_VERSION = "judge_version"
+    METRIC_PREFIX = "metric."
+    PROMOTION_PREFIX = "promotion."
+    LINEAGE = (FAMILY, DATA_VERSION, WEIGHTS_SHA256, PARAMS_HASH, GIT_COMMIT, JUDGE_VERSION)
+
+
+def metric_tag(metric: str) -> str:
+    return f"{Tag.METRIC_PREFIX}{metric}"
+
+
+def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
+    """The numeric `metric.<name>` tags of a registered version."""
+    out: dict[str, float] = {}
+    for key, value in tags.items():
+        if key.startswith(Tag.METRIC_PREFIX):
+            try:
+                out[key.removeprefix(Tag.METRIC_PREFIX)] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+# ---- bundle layout: what one registered version / served model folder holds --------------------
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CALIBRATION_FILE = "calibration.json"
+META_FILE = "meta.json"
+# what a registered version's artifact folder must hold to be evaluated or served
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE)
+BUNDLE_FILES = (*MODEL_FILES, META_FILE)
+FAMILIES_ROLE_PREFIX = "families/"
+REGISTERED_ARTIFACT_PATH = "model"  # the artifact folder of an evaluate run that gets registered
+
+
+def family_role(family: str) -> str:
+    """The serving role of a family's latest version: "families/<family>"."""
+    return f"{FAMILIES_ROLE_PREFIX}{family}"
+
+
+# ---- ranking ----------------------------------------------------------------------------------
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rank(
+    names: Iterable[str], value: Callable[[str], Any], higher_is_better: bool
+) -> list[tuple[str, float | None]]:
+    """Names ordered best first by `value(name)`; missing or non-finite values come last
+    (as None), ties broken by name. The one ranking rule of the leaderboard and the gate."""
+
+    def key(name: str) -> tuple[int, float, str]:
+        v = value(name)
+        if not _finite(v):
+            return (1, 0.0, name)
+        return (0, -float(v) if higher_is_better else float(v), name)
+
+    ordered = sorted(names, key=key)
+    return [(n, float(value(n)) if _finite(value(n)) else None) for n in ordered]
+
+
+# ---- project root and the tracking-URI rule ---------------------------------------------------
+ROOT_ENV = "GENOPS_ROOT"
+MLFLOW_STATE_DIR = ".mlflow"
+
+
+def project_root(root: Path | str | None = None) -> Path:
+    """An explicit root, else $GENOPS_ROOT, else the working directory."""
+    return Path(root or os.environ.get(ROOT_ENV) or ".").resolve()
+
+
+def tracking_uri(root: Path | str | None = None) -> str:
+    """$MLFLOW_TRACKING_URI when set, else the project's SQLite store `<root>/.mlflow/mlflow.db`."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{project_root(root) / MLFLOW_STATE_DIR / 'mlflow.db'}"
+
+
+def uses_embedded_store() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")

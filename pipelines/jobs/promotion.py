@@ -1,0 +1,111 @@
+"""The register step (`genops register`): leaderboard, candidates, and the fair promotion gate.
+
+Each task's best family (by the one ranking rule in models.spec) is registered and gated against
+the task's champion. The champion is measured on the *current* data with the *current* judge
+(its logged evidence when it was evaluated on exactly these, a fresh measurement otherwise), and
+the decision rests on a paired bootstrap interval of the improvement (pipelines.evaluation.paired).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from models.io import atomic_write_json
+from models.spec import TASKS, Tag, family_model_name, rank
+from pipelines import registry
+from pipelines.dvc_ops import data_version
+from pipelines.evaluation.paired import Evidence, paired_bootstrap
+from pipelines.jobs.evaluation import RUN_INFO, judge_version, registered_evidence
+from pipelines.jobs.reports import history_markdown, promotion_markdown
+from pipelines.params import section
+
+REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promotion.md")
+
+
+def gate_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """`registry` params: margins per task and the bootstrap's settings (validated)."""
+    cfg = section(params, "registry")
+    unknown = sorted(set(cfg) - {"margin", "n_bootstrap", "confidence", "seed"})
+    if unknown:
+        raise ValueError(f"params section 'registry': unknown key(s) {unknown}")
+    margins = cfg.get("margin") or {}
+    bad = sorted(set(margins) - set(TASKS))
+    if bad:
+        raise ValueError(f"registry.margin: unknown task(s) {bad}; known: {list(TASKS)}")
+    return {
+        "margins": {t: float(margins.get(t, 0.0)) for t in TASKS},
+        "n_bootstrap": int(cfg.get("n_bootstrap", 200)),
+        "confidence": float(cfg.get("confidence", 0.95)),
+        "seed": int(cfg.get("seed", 0)),
+    }
+
+
+def register_and_promote(
+    params: dict[str, Any],
+    families: list[str],
+    eval_root: Path,
+    metrics_root: Path,
+    report_dir: Path,
+    data_dir: Path = Path("data"),
+    judge_dir: Path = Path("artifacts/judge"),
+) -> dict[str, Any]:
+    """Leaderboard -> register every candidate -> gate each task's best against its champion."""
+    from pipelines.evaluation.leaderboard import build_leaderboard, render_markdown
+
+    settings = gate_settings(params)
+    metrics = {f: json.loads((Path(metrics_root) / f"{f}.json").read_text()) for f in families}
+    board = build_leaderboard(metrics)
+    report_dir = Path(report_dir)
+    atomic_write_json(report_dir / "leaderboard.json", board)
+    (report_dir / "leaderboard.md").write_text(render_markdown(board))
+
+    eval_root = Path(eval_root)
+    runs = {f: json.loads((eval_root / f / RUN_INFO).read_text()) for f in families}
+    version = data_version(data_dir=data_dir)
+    judge = judge_version(judge_dir)
+    for family in families:
+        registry.register_candidate(family_model_name(family), runs[family], metrics[family])
+    decisions = []
+    for task in TASKS.values():
+        ranked = rank(families, lambda f, m=task.metric: metrics[f].get(m), task.higher_is_better)
+        if not ranked or ranked[0][1] is None:
+            continue
+        best = ranked[0][0]
+        candidate = registry.register_candidate(task.registered_model, runs[best], metrics[best])
+        evidence = Evidence.load(eval_root / best)
+
+        def compare(champion_mv: Any, task_name: str = task.name, ev: Evidence = evidence):
+            champ, how = registered_evidence(params, champion_mv, data_dir, judge_dir)
+            interval = paired_bootstrap(
+                task_name,
+                ev,
+                champ,
+                n_bootstrap=settings["n_bootstrap"],
+                confidence=settings["confidence"],
+                seed=settings["seed"],
+            )
+            return interval, how
+
+        decision = registry.gate(
+            task,
+            candidate,
+            best,
+            metrics[best],
+            version,
+            settings["margins"][task.name],
+            compare=compare,
+            judge_version=judge,
+        )
+        decisions.append(decision.to_dict())
+    report = {
+        "data_version": version,
+        Tag.JUDGE_VERSION: judge,
+        "decisions": decisions,
+        "champions": registry.registry_state(),
+    }
+    atomic_write_json(report_dir / "promotion.json", report)
+    (report_dir / "promotion.md").write_text(promotion_markdown(report))
+    (report_dir / "promotion_history.md").write_text(history_markdown(registry.history()))
+    return report
