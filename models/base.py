@@ -8,12 +8,16 @@ labels are int64 tensors of shape (N,) with values 0..9.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
+
+from models import rng
 
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -58,11 +62,47 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do beyond the required contract, declared by its family.
+
+    Callers (evaluation, serving) read these flags instead of probing methods or signatures;
+    the contract tests check that every flag is truthful.
+    """
+
+    conditional: bool = False  # `sample(labels=...)` produces the requested digits
+    sampling_steps: bool = False  # `sample(steps=k)` sets the sampler's network evaluations
+    max_sampling_steps: int | None = None  # the largest `steps` accepted (sampling_steps only)
+    reconstruction: bool = False  # `reconstruct(images)`
+    likelihood: bool = False  # `elbo(images)` and `iwae_bound(images, k)`, nats per image
+    encoder: bool = False  # `encode(images)` -> latent codes (N, D)
+    interpolation: bool = False  # `interpolate(a, b, steps)` between two images
+
+    def __post_init__(self) -> None:
+        if self.max_sampling_steps is not None and not self.sampling_steps:
+            raise ValueError("max_sampling_steps is only meaningful with sampling_steps")
+
+
+def _check_count(n: Any) -> int:
+    """`n` as an int >= 1; ValueError for bools, floats and anything below 1."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    return int(n)
+
+
 class GenerativeModel(nn.Module, ABC):
     """Base class of the four families (autoencoder, vae, gan, diffusion).
 
     A family owns its networks, its objective and its optimizers; the generic trainer
     in `pipelines/` owns the loop, checkpoints, early stopping and I/O.
+
+    Devices: a model computes on the device of its parameters (`device`). Inputs may come
+    from any device; outputs of `sample`, `anomaly_score` and `reconstruct` stay on the
+    model's device (callers `.cpu()` them). Random draws happen on the generator's device
+    (the model's when no generator is given) and are then moved, so a CPU generator gives
+    the same noise whatever device the model is on.
     """
 
     family: ClassVar[str]
@@ -76,6 +116,28 @@ class GenerativeModel(nn.Module, ABC):
                 f"got {type(config).__name__}"
             )
         self.config = config
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this model can do beyond the required contract (may depend on the config)."""
+
+    @property
+    def conditional(self) -> bool:
+        """Shorthand for `capabilities.conditional`."""
+        return self.capabilities.conditional
+
+    @property
+    def has_reconstruction(self) -> bool:
+        """Shorthand for `capabilities.reconstruction`."""
+        return self.capabilities.reconstruction
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters and buffers live."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     # ---- training -------------------------------------------------------------------
     @abstractmethod
@@ -104,21 +166,74 @@ class GenerativeModel(nn.Module, ABC):
         Called under `torch.no_grad()` with the model in eval mode.
         """
 
-    # ---- generation -----------------------------------------------------------------
-    @property
-    def conditional(self) -> bool:
-        """True when `sample(labels=...)` produces the requested digit."""
-        return bool(getattr(self.config, "conditional", False))
+    def on_train_step_end(self, step: int) -> None:
+        """Hook after each optimisation step (e.g. EMA update)."""
 
-    @abstractmethod
+    # ---- generation -----------------------------------------------------------------
+    @torch.no_grad()
     def sample(
         self,
         n: int,
         generator: torch.Generator | None = None,
         labels: Tensor | None = None,
-        **kwargs: Any,
+        steps: int | None = None,
     ) -> Tensor:
-        """Draw `n` images (N, 1, 28, 28) in [0, 1]. Same generator state -> same images."""
+        """Draw `n` images (n, 1, 28, 28) in [0, 1] on the model's device.
+
+        The same generator state gives the same images. Arguments are validated here, once,
+        for every family (ValueError naming the argument):
+          * `n`: an int >= 1 (not a bool or a float).
+          * `labels`: None or n class ids in 0..9. A conditional model draws the given
+            digits; with labels=None it first draws n labels uniformly at random from
+            `generator` (so every class appears, deterministically per seed). An
+            unconditional model ignores labels.
+          * `steps`: only for models whose `capabilities.sampling_steps` is True: the
+            sampler's network evaluations, an int >= 1 (and <= `max_sampling_steps`);
+            None means the family's configured default.
+        """
+        return self._sample(*self.sample_arguments(n, generator, labels, steps))
+
+    def sample_arguments(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        labels: Tensor | None,
+        steps: int | None,
+    ) -> tuple[int, torch.Generator | None, Tensor | None, int | None]:
+        """`sample`'s arguments validated and resolved as `_sample` receives them.
+
+        Family-specific samplers with extra options (e.g. `Diffusion.guided_sample`) call
+        this too, so every entry point follows the rules documented on `sample`.
+        """
+        caps = self.capabilities
+        n = _check_count(n)
+        labels = check_labels(labels, n)
+        if steps is not None:
+            if not caps.sampling_steps:
+                raise ValueError(f"{self.family} has no sampling steps: steps must be None")
+            limit = caps.max_sampling_steps
+            if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+                raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+            if limit is not None and steps > limit:
+                raise ValueError(f"steps must be an int in 1..{limit}, got {steps!r}")
+            steps = int(steps)
+        if not caps.conditional:
+            labels = None
+        elif labels is None:
+            labels = random_labels(n, generator, self.device)
+        else:
+            labels = labels.to(self.device)
+        return n, generator, labels, steps
+
+    @abstractmethod
+    def _sample(
+        self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
+    ) -> Tensor:
+        """The family's sampler, called by `sample` with validated arguments.
+
+        `labels` is a long tensor (n,) on the model's device for a conditional model and None
+        for an unconditional one; `steps` is None unless the family declares sampling_steps.
+        """
 
     # ---- scoring --------------------------------------------------------------------
     @abstractmethod
@@ -129,24 +244,54 @@ class GenerativeModel(nn.Module, ABC):
         scoring its images one by one give the same values.
         """
 
+    # ---- optional extras (declared in `capabilities`) ----------------------------------
     def reconstruct(self, images: Tensor) -> Tensor:
-        """Reconstruction in [0, 1] where the family has one."""
+        """Reconstruction (N, 1, 28, 28) in [0, 1] (`capabilities.reconstruction`)."""
         raise NotImplementedError(f"{self.family} has no reconstruction")
 
-    @property
-    def has_reconstruction(self) -> bool:
-        return type(self).reconstruct is not GenerativeModel.reconstruct
+    def encode(self, images: Tensor) -> Tensor:
+        """Latent codes (N, D) of images (`capabilities.encoder`)."""
+        raise NotImplementedError(f"{self.family} has no encoder")
 
-    def on_train_step_end(self, step: int) -> None:
-        """Hook after each optimisation step (e.g. EMA update)."""
+    def elbo(self, images: Tensor) -> Tensor:
+        """Per-image evidence lower bound in nats (N,) (`capabilities.likelihood`)."""
+        raise NotImplementedError(f"{self.family} has no likelihood bound")
+
+    def iwae_bound(self, images: Tensor, k: int = 64) -> Tensor:
+        """Per-image importance-weighted bound in nats (N,) (`capabilities.likelihood`)."""
+        raise NotImplementedError(f"{self.family} has no likelihood bound")
+
+    def interpolate(self, a: Tensor, b: Tensor, steps: int = 8) -> Tensor:
+        """`steps` images (steps, 1, 28, 28) from image a to b (`capabilities.interpolation`)."""
+        raise NotImplementedError(f"{self.family} has no interpolation")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def bf16_autocast(enabled: bool, device_type: str = "cpu") -> torch.autocast:
-    """bf16 autocast on `device_type` when `enabled` (the families' `bf16_autocast` option)."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+def resolve_device(device: str | torch.device, check_available: bool = True) -> torch.device:
+    """ "auto" -> CUDA when available, else the CPU; anything else as torch names it.
+
+    ValueError for a name torch does not know, and (with `check_available`) for a CUDA
+    device on a machine without CUDA.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', "
+            f"got {device!r}"
+        ) from exc
+    if check_available and resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available")
+    return resolved
+
+
+def bf16_autocast(enabled: bool, device: torch.device) -> torch.autocast:
+    """bf16 autocast on `device`'s type when `enabled` (the families' `bf16_autocast` option)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def to_channels_last(images: Tensor, enabled: bool) -> Tensor:
@@ -165,11 +310,20 @@ def check_images(images: Tensor) -> Tensor:
 
 
 def check_labels(labels: Tensor | None, n: int) -> Tensor | None:
+    """None, or `labels` as a long tensor of n class ids in 0..9 (ValueError otherwise)."""
     if labels is None:
         return None
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    raw = torch.as_tensor(labels)
+    if raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got dtype {raw.dtype}")
+    labels = raw.long().reshape(-1)
     if labels.numel() != n:
-        raise ValueError(f"expected {n} labels, got {labels.numel()}")
+        raise ValueError(f"labels: expected {n}, got {labels.numel()}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}")
     return labels
+
+
+def random_labels(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """n class ids drawn uniformly from `generator`: what `sample(labels=None)` uses."""
+    return rng.randint(NUM_CLASSES, (n,), generator, device)

@@ -20,9 +20,9 @@ class AutoencoderConfig(ModelConfig):
     convolutions with `channels` filters (28 -> 14 -> 7) and is better on images.
     `denoise_std` / `mask_prob` corrupt the inputs (clean targets) during training.
     `sample` decodes draws from Gaussians fitted to the training latents: one per digit
-    class when `conditional` (then `sample(labels=...)` picks the class; unconditional draws
-    pick it by class frequency), else a single one. `latent_prior` is their covariance type
-    ("full" or "diag"), `prior_momentum` their EMA rate.
+    class when `conditional` (then `sample(labels=...)` picks the class), else a single one.
+    `latent_prior` is their covariance type ("full" or "diag"), `prior_momentum` their EMA
+    rate.
     `bf16_autocast` runs the training forward pass in bfloat16 (scoring and sampling stay
     float32); with `channels_last` (conv arch only) it is the fastest setting measured on
     the AVX512-BF16 CPU here - turn both off on CPUs without native bf16.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models import rng
+
 
 class LatentGaussianMixture(nn.Module):
     """Running (EMA) mean and covariance of encoder outputs per component, kept as buffers.
@@ -56,14 +58,15 @@ class LatentGaussianMixture(nn.Module):
         self, n: int, generator: torch.Generator | None = None, components: Tensor | None = None
     ) -> Tensor:
         """Draw (n, dim) latents; components default to draws from the mixture weights."""
-        device = generator.device if generator is not None else self.means.device
+        device = self.means.device
         if components is None:
+            source = generator.device if generator is not None else device
             components = torch.multinomial(
-                self.weights.to(device), n, replacement=True, generator=generator
+                self.weights.to(source), n, replacement=True, generator=generator
             )
-        components = components.to(self.means.device)
+        components = components.to(device)
         dim = self.means.shape[1]
-        eps = torch.randn(n, dim, generator=generator, device=device).to(self.means.device)
+        eps = rng.randn((n, dim), generator, device)
         means = self.means[components]
         if self.full_cov:
             jitter = 1e-5 * torch.eye(dim, device=self.covs.device)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models import rng
 from models.autoencoder.config import AutoencoderConfig
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.networks import build_networks
 from models.base import (
     NUM_CLASSES,
+    Capabilities,
     GenerativeModel,
     bf16_autocast,
     check_images,
@@ -34,8 +36,8 @@ class Autoencoder(GenerativeModel):
     * `sample` is deliberately a weak generator: an autoencoder has no prior, so we fit
       Gaussians (full or diagonal covariance) to the training latents - running EMA
       statistics kept as buffers and updated deterministically in every training step,
-      one per digit class when `conditional` (a class-frequency-weighted mixture), else a
-      single one - and decode draws from them. Samples are blurrier and less varied than
+      one per digit class when `conditional`, else a single one - and decode draws from
+      them. Samples are blurrier and less varied than
       a VAE's or GAN's, and a single Gaussian (conditional=False) often lands between
       digit clusters: it is a baseline generator by design.
     """
@@ -58,19 +60,20 @@ class Autoencoder(GenerativeModel):
         if self._use_channels_last:
             self.to(memory_format=torch.channels_last)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(conditional=self.config.conditional, reconstruction=True, encoder=True)
+
     # ---- networks ---------------------------------------------------------------------
     @property
     def _use_channels_last(self) -> bool:
         return self.config.channels_last and self.config.arch == "conv"
 
-    def _device(self) -> torch.device:
-        return self.latent_prior.means.device
-
     def _prepare(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images).to(self._device()), self._use_channels_last)
+        return to_channels_last(check_images(images).to(self.device), self._use_channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return bf16_autocast(self.config.bf16_autocast, self._device().type)
+        return bf16_autocast(self.config.bf16_autocast, self.device)
 
     def _logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(latents, pixel logits) for prepared images, both float32."""
@@ -88,7 +91,7 @@ class Autoencoder(GenerativeModel):
         if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
             dim = self.config.latent_dim
             raise ValueError(f"z must have shape (N, {dim}), got {tuple(z.shape)}")
-        return torch.sigmoid(self.decoder(z.float().to(self._device())).float())
+        return torch.sigmoid(self.decoder(z.float().to(self.device)).float())
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
@@ -105,11 +108,10 @@ class Autoencoder(GenerativeModel):
         cfg = self.config
         out = images
         if cfg.denoise_std > 0:
-            noise = torch.randn(images.shape, generator=generator, device=generator.device)
-            out = (out + cfg.denoise_std * noise.to(images.device)).clamp(0.0, 1.0)
+            noise = rng.randn(images.shape, generator, images.device)
+            out = (out + cfg.denoise_std * noise).clamp(0.0, 1.0)
         if cfg.mask_prob > 0:
-            u = torch.rand(images.shape, generator=generator, device=generator.device)
-            out = out * (u.to(images.device) >= cfg.mask_prob)
+            out = out * (rng.rand(images.shape, generator, images.device) >= cfg.mask_prob)
         if self._use_channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
@@ -147,11 +149,11 @@ class Autoencoder(GenerativeModel):
     def _components(self, labels: Tensor | None, n: int) -> Tensor:
         """Which latent Gaussian each training image updates: its class, or the only one."""
         if not self.config.conditional:
-            return torch.zeros(n, dtype=torch.long)
+            return torch.zeros(n, dtype=torch.long, device=self.device)
         labels = check_labels(labels, n)
         if labels is None:
             raise ValueError("a conditional autoencoder needs labels in training_step")
-        return labels
+        return labels.to(self.device)
 
     @torch.no_grad()
     def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
@@ -161,33 +163,17 @@ class Autoencoder(GenerativeModel):
         return {"loss": float(self._recon_loss(logits, clean)), "mse": float(mse)}
 
     # ---- generation and scoring ---------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        labels: Tensor | None = None,
-        **kwargs: Any,
+    def _sample(
+        self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
     ) -> Tensor:
         """Decode `n` draws from the Gaussians fitted to training latents (weak by design).
 
-        `labels` (N,) pick the per-class Gaussian; only accepted when `conditional`.
+        Conditional: `labels` pick the per-class Gaussian. Unconditional: the only one.
         """
-        if kwargs:
-            raise ValueError(f"unexpected sample options {sorted(kwargs)}")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        if labels is not None and not self.config.conditional:
-            raise ValueError(
-                "this autoencoder is unconditional (conditional=False): labels must be None"
-            )
-        labels = check_labels(labels, n)
-        if n == 0:
-            return torch.zeros(0, 1, 28, 28, device=self._device())
         return self.decode(self.latent_prior.sample(n, generator, labels))
 
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
         """Per-image mean squared reconstruction error (N,)."""
-        images = check_images(images).to(self._device())
+        images = check_images(images).to(self.device)
         return (self.reconstruct(images) - images).square().flatten(1).mean(1)

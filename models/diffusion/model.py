@@ -19,14 +19,16 @@ fp32 whatever `bf16_autocast` says, so a batch scores exactly like its images on
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import math
 
 import torch
 from torch import Tensor
 
+from models import rng
 from models.base import (
     IMAGE_SHAPE,
     NUM_CLASSES,
+    Capabilities,
     GenerativeModel,
     bf16_autocast,
     check_images,
@@ -34,9 +36,10 @@ from models.base import (
     to_channels_last,
 )
 from models.diffusion.config import DiffusionConfig
-from models.diffusion.ema import EMA
 from models.diffusion.process import Denoiser, GaussianDiffusion
 from models.diffusion.unet import UNet
+from models.ema import EMA
+from models.imaging import to_signed, to_unit
 
 MAX_CHUNK = 128  # images per network call: bigger batches fall out of cache on CPU
 
@@ -66,9 +69,18 @@ class Diffusion(GenerativeModel):
         draws = len(c.score_timesteps) * c.score_draws  # row i * score_draws + d
         self.register_buffer("score_noise", torch.randn((draws, *IMAGE_SHAPE), generator=gen))
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            conditional=self.config.conditional,
+            sampling_steps=True,
+            max_sampling_steps=self.config.timesteps,
+            reconstruction=True,
+        )
+
     # ---- helpers --------------------------------------------------------------------
     def _autocast(self, enabled: bool) -> contextlib.AbstractContextManager:
-        return bf16_autocast(enabled, self.score_noise.device.type)
+        return bf16_autocast(enabled, self.device)
 
     def _run(self, net: UNet, x: Tensor, t: Tensor, labels: Tensor | None, fast: bool) -> Tensor:
         """One network call; `fast` allows bf16 autocast (training and sampling)."""
@@ -104,9 +116,6 @@ class Diffusion(GenerativeModel):
             outs.append(self._run(net, x[i : i + MAX_CHUNK], t[i : i + MAX_CHUNK], lab, fast))
         return torch.cat(outs) if outs else x.new_zeros(x.shape)
 
-    def _device(self) -> torch.device:
-        return self.score_noise.device
-
     # ---- training -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -119,10 +128,9 @@ class Diffusion(GenerativeModel):
         self, images: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(x0, t, noise, x_t) for a batch, all randomness from `generator`."""
-        x0 = check_images(images).to(self._device()) * 2 - 1
-        n = x0.shape[0]
-        t = torch.randint(0, self.config.timesteps, (n,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x0 = to_signed(check_images(images).to(self.device))
+        t = rng.randint(self.config.timesteps, (x0.shape[0],), generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
         return x0, t, noise, self.process.q_sample(x0, t, noise)
 
     def training_step(
@@ -138,7 +146,7 @@ class Diffusion(GenerativeModel):
         cond = None
         if c.conditional:
             cond = check_labels(labels, x0.shape[0]).to(x0.device)
-            drop = torch.rand(cond.shape, generator=generator).to(x0.device) < c.p_uncond
+            drop = rng.rand(cond.shape, generator, x0.device) < c.p_uncond
             cond = torch.where(drop, torch.full_like(cond, NUM_CLASSES), cond)
         loss, mse = self.process.loss(self._run(self.unet, x_t, t, cond, True), x0, t, noise)
 
@@ -170,45 +178,51 @@ class Diffusion(GenerativeModel):
         return {"loss": loss.item(), "mse": mse.item()}
 
     # ---- generation -----------------------------------------------------------------
+    def _sample(
+        self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
+    ) -> Tensor:
+        """`n` digits by DDIM from pure noise with the EMA network (see `guided_sample`)."""
+        return self._ddim_sample(n, generator, labels, steps, self.config.guidance_scale)
+
     @torch.no_grad()
-    def sample(
+    def guided_sample(
         self,
         n: int,
         generator: torch.Generator | None = None,
         labels: Tensor | None = None,
         steps: int | None = None,
-        guidance_scale: float | None = None,
-        **kwargs: Any,
+        *,
+        guidance_scale: float,
     ) -> Tensor:
-        """`n` digits by DDIM from pure noise with the EMA network.
+        """`sample` with its own classifier-free guidance scale instead of the config's.
 
-        `steps` (default `sample_steps`) network evaluations, eta = `ddim_eta` (0: the images
-        are a deterministic function of the initial noise drawn from `generator`).
-        Conditional model: `labels` picks each digit; labels=None cycles 0, 1, ..., 9, 0, ...
-        so every class appears; `guidance_scale` (default config) mixes the conditional and
-        null-label predictions (0 = unconditional, 1 = conditional only). An unconditional
-        model ignores `labels` and `guidance_scale`.
+        `guidance_scale` mixes the conditional and null-label predictions (0 = unconditional,
+        1 = conditional only, > 1 sharpens the class); an unconditional model ignores it.
         """
-        if kwargs:
-            raise ValueError(f"unknown sample option(s) {sorted(kwargs)}")
+        guidance = float(guidance_scale)
+        if not (math.isfinite(guidance) and guidance >= 0.0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        n, generator, labels, steps = self.sample_arguments(n, generator, labels, steps)
+        return self._ddim_sample(n, generator, labels, steps, guidance)
+
+    def _ddim_sample(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        labels: Tensor | None,
+        steps: int | None,
+        guidance: float,
+    ) -> Tensor:
+        """DDIM with `steps` (default `sample_steps`) network evaluations, eta = `ddim_eta`.
+
+        With eta = 0 the images are a deterministic function of the initial noise drawn
+        from `generator`; eta > 0 draws its extra noise from it too.
+        """
         c = self.config
-        if int(n) != n or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n}")
         steps = c.sample_steps if steps is None else steps
-        if int(steps) != steps or not 1 <= steps <= c.timesteps:
-            raise ValueError(f"steps must be an int in 1..{c.timesteps}, got {steps}")
-        guidance = c.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if not guidance >= 0.0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        labels = check_labels(labels, int(n))
-        if c.conditional and labels is None:
-            labels = torch.arange(int(n)) % NUM_CLASSES
-        if labels is not None:
-            labels = labels.to(self._device())
-        x = torch.randn((int(n), *IMAGE_SHAPE), generator=generator).to(self._device())
+        x = rng.randn((n, *IMAGE_SHAPE), generator, self.device)
         denoise = self._denoiser(labels, guidance, fast=True)
-        x0 = self.process.ddim(denoise, x, c.timesteps - 1, int(steps), c.ddim_eta, generator)
-        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+        return to_unit(self.process.ddim(denoise, x, c.timesteps - 1, steps, c.ddim_eta, generator))
 
     # ---- scoring --------------------------------------------------------------------
     def _reconstruct(self, x0: Tensor, row: int) -> Tensor:
@@ -222,18 +236,18 @@ class Diffusion(GenerativeModel):
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
         """Mean partial-noise/DDIM reconstruction MSE over levels and draws (module doc)."""
-        x0 = check_images(images).to(self._device()) * 2 - 1
+        x0 = to_signed(check_images(images).to(self.device))
         rows = self.score_noise.shape[0]
         total = torch.zeros(x0.shape[0], device=x0.device)
         for row in range(rows):
             total += ((self._reconstruct(x0, row) - x0) / 2).pow(2).mean(dim=(1, 2, 3))
-        return (total / rows).cpu()
+        return total / rows
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
         """The reconstruction at the first score level (first noise draw), in [0, 1]."""
-        x0 = check_images(images).to(self._device()) * 2 - 1
-        return ((self._reconstruct(x0, 0) + 1) / 2).clamp(0.0, 1.0).cpu()
+        x0 = to_signed(check_images(images).to(self.device))
+        return to_unit(self._reconstruct(x0, 0))
 
     def num_parameters(self) -> int:
         """Parameters of the denoising network (its EMA copy not counted twice)."""

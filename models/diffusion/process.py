@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from models import rng
 from models.diffusion.schedule import alphas_cumprod, ddim_timesteps
 
 # (x_t, t) -> the network's raw output (v or eps), already classifier-free guided
@@ -97,5 +98,5 @@ class GaussianDiffusion(nn.Module):
             sigma = eta * ((1 - ab_next) / (1 - ab_now) * (1 - ab_now / ab_next)).sqrt()
             x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
+                x = x + sigma * rng.randn(x.shape, generator, x.device)
         return x

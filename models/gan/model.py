@@ -14,20 +14,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import rng
 from models.base import (
     NUM_CLASSES,
+    Capabilities,
     GenerativeModel,
     bf16_autocast,
     check_images,
     check_labels,
     to_channels_last,
 )
+from models.ema import ema_update, warmup_decay
 from models.gan.config import GANConfig
 from models.gan.monitors import d_collapse_warning, diversity_ratio, mode_collapse_warning
 from models.gan.networks import Discriminator, Encoder, Generator
@@ -39,6 +41,7 @@ from models.gan.objectives import (
     gradient_penalty,
     izif_residual,
 )
+from models.imaging import to_signed, to_unit
 
 
 @contextmanager
@@ -55,16 +58,6 @@ def frozen(*modules: nn.Module, eval_mode: bool = True) -> Iterator[None]:
             m.train(training)
             for p, flag in zip(m.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * source, over parameters and float buffers."""
-    for t, s in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
-        if t.is_floating_point():
-            t.lerp_(s, 1.0 - decay)
-        else:
-            t.copy_(s)
 
 
 class GAN(GenerativeModel):
@@ -91,6 +84,10 @@ class GAN(GenerativeModel):
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(conditional=self.config.conditional, reconstruction=True)
+
     # ---- helpers --------------------------------------------------------------------
     @property
     def sampler(self) -> Generator:
@@ -98,10 +95,11 @@ class GAN(GenerativeModel):
         return self.g_ema if self.config.ema_decay > 0 else self.g
 
     def _autocast(self) -> torch.autocast:
-        return bf16_autocast(self.config.bf16_autocast)
+        return bf16_autocast(self.config.bf16_autocast, self.device)
 
     def _to_net(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images) * 2.0 - 1.0, self.config.channels_last)
+        x = to_signed(check_images(images).to(self.device))
+        return to_channels_last(x, self.config.channels_last)
 
     def _label_input(self, logits: Tensor | None) -> Tensor | None:
         return None if logits is None else logits.float().softmax(dim=1)
@@ -134,6 +132,8 @@ class GAN(GenerativeModel):
         """A G/D step before `encoder_start_step`, an encoder step from it on."""
         x = self._to_net(images)
         labels = check_labels(labels, x.shape[0])
+        if labels is not None:
+            labels = labels.to(x.device)
         if step >= self.config.encoder_start_step:
             return self._encoder_step(x, labels, optimizers["e"])
         return self._gan_step(x, labels, optimizers, step, generator)
@@ -148,7 +148,7 @@ class GAN(GenerativeModel):
     ) -> dict[str, float]:
         cfg = self.config
         y = labels if cfg.conditional else None
-        z = torch.randn(x.shape[0], cfg.latent_dim, generator=generator)
+        z = rng.randn((x.shape[0], cfg.latent_dim), generator, x.device)
         with self._autocast():
             fake = self.g(z, y)
             real_out, fake_out = self.d(x, y), self.d(fake.detach(), y)
@@ -182,8 +182,8 @@ class GAN(GenerativeModel):
         if step > 0 and step % cfg.monitor_every == 0 and x.shape[0] >= 2:
             labels = self.monitor_labels if cfg.conditional else None
             with torch.no_grad(), frozen(self.g):
-                samples = (self.g(self.monitor_z, labels).float() + 1.0) / 2.0
-            real = (x[: cfg.monitor_batch].float() + 1.0) / 2.0
+                samples = to_unit(self.g(self.monitor_z, labels))
+            real = to_unit(x[: cfg.monitor_batch])
             self.diversity.fill_(diversity_ratio(samples, real))
         diversity = float(self.diversity)
         d_warn = d_collapse_warning(
@@ -224,7 +224,7 @@ class GAN(GenerativeModel):
         """EMA of G during the G/D phase, with the usual warm-up of the decay."""
         decay = self.config.ema_decay
         if decay > 0 and step < self.config.encoder_start_step:
-            ema_update(self.g_ema, self.g, min(decay, (1.0 + step) / (10.0 + step)))
+            ema_update(self.g_ema, self.g, warmup_decay(decay, step))
 
     def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
         """Mean f-AnoGAN score of (normal) validation images; meaningful once E trains."""
@@ -235,32 +235,19 @@ class GAN(GenerativeModel):
         logs["feature_residual"] = float(residual.feature.mean())
         labels = check_labels(labels, images.shape[0])
         if logits is not None and labels is not None:
-            logs["label_accuracy"] = float((logits.argmax(dim=1) == labels).float().mean())
+            hits = logits.argmax(dim=1) == labels.to(logits.device)
+            logs["label_accuracy"] = float(hits.float().mean())
         return logs
 
     # ---- generation and scoring -----------------------------------------------------
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        labels: Tensor | None = None,
-        **kwargs: Any,
+    def _sample(
+        self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
     ) -> Tensor:
-        """`n` images in [0, 1]; random labels from `generator` when conditional and not given."""
-        if kwargs:
-            raise ValueError(f"GAN.sample takes no extra options, got {sorted(kwargs)}")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
-        labels = check_labels(labels, n)
-        if labels is not None and not self.conditional:
-            raise ValueError("this GAN is unconditional: sample() takes no labels")
-        z = torch.randn(n, self.config.latent_dim, generator=generator)
-        if self.conditional and labels is None:
-            labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+        """`n` images in [0, 1] from z ~ N(0, I) drawn from `generator` (and `labels`)."""
+        z = rng.randn((n, self.config.latent_dim), generator, self.device)
         with frozen(self.sampler):
-            images = self.sampler(z, labels)
-        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+            return to_unit(self.sampler(z, labels))
 
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -274,4 +261,4 @@ class GAN(GenerativeModel):
         """G(E(x)) in [0, 1]."""
         with frozen(self.e, self.sampler, self.d):
             _, x_hat, _ = self._izif(self._to_net(images))
-        return ((x_hat.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        return to_unit(x_hat)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models import rng
+
 
 def discriminator_loss(objective: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """D/critic loss (without the gradient penalty)."""
@@ -33,7 +35,7 @@ def gradient_penalty(
     critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, generator: torch.Generator
 ) -> Tensor:
     """WGAN-GP: E[(||grad_x critic(x_hat)||_2 - 1)^2] on random real/fake interpolates."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, dtype=real.dtype)
+    eps = rng.rand((real.shape[0], 1, 1, 1), generator, real.device).to(real.dtype)
     mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
     scores = critic(mixed)
     (grad,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from models.base import GenerativeModel, bf16_autocast, check_images, to_channels_last
+from models import rng
+from models.base import (
+    Capabilities,
+    GenerativeModel,
+    bf16_autocast,
+    check_images,
+    to_channels_last,
+)
 from models.vae.config import VAEConfig
 from models.vae.networks import Decoder, GaussianEncoder, Posterior
 from models.vae.objective import (
@@ -35,7 +42,7 @@ class VAE(GenerativeModel):
       depend on batch composition. `iwae_bound(images, k)` uses the first k rows likewise.
     * `anomaly_score` is the negative ELBO in nats per image (higher = less likely).
     * `sample` decodes prior draws and returns the decoder mean (sigmoid of the logits),
-      not binarised pixels. The model is unconditional: labels are rejected.
+      not binarised pixels. The model is unconditional: labels are ignored.
     """
 
     family: ClassVar[str] = "vae"
@@ -53,15 +60,16 @@ class VAE(GenerativeModel):
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    # ---- networks ---------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return self.eval_eps.device
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(reconstruction=True, likelihood=True, encoder=True, interpolation=True)
 
+    # ---- networks ---------------------------------------------------------------------
     def _prepare(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images).to(self._device()), self.config.channels_last)
+        return to_channels_last(check_images(images).to(self.device), self.config.channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return bf16_autocast(self.config.bf16_autocast, self._device().type)
+        return bf16_autocast(self.config.bf16_autocast, self.device)
 
     def _posterior(self, images: Tensor) -> Posterior:
         mean, logvar = self.encoder(images)
@@ -81,7 +89,7 @@ class VAE(GenerativeModel):
         if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
             dim = self.config.latent_dim
             raise ValueError(f"z must have shape (N, {dim}), got {tuple(z.shape)}")
-        return decoder_mean(self.decoder(z.float().to(self._device())).float())
+        return decoder_mean(self.decoder(z.float().to(self.device)).float())
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
@@ -103,8 +111,8 @@ class VAE(GenerativeModel):
         x = self._prepare(images)
         with self._autocast():
             posterior = self._posterior(x)
-            noise = torch.randn(posterior.mean.shape, generator=generator, device=generator.device)
-            z = posterior.mean + (0.5 * posterior.logvar).exp() * noise.to(x.device)
+            noise = rng.randn(posterior.mean.shape, generator, x.device)
+            z = posterior.mean + (0.5 * posterior.logvar).exp() * noise
             logits = self.decoder(z)
         recon = -self._log_likelihood(logits, x).mean()
         kl = gaussian_kl(posterior).mean()
@@ -174,24 +182,11 @@ class VAE(GenerativeModel):
         return torch.logsumexp(log_w, dim=0) - math.log(k)
 
     # ---- generation and scoring ---------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        labels: Tensor | None = None,
-        **kwargs: Any,
+    def _sample(
+        self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
     ) -> Tensor:
         """Decoder means of `n` draws z ~ N(0, I) from `generator`."""
-        if labels is not None:
-            raise ValueError("the VAE is unconditional: labels must be None")
-        if kwargs:
-            raise ValueError(f"unexpected sample options {sorted(kwargs)}")
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        device = generator.device if generator is not None else self._device()
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        return self.decode(z)
+        return self.decode(rng.randn((n, self.config.latent_dim), generator, self.device))
 
     @torch.no_grad()
     def interpolate(self, a: Tensor, b: Tensor, steps: int = 8) -> Tensor:

@@ -1,4 +1,8 @@
-"""Contract tests of the autoencoder family (tiny seeded configs, real digits, CPU)."""
+"""Autoencoder-specific tests (tiny seeded configs, real digits, CPU).
+
+What every family promises (shapes, save/load, seeds, argument checks, resume, batch-independent
+scores, capabilities) is tested once for all families in test_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import torch
 
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.model import Autoencoder, AutoencoderConfig
-from models.io import build_model, load_model, save_model
-from tests.models.contract import assert_resume_bit_identical
+from models.io import build_model
 
 TINY_CONV = {"channels": (8, 16), "latent_dim": 8, "lr": 3e-3, "prior_momentum": 0.1}
 TINY_MLP = {"arch": "mlp", "hidden_dims": (64, 32), "latent_dim": 8}
@@ -16,8 +19,9 @@ TINY = {"conv": TINY_CONV, "mlp": TINY_MLP}
 
 
 def make(config: dict, seed: int = 0) -> Autoencoder:
-    torch.manual_seed(seed)
-    model = build_model("autoencoder", config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("autoencoder", config)
     assert isinstance(model, Autoencoder)
     return model
 
@@ -45,46 +49,20 @@ def trained(real_digits) -> Autoencoder:
     return model
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp"])
-def test_shapes_and_ranges(arch, small_batch):
-    images, labels = small_batch
-    model = make(TINY[arch])
-    train(model, images, labels, steps=2, batch=16)
-    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
-    recon = model.reconstruct(images[:7])
-    assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.float32
-    assert recon.shape == (7, 1, 28, 28)
-    for out in (samples, recon):
-        assert out.min() >= 0.0 and out.max() <= 1.0
-    assert model.encode(images[:7]).shape == (7, 8)
-    scores = model.anomaly_score(images[:7])
-    assert scores.shape == (7,) and torch.isfinite(scores).all()
-    assert model.sample(0).shape == (0, 1, 28, 28)
-
-
-def test_textbook_mlp_shape():
-    model = make({"arch": "mlp", "hidden_dims": (256, 128), "latent_dim": 32})
+def test_textbook_mlp_shape(small_batch):
+    model = make({"arch": "mlp", "hidden_dims": (256, 128), "latent_dim": 32}).eval()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
         (784, 256), (256, 128), (128, 32), (32, 128), (128, 256), (256, 784),
     ]  # fmt: skip
-
-
-def test_save_load_gives_identical_outputs(trained, real_digits, tmp_path):
-    images = real_digits[0][:32]
-    sha = save_model(trained, tmp_path / "ae")
-    loaded = load_model(tmp_path / "ae", expected_sha256=sha)
-    assert isinstance(loaded, Autoencoder) and loaded.config == trained.config
-    assert torch.equal(loaded.reconstruct(images), trained.reconstruct(images))
-    assert torch.equal(loaded.anomaly_score(images), trained.anomaly_score(images))
-    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    assert torch.equal(loaded.sample(16, generator=gen()), trained.sample(16, generator=gen()))
+    images = small_batch[0][:3]
+    assert model.reconstruct(images).shape == images.shape
+    assert model.encode(images).shape == (3, 32)
 
 
 @pytest.mark.parametrize(
     "extra",
-    [
-        {},
+    [  # the default tiny config is covered by test_contract.py
         {"loss": "mse"},
         {"denoise_std": 0.3, "mask_prob": 0.2},
         {"bf16_autocast": False, "channels_last": False},
@@ -96,13 +74,6 @@ def test_loss_falls_on_a_tiny_batch(extra, small_batch):
     model = make(TINY_CONV | extra)
     losses = train(model, images, labels, steps=40, batch=32)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
-
-
-def test_fixed_seed_gives_identical_samples(trained):
-    a = trained.sample(8, generator=torch.Generator().manual_seed(3))
-    b = trained.sample(8, generator=torch.Generator().manual_seed(3))
-    c = trained.sample(8, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize(
@@ -125,46 +96,22 @@ def test_invalid_config_raises(field, value):
         AutoencoderConfig(**{field: value})
 
 
-def test_unknown_config_key_raises():
-    with pytest.raises(ValueError, match="latent_size"):
-        build_model("autoencoder", {"latent_size": 8})
-
-
-def test_scores_are_finite_deterministic_and_batch_independent(trained, real_digits):
-    images = torch.cat([real_digits[0][:6], torch.rand(2, 1, 28, 28)])
-    batch = trained.anomaly_score(images)
-    single = torch.cat([trained.anomaly_score(img[None]) for img in images])
-    assert torch.isfinite(batch).all()
-    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-6)
-    assert torch.equal(batch, trained.anomaly_score(images))
-
-
 def test_noise_scores_higher_than_real_digits(trained, real_digits):
     real = real_digits[0][1::5][:500]  # digits not used for training
     noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert trained.anomaly_score(noise).mean() > 2 * trained.anomaly_score(real).mean()
 
 
-def test_resume_is_bit_identical(small_batch):
-    """Checkpoint after 5 steps (weights, optimizer, generator), resume: same as 10 straight."""
-    images, labels = small_batch
-    cfg = TINY_CONV | {"denoise_std": 0.2, "mask_prob": 0.1}
-    assert_resume_bit_identical(lambda seed=0: make(cfg, seed=seed), images[:16], labels[:16])
-
-
-def test_labels_only_for_the_conditional_prior(small_batch):
+def test_one_latent_gaussian_per_class_only_when_conditional(small_batch):
     images, labels = small_batch
     uncond = make(TINY_CONV | {"conditional": False})
     train(uncond, images, labels, steps=2, batch=16)
     assert not uncond.conditional and uncond.latent_prior.num_components == 1
-    with pytest.raises(ValueError, match="unconditional"):
-        uncond.sample(2, labels=torch.tensor([1, 2]))
+    assert int(uncond.latent_prior.num_updates[0]) == 2
     cond = make(TINY_CONV)
-    assert cond.conditional
-    with pytest.raises(ValueError, match="labels"):
-        cond.sample(3, labels=torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="labels"):
-        cond.sample(1, labels=torch.tensor([10]))
+    train(cond, images, labels, steps=2, batch=16)
+    assert cond.conditional and cond.latent_prior.num_components == 10
+    assert (cond.latent_prior.num_updates > 0).sum() > 1  # classes with >= 2 images in a batch
 
 
 def test_conditional_samples_look_like_their_class(trained, real_digits):

@@ -1,4 +1,8 @@
-"""Contract tests for the GAN family (DCGAN / WGAN-GP + f-AnoGAN encoder)."""
+"""GAN-specific tests (DCGAN / WGAN-GP + f-AnoGAN encoder).
+
+What every family promises (shapes, save/load, seeds, argument checks, resume, batch-independent
+scores, capabilities) is tested once for all families in test_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from models.gan.monitors import (
     mean_pairwise_distance,
     mode_collapse_warning,
 )
-from models.io import build_model, load_model, save_model
+from models.io import build_model
 
 TINY = {
     "latent_dim": 8,
@@ -32,8 +36,9 @@ GAN_STEPS, ENCODER_STEPS = 150, 60  # the short real-digit run shared by the las
 
 
 def make(**overrides) -> GAN:
-    torch.manual_seed(0)
-    return GAN(GANConfig(**(TINY | overrides)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return GAN(GANConfig(**(TINY | overrides)))
 
 
 def run_steps(model, images, labels, steps, opts=None, start=0, seed=0) -> list[dict[str, float]]:
@@ -81,11 +86,6 @@ def test_invalid_config_raises_naming_field(field, value):
         GANConfig(**{field: value})
 
 
-def test_unknown_config_key_raises():
-    with pytest.raises(ValueError, match="learning_rate"):
-        build_model("gan", {"learning_rate": 1e-3})
-
-
 def test_ema_generator_is_optional_state():
     assert any(k.startswith("g_ema.") for k in make().state_dict())
     plain = make(ema_decay=0.0)
@@ -99,89 +99,27 @@ def test_wgan_gp_discriminator_has_no_batchnorm():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in make().d.modules())
 
 
-# ---- shapes, ranges, determinism ----------------------------------------------------------
-@pytest.mark.parametrize("conditional", [True, False])
-def test_output_shapes_and_ranges(conditional, small_batch):
-    model = make(conditional=conditional).eval()
-    images = small_batch[0][:6]
-    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.float32
-    assert samples.min() >= 0.0 and samples.max() <= 1.0
-    recon = model.reconstruct(images)
-    assert recon.shape == images.shape and recon.min() >= 0.0 and recon.max() <= 1.0
-    scores = model.anomaly_score(images)
-    assert scores.shape == (6,) and torch.isfinite(scores).all()
-
-
-def test_sample_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="unconditional"):
-        make(conditional=False).sample(2, labels=torch.tensor([1, 2]))
-    with pytest.raises(ValueError):
-        make().sample(3, labels=torch.tensor([1, 2]))
-    with pytest.raises(ValueError):
-        make().sample(2, labels=torch.tensor([3, 10]))
-    with pytest.raises(ValueError, match="steps"):
-        make().sample(2, steps=10)
-
-
-def test_fixed_seed_gives_identical_samples():
-    a, b = make().eval(), make().eval()
-    draw = lambda m, seed: m.sample(6, generator=torch.Generator().manual_seed(seed))  # noqa: E731
-    assert torch.equal(draw(a, 3), draw(b, 3))
-    assert torch.equal(draw(a, 3), draw(a, 3))
-    assert not torch.equal(draw(a, 3), draw(a, 4))
-
-
-def test_anomaly_score_is_deterministic_and_batch_independent(small_batch):
-    images, labels = small_batch
-    model = make()
-    run_steps(model, images, labels, 6)  # non-trivial BatchNorm statistics and EMA
-    batch = images[:8]
-    together = model.anomaly_score(batch)
-    one_by_one = torch.cat([model.anomaly_score(img[None]) for img in batch])
-    assert torch.isfinite(together).all()
-    torch.testing.assert_close(together, one_by_one, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.anomaly_score(batch.flip(0)), together.flip(0))
-
-
 def test_training_is_reproducible_from_the_generator(small_batch):
     images, labels = small_batch
     states = []
     for global_seed in (1, 2):  # global RNG must not matter
         model = make(objective="wgan-gp")
-        torch.manual_seed(global_seed)
-        run_steps(model, images[:16], labels[:16], 7, seed=5)  # both phases
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            run_steps(model, images[:16], labels[:16], 7, seed=5)  # both phases
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
 
 
-def test_save_load_gives_identical_outputs(tmp_path, small_batch):
-    images, labels = small_batch
-    model = make()
-    run_steps(model, images, labels, 6)
-    save_model(model, tmp_path / "gan")
-    loaded = load_model(tmp_path / "gan")
-    assert isinstance(loaded, GAN) and loaded.config == model.config
-    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
-    digits = torch.arange(8) % NUM_CLASSES
-    assert torch.equal(
-        model.sample(8, gen(), labels=digits), loaded.sample(8, gen(), labels=digits)
-    )
-    assert torch.equal(model.anomaly_score(images[:8]), loaded.anomaly_score(images[:8]))
-    assert torch.equal(model.reconstruct(images[:8]), loaded.reconstruct(images[:8]))
-
-
 # ---- training dynamics and monitors -------------------------------------------------------
-def test_d_loss_falls_and_logs_failure_monitors(small_batch):
+def test_training_logs_failure_monitors(small_batch):
     images, labels = small_batch
     model = make(encoder_start_step=100, lr=1e-3)
     logs = run_steps(model, images, labels, 10)
     assert all(set(entry) >= LOG_KEYS | FLAG_KEYS for entry in logs)
     assert all(entry[k] in (0.0, 1.0) for entry in logs for k in FLAG_KEYS)
     assert all(0.0 < entry["d_real"] < 1.0 and 0.0 < entry["d_fake"] < 1.0 for entry in logs)
-    d_losses = [entry["d_loss"] for entry in logs]
-    assert sum(d_losses[-3:]) / 3 < d_losses[0]
     assert logs[-1]["diversity"] != 1.0  # the probe ran (every 2 steps) and replaced the prior
 
 
@@ -235,9 +173,10 @@ def test_monitor_functions():
 def trained(real_digits) -> tuple[GAN, list[dict[str, float]]]:
     """A conditional DCGAN + encoder trained briefly on real digits, with its logs."""
     images, labels = real_digits
-    torch.manual_seed(0)
     config = {"latent_dim": 32, "g_width": 16, "d_width": 16, "e_width": 16, "lr": 5e-4}
-    model = GAN(GANConfig(**config, encoder_start_step=GAN_STEPS, ema_decay=0.99))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GAN(GANConfig(**config, encoder_start_step=GAN_STEPS, ema_decay=0.99))
     opts = model.configure_optimizers()
     generator = torch.Generator().manual_seed(0)
     logs = []

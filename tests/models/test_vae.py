@@ -1,14 +1,17 @@
-"""Contract tests of the VAE family (tiny seeded configs, real digits, CPU)."""
+"""VAE-specific tests (tiny seeded configs, real digits, CPU).
+
+What every family promises (shapes, save/load, seeds, argument checks, resume, batch-independent
+scores, capabilities) is tested once for all families in test_contract.py.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.io import build_model, load_model, save_model
+from models.io import build_model
 from models.vae.model import VAE, VAEConfig
 from models.vae.objective import kl_weight
-from tests.models.contract import assert_resume_bit_identical
 
 TINY = {
     "channels": (8, 16),
@@ -21,8 +24,9 @@ TINY = {
 
 
 def make(config: dict, seed: int = 0) -> VAE:
-    torch.manual_seed(seed)
-    model = build_model("vae", config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("vae", config)
     assert isinstance(model, VAE)
     return model
 
@@ -51,50 +55,26 @@ def trained(real_digits) -> VAE:
     return model
 
 
-def test_shapes_and_ranges(trained, real_digits):
+def test_interpolation_runs_between_the_two_reconstructions(trained, real_digits):
     images = real_digits[0][:7]
-    samples = trained.sample(5, generator=torch.Generator().manual_seed(0))
     recon = trained.reconstruct(images)
-    path = trained.interpolate(images[0], images[1], steps=6)
-    assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.float32
-    assert recon.shape == (7, 1, 28, 28) and path.shape == (6, 1, 28, 28)
-    for out in (samples, recon, path):
-        assert out.min() >= 0.0 and out.max() <= 1.0
+    path = trained.interpolate(images[0], images[1], steps=6)  # (1, 28, 28) inputs work too
+    assert path.shape == (6, 1, 28, 28) and path.min() >= 0.0 and path.max() <= 1.0
     torch.testing.assert_close(path[[0, -1]], recon[:2])
     assert trained.encode(images).shape == (7, 8)
-    for values in (trained.elbo(images), trained.iwae_bound(images, k=8)):
-        assert values.shape == (7,) and torch.isfinite(values).all()
-
-
-def test_save_load_gives_identical_outputs(trained, real_digits, tmp_path):
-    images = real_digits[0][:16]
-    sha = save_model(trained, tmp_path / "vae")
-    loaded = load_model(tmp_path / "vae", expected_sha256=sha)
-    assert isinstance(loaded, VAE) and loaded.config == trained.config
-    assert torch.equal(loaded.eval_eps, trained.eval_eps)
-    assert torch.equal(loaded.elbo(images), trained.elbo(images))
-    assert torch.equal(loaded.iwae_bound(images, 16), trained.iwae_bound(images, 16))
-    assert torch.equal(loaded.reconstruct(images), trained.reconstruct(images))
-    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    assert torch.equal(loaded.sample(16, generator=gen()), trained.sample(16, generator=gen()))
+    torch.testing.assert_close(trained.anomaly_score(images), -trained.elbo(images))
 
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"decoder": "gaussian"}, {"beta": 4.0}, {"bf16_autocast": False, "channels_last": False}],
+    # the default tiny config is covered by test_contract.py
+    [{"decoder": "gaussian"}, {"beta": 4.0}, {"bf16_autocast": False, "channels_last": False}],
 )
 def test_loss_falls_on_a_tiny_batch(extra, small_batch):
     images, labels = small_batch
     model = make(TINY | {"kl_warmup_steps": 0} | extra)
     losses = train(model, images, labels, steps=40, batch=32)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 20.0  # nats per image
-
-
-def test_fixed_seed_gives_identical_samples(trained):
-    a = trained.sample(8, generator=torch.Generator().manual_seed(3))
-    b = trained.sample(8, generator=torch.Generator().manual_seed(3))
-    c = trained.sample(8, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize(
@@ -120,26 +100,12 @@ def test_invalid_config_raises(field, value):
 
 def test_invalid_arguments_raise(trained, small_batch):
     images = small_batch[0]
-    with pytest.raises(ValueError, match="unconditional"):
-        trained.sample(2, labels=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="k must be"):
         trained.iwae_bound(images[:2], k=65)
     with pytest.raises(ValueError, match="steps"):
         trained.interpolate(images[0], images[1], steps=1)
     with pytest.raises(ValueError, match="shape"):
         trained.anomaly_score(torch.rand(2, 28, 28))
-    with pytest.raises(ValueError, match="unknown config key"):
-        build_model("vae", {"latent": 8})
-
-
-def test_scores_are_finite_deterministic_and_batch_independent(trained, real_digits):
-    images = torch.cat([real_digits[0][:6], torch.rand(2, 1, 28, 28)])
-    batch = trained.anomaly_score(images)
-    single = torch.cat([trained.anomaly_score(img[None]) for img in images])
-    assert torch.isfinite(batch).all()
-    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-3)
-    assert torch.equal(batch, trained.anomaly_score(images))
-    torch.testing.assert_close(batch, -trained.elbo(images))
 
 
 def test_noise_scores_higher_than_real_digits(trained, real_digits):
@@ -170,9 +136,3 @@ def test_kl_warmup_is_linear():
     assert kl_weight(49, beta=2.0, warmup_steps=100) == pytest.approx(1.0)
     assert kl_weight(99, beta=2.0, warmup_steps=100) == kl_weight(5000, 2.0, 100) == 2.0
     assert kl_weight(0, beta=0.5, warmup_steps=0) == 0.5
-
-
-def test_resume_is_bit_identical(small_batch):
-    """Checkpoint after 5 steps (weights, optimizer, generator), resume: same as 10 straight."""
-    images, labels = small_batch
-    assert_resume_bit_identical(lambda seed=0: make(TINY, seed=seed), images[:16], labels[:16])
