@@ -9,19 +9,18 @@ Metric keys (all floats unless noted; "where defined" keys are absent otherwise)
               recall_real_reference, inception_score, inception_score_real_reference,
               mean_confidence, classes_covered (int), kl_to_uniform, class_share/<0..9>,
               label_agreement (conditional models: share judged as the requested label)
-  likelihood  elbo_nats, elbo_bits_per_dim (model has `elbo`); iwae_nats (has `iwae_bound`)
+  likelihood  elbo_nats, elbo_bits_per_dim, iwae_nats (models with `capabilities.likelihood`)
   recon       recon_mse, recon_mae (test split, where has_reconstruction)
   anomaly     anomaly_auroc/<kind>, anomaly_aupr/<kind>, anomaly_tpr/<kind>, anomaly_auroc_mean,
               anomaly_aupr_mean, anomaly_auroc_pooled, anomaly_tpr_at_threshold (pooled),
               threshold, target_fpr, val_fpr, test_fpr
   cost        params (int), sample_ms_per_image, score_ms_per_image, eval_seconds
-Families only differ through optional extras found with hasattr: elbo, iwae_bound, encode,
-interpolate; `sample(steps=...)` is passed only when `sample` names a `steps` parameter.
+Families only differ through what `model.capabilities` declares (likelihood, reconstruction,
+encoder, interpolation, conditional); `sample(steps=...)` is passed only with sampling_steps.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import logging
 import math
@@ -137,19 +136,12 @@ def _device(model: GenerativeModel) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def draw_samples(model: GenerativeModel, cfg: EvalConfig) -> tuple[Tensor, Tensor | None, float]:
     """n_samples images (labels cycling 0..9 for conditional models) and ms per image."""
     gen = torch.Generator().manual_seed(cfg.sample_seed)
     labels = torch.arange(cfg.n_samples) % 10 if model.conditional else None
     kwargs: dict[str, Any] = {}
-    if cfg.sample_steps is not None and _accepts(model.sample, "steps"):
+    if cfg.sample_steps is not None and model.capabilities.sampling_steps:
         kwargs["steps"] = cfg.sample_steps
     chunks, t0 = [], time.perf_counter()
     with torch.no_grad():
@@ -179,13 +171,11 @@ def score_images(model: GenerativeModel, images: Tensor, batch_size: int) -> np.
 
 def _batched_mean(fn: Any, images: Tensor, batch_size: int, device: torch.device) -> float:
     """Mean of a per-image (or per-batch mean) quantity, weighted by batch size."""
-    gen = torch.Generator().manual_seed(0)
-    kwargs = {"generator": gen} if _accepts(fn, "generator") else {}
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size].to(device)
-            value = torch.as_tensor(fn(batch, **kwargs)).detach().double().cpu().reshape(-1)
+            value = torch.as_tensor(fn(batch)).detach().double().cpu().reshape(-1)
             total += float(value.mean()) * batch.shape[0]
             count += batch.shape[0]
     return total / max(count, 1)
@@ -219,10 +209,9 @@ def _quality(
 
 def _likelihood(model: GenerativeModel, test_x: Tensor, cfg: EvalConfig) -> dict[str, float]:
     images, out = test_x[: cfg.likelihood_max_images], {}
-    if hasattr(model, "elbo"):
+    if model.capabilities.likelihood:
         out["elbo_nats"] = _batched_mean(model.elbo, images, cfg.score_batch_size, _device(model))
         out["elbo_bits_per_dim"] = -out["elbo_nats"] / (784 * math.log(2))
-    if hasattr(model, "iwae_bound"):
         out["iwae_nats"] = _batched_mean(
             model.iwae_bound, images, cfg.score_batch_size, _device(model)
         )
@@ -293,18 +282,8 @@ def _first_tensor(value: Any) -> Tensor:
 
 
 def _interpolate(model: GenerativeModel, a: Tensor, b: Tensor) -> Tensor:
-    """Call `interpolate` with two endpoint images, or with none when it takes no inputs."""
-    sig = inspect.signature(model.interpolate)
-    required = [p for p in sig.parameters.values() if p.default is inspect.Parameter.empty
-                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
-    kwargs = {}
-    if "generator" in sig.parameters:
-        kwargs["generator"] = torch.Generator().manual_seed(0)
-    if len(required) == 2:
-        return model.interpolate(a, b, **kwargs)
-    if not required:
-        return model.interpolate(**kwargs)
-    raise TypeError(f"interpolate{sig} takes neither 0 nor 2 required inputs")
+    """The contract's `interpolate(a, b)` between two single images."""
+    return model.interpolate(a, b)
 
 
 def _plots(
@@ -336,8 +315,10 @@ def _plots(
                 _interpolate(model, test_x[:1].to(device), test_x[1:2].to(device)).cpu(),
                 plot_dir / "interpolation.png"),
         }  # fmt: skip
+        caps = model.capabilities
+        declared = {"encode": caps.encoder, "interpolate": caps.interpolation}
         for name, make in extras.items():
-            if hasattr(model, name):
+            if declared[name]:
                 try:
                     written.append(make())
                 except (TypeError, ValueError, RuntimeError, NotImplementedError) as err:

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from sklearn.metrics import roc_curve
 
 from models.io import atomic_write_bytes
@@ -19,7 +20,7 @@ from models.io import atomic_write_bytes
 
 def _np_images(images: Any) -> np.ndarray:
     """Tensor/array (N,1,28,28) / (N,28,28) -> float (N,28,28) clipped to [0, 1]."""
-    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     return np.clip(arr.astype(np.float64).reshape(-1, 28, 28), 0.0, 1.0)
 
 
