@@ -3,17 +3,18 @@
 Each family supplies its optimisation step (`GenerativeModel.training_step`); this loop owns
 batching, validation, checkpoints (model, optimizers, RNG states, step, early-stopping state,
 history) written atomically, resume after a kill, early stopping and a wall-clock budget.
-Same seed + same data + same thread count -> bit-identical weights, with or without a resume.
+Same seed + same data + same thread count -> bit-identical weights on the CPU, with or without
+a resume. `device` picks where the model and batches live ("auto": CUDA when available).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from models.base import GenerativeModel
-from models.io import atomic_write_json, build_model, save_model
+from models.base import GenerativeModel, ModelConfig, require, resolve_device
+from models.io import atomic_write_bytes, atomic_write_json, build_model, save_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -35,7 +36,9 @@ _INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ModelConfig):
+    """The trainer's settings (`train:` in params.yaml, merged with `<family>.train`)."""
+
     steps: int = 1000
     batch_size: int = 128
     seed: int = 0
@@ -48,30 +51,20 @@ class TrainConfig:
     num_threads: int = 0  # 0 = all cores available to this process
     log_every: int = 20
     progress: bool = True
+    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"
 
-    def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "val_every",
-            "val_size",
-            "checkpoint_every",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "val_size", "checkpoint_every",
+                     "log_every"):  # fmt: skip
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name} must be >= 1, got {value}")
         for name in ("patience", "num_threads", "time_budget_s", "min_delta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
-        values = dict(values or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+            value = getattr(self, name)
+            require(value >= 0, f"train.{name} must be >= 0, got {value}")
+        try:
+            resolve_device(self.device, check_available=False)  # CUDA is checked at train time
+        except ValueError as exc:
+            raise ValueError(f"train.device: {exc}") from None
 
 
 @dataclass
@@ -95,12 +88,17 @@ def available_cores() -> int:
 
 
 def fingerprint(family: str, model_config: dict, cfg: TrainConfig, data_version: str) -> str:
-    """Identifies a training job: a checkpoint is resumed only by the same job."""
+    """Identifies a training job: a checkpoint is resumed only by the same job.
+
+    Progress bars, the time budget and the device do not change the job (a checkpoint
+    records its device type separately, see `_load_checkpoint`).
+    """
+    ignored = ("progress", "time_budget_s", "device")
     job = {
         "family": family,
         "model": model_config,
         "data": data_version,
-        "train": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "time_budget_s")},
+        "train": {k: v for k, v in asdict(cfg).items() if k not in ignored},
     }
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -121,19 +119,15 @@ class _Batches:
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
-def _atomic_torch_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_checkpoint(payload: dict, path: Path) -> None:
+    """`torch.save` into memory, then one atomic, fsynced write (never a half checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_checkpoint(path: Path, expected: str) -> dict | None:
+def _load_checkpoint(path: Path, expected: str, device: torch.device) -> dict | None:
+    """The checkpoint of this job on this kind of device, else None (logged)."""
     if not path.is_file():
         return None
     try:
@@ -144,15 +138,20 @@ def _load_checkpoint(path: Path, expected: str) -> dict | None:
     if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != expected:
         log.warning("ignoring checkpoint %s from a different job (config or data changed)", path)
         return None
+    if ckpt.get("device_type", "cpu") != device.type:  # generator states differ per device
+        log.warning("ignoring checkpoint %s written on %s", path, ckpt.get("device_type", "cpu"))
+        return None
     return ckpt
 
 
 @torch.no_grad()
 def validate(model: GenerativeModel, images: Tensor, labels: Tensor, batch_size: int) -> dict:
     model.eval()
+    device = model.device
     totals: dict[str, float] = {}
     for start in range(0, len(images), batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
         for key, value in model.validation_loss(x, y).items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(x)
     model.train()
@@ -169,13 +168,19 @@ def train(
     data_version: str = "",
     on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train `family` from its config; resume from a matching checkpoint in `checkpoint_dir`."""
+    """Train `family` from its config; resume from a matching checkpoint in `checkpoint_dir`.
+
+    The model is initialised on the CPU (the same weights whatever the device), then moved to
+    `cfg.device` with every batch; the training generator lives there too.
+    """
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.num_threads or available_cores())
     with _INIT_LOCK:  # the global RNG seeds the init: one job at a time (flows use threads)
         torch.manual_seed(cfg.seed)
         model = build_model(family, model_config)
+    model.to(device)
     optimizers = model.configure_optimizers()
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images, labels = train_data
     val_images, val_labels = val_data[0][: cfg.val_size], val_data[1][: cfg.val_size]
     batches = _Batches(len(images), cfg.batch_size, cfg.seed)
@@ -192,7 +197,7 @@ def train(
         "stopped_early": False,
     }
     resumed_from = None
-    ckpt = _load_checkpoint(ckpt_path, job)
+    ckpt = _load_checkpoint(ckpt_path, job, device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         for name, opt in optimizers.items():
@@ -204,10 +209,11 @@ def train(
         log.info("resuming %s from step %d (%s)", family, resumed_from, ckpt_path)
 
     def checkpoint() -> None:
-        _atomic_torch_save(
+        _write_checkpoint(
             {
                 "version": CHECKPOINT_VERSION,
                 "fingerprint": job,
+                "device_type": device.type,
                 "model": model.state_dict(),
                 "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                 "generator": generator.get_state(),
@@ -232,7 +238,8 @@ def train(
     while state["step"] < cfg.steps and not state["stopped_early"]:
         step = state["step"]
         idx = batches.indices(step)
-        logs = model.training_step(images[idx], labels[idx], optimizers, step, generator)
+        x, y = images[idx].to(device), labels[idx].to(device)
+        logs = model.training_step(x, y, optimizers, step, generator)
         model.on_train_step_end(step)
         state["step"] = step + 1
         for key, value in logs.items():
