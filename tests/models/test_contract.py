@@ -225,3 +225,31 @@ def test_unknown_config_keys_are_refused_by_name(family: str) -> None:
         build_model(family, TINY[family] | {"not_a_field": 1})
     config = build_model(family, TINY[family]).config
     assert dataclasses.is_dataclass(config) and config.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cuda_model_computes_and_returns_on_its_device(family: str, batch) -> None:
+    """The device rule: inputs from anywhere, outputs on the model's device, and a CPU
+    generator draws the same noise whichever device the model is on."""
+    images, labels = batch[0][:16], batch[1][:16]
+    cpu = make(family)
+    run_steps(cpu, images, labels, range(2))
+    gpu = make(family)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda").eval()
+    assert gpu.device.type == "cuda"
+    drawn = gpu.sample(4, _gen(0))
+    assert drawn.device == gpu.device
+    torch.testing.assert_close(drawn.cpu(), cpu.sample(4, _gen(0)), rtol=0, atol=2e-2)
+    scores = gpu.anomaly_score(images[:4])  # CPU input
+    assert scores.device == gpu.device
+    torch.testing.assert_close(scores.cpu(), cpu.anomaly_score(images[:4]), rtol=2e-2, atol=1e-3)
+    if gpu.capabilities.reconstruction:
+        assert gpu.reconstruct(images[:4]).device == gpu.device
+    on_device = torch.Generator(device="cuda").manual_seed(1)
+    assert gpu.sample(2, on_device).device == gpu.device
+    logs, _, _ = run_steps(gpu, images.cuda(), labels.cuda(), range(2),
+                           generator=torch.Generator(device="cuda").manual_seed(2))  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)

@@ -226,3 +226,25 @@ def test_sigkill_midway_then_resume_gives_same_weights(tmp_path):
     assert f'"resumed_from": {KILL_AT_STEP}' in out.stdout
     ref_bytes = (ref / "model" / "model.safetensors").read_bytes()
     assert (run / "model" / "model.safetensors").read_bytes() == ref_bytes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_on_cuda_checkpoints_and_resumes(family, real_digits, tmp_path, monkeypatch):
+    tr, va = _tiny_data(real_digits, n=64)
+    model_cfg = TINY[family] | ({"encoder_start_step": 3} if family == "gan" else {})
+    cfg = TrainConfig(steps=6, batch_size=16, val_every=2, val_size=16, checkpoint_every=2,
+                      log_every=2, num_threads=1, progress=False, device="cuda")  # fmt: skip
+    with monkeypatch.context() as patch:
+        _crash_after_checkpoint(patch, at_step=4)
+        with pytest.raises(_Crash):
+            train(family, model_cfg, cfg, tr, va, tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    assert ckpt["device_type"] == "cuda" and ckpt["step"] == 4
+    resumed = train(family, model_cfg, cfg, tr, va, tmp_path)
+    assert resumed.resumed_from == 4 and resumed.model.device.type == "cuda"
+    assert all(torch.isfinite(v).all() for v in resumed.model.state_dict().values()
+               if v.is_floating_point())  # fmt: skip
+    on_cpu = TrainConfig(**{**cfg.__dict__, "device": "cpu"})
+    assert train(family, model_cfg, on_cpu, tr, va, tmp_path).resumed_from is None
