@@ -183,10 +183,10 @@ class GenerativeModel(nn.Module, ABC):
         The same generator state gives the same images. Arguments are validated here, once,
         for every family (ValueError naming the argument):
           * `n`: an int >= 1 (not a bool or a float).
-          * `labels`: None or n class ids in 0..9. A conditional model draws the given
-            digits; with labels=None it first draws n labels uniformly at random from
-            `generator` (so every class appears, deterministically per seed). An
-            unconditional model ignores labels.
+          * `labels`: None or n integer class ids in 0..9. A conditional model draws the
+            given digits; with labels=None it first draws n labels uniformly at random from
+            `generator` (`random_labels`), before any other draw. An unconditional model
+            ignores labels (valid ones; bad ones are still a ValueError).
           * `steps`: only for models whose `capabilities.sampling_steps` is True: the
             sampler's network evaluations, an int >= 1 (and <= `max_sampling_steps`);
             None means the family's configured default.
