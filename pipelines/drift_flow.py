@@ -466,18 +466,25 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(
                 "--cumulative", action="store_true", help="judge every score since service start"
             )
+            p.add_argument(
+                "--fetch-retries", type=int, default=3, help="reads of an unreachable /metrics"
+            )
         else:
             p.add_argument("--cron", default=HOURLY_CRON)
     args = parser.parse_args(argv)
     if args.command == "run":
-        summary = drift_watch(
-            service_url=args.service_url,
-            bundle=args.bundle,
-            root=args.root,
-            params_file=args.params,
-            trigger=not args.no_trigger,
-            since_last_check=not args.cumulative,
-        )
+        try:
+            summary = drift_watch(
+                service_url=args.service_url,
+                bundle=args.bundle,
+                root=args.root,
+                params_file=args.params,
+                trigger=not args.no_trigger,
+                since_last_check=not args.cumulative,
+                fetch_retries=args.fetch_retries,
+            )
+        except (ChampionMissing, ConnectionError, RetrainRequestFailed, ValueError) as exc:
+            sys.exit(f"drift watch failed: {type(exc).__name__}: {exc}")
         print(json.dumps({k: summary[k] for k in ("status", "retrain", "files")}, indent=2))
         return
     dep = deployment(
