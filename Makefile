@@ -56,3 +56,9 @@ bench: install ## model speed benchmark (training/sampling/scoring images/s, pea
 
 clean: ## remove generated state (keeps data/ and the DVC remote)
 	rm -rf reports artifacts metrics .genops .mlflow .pytest_cache .ruff_cache
+
+# drift watch (docs/drift.md): the served anomaly scores vs the champion's calibration
+SERVICE_URL ?= http://127.0.0.1:3000
+.PHONY: drift
+drift: install ## one drift check of the service at SERVICE_URL (TRIGGER=1: retrain on drift)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.drift run --service-url $(SERVICE_URL) $(if $(TRIGGER),,--no-trigger)
