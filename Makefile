@@ -39,7 +39,7 @@ lint: install ## ruff lint + format check
 format: install ## ruff fix + format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-flow: data ## run the whole pipeline once as a Prefect flow (same jobs as dvc repro)
+flow: data ## run the pipeline once as a Prefect flow (a task per dvc.yaml stage; only what changed runs)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.flows run
 
 prefect-server: install ## start a local Prefect server (UI at http://127.0.0.1:4200)

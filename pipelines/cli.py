@@ -203,7 +203,7 @@ def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
 @click.pass_context
 def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
     """Train the digit-classifier judge whose features the quality metrics use."""
-    from pipelines.jobs.training import train_judge_job
+    from pipelines.jobs.judge import train_judge_job
 
     metrics = train_judge_job(_params(ctx), data_dir, out, metrics_path, not no_mlflow)
     click.echo(json.dumps(metrics, indent=2))

@@ -1,45 +1,70 @@
-"""The whole pipeline as a Prefect 3 flow, plus its nightly deployment.
+"""The whole pipeline as a Prefect 3 flow that runs the DVC stages, plus its deployments.
 
-The flow's tasks are thin wrappers over `pipelines/jobs.py`, the same functions the `genops`
-CLI (hence every `dvc repro` stage) calls: one source of truth for each step. Tasks pass
-paths, run ids and hashes, never tensors. Only transient errors (I/O, timeouts, a locked
-database) are retried; a data-validation failure fails the flow before any training, with
-the GX summary in the failure message.
+One pipeline definition (`dvc.yaml`), two runners: `dvc repro` and this flow. The flow pulls the
+data, then runs every stage of `dvc.yaml` in dependency order as its own Prefect task
+(`dvc repro --single-item <stage>`), so `dvc.lock` stays the record of what ran and both runners
+skip what is up to date: a scheduled run with nothing changed does no training or evaluation,
+and a run after new data reruns exactly what depends on it. The stages run one after another in
+one checkout because DVC holds a repository lock while it runs; the families' training already
+uses every core. Only transient failures are retried (a locked repository or database, a DVC
+remote or network error); bad data, a missing file or a bug fails at once, and a data-validation
+failure fails the flow before any training with the GX summary as its message.
 
     python -m pipelines.flows run                 # one run now, against the current Prefect API
-    python -m pipelines.flows serve               # register the nightly deployment and serve it
+    python -m pipelines.flows serve               # register the deployments and serve them
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipelines import jobs
-from pipelines.params import load_params, validation_config
+from models.spec import FAMILIES, ROOT_ENV
+from pipelines.jobs.reports import promotion_markdown
 
-FAMILIES = ("autoencoder", "vae", "gan", "diffusion")
 DEPLOYMENT = "nightly"
 NIGHTLY_CRON = "0 2 * * *"
+ON_DATA_DEPLOYMENT = "on-data-change"
+ON_DATA_INTERVAL_S = 900
+VALIDATE_STAGE = "validate"
+BENTO_STAGE = "bento"
+_TRANSIENT_OUTPUT = re.compile(
+    r"Unable to acquire lock|database is locked|Connection (refused|reset|aborted)|timed out"
+    r"|Temporary failure in name resolution|ConnectionError|RemoteCacheRequiredError",
+    re.IGNORECASE,
+)
 
 
 class DataValidationFailed(RuntimeError):
     """The GX gate failed: not transient, never retried."""
 
 
+class StageFailed(RuntimeError):
+    """A DVC stage failed for a reason that a retry would not change."""
+
+
+class TransientStageError(RuntimeError):
+    """A DVC stage failed on a lock, the remote or the network: worth a retry."""
+
+
 def is_transient(exc: BaseException | None) -> bool:
-    if isinstance(exc, DataValidationFailed | ValueError | KeyError | TypeError):
-        return False
+    """Locks, remotes, networks and timeouts are transient; data, config and bugs are not."""
+    if isinstance(exc, TransientStageError | TimeoutError | ConnectionError):
+        return True
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc)
-    return isinstance(exc, TimeoutError | ConnectionError | OSError)
+    return False
 
 
 def _retry_transient(task_, task_run, state) -> bool:
@@ -53,75 +78,84 @@ def _retry_transient(task_, task_run, state) -> bool:
 TRANSIENT = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _retry_transient}
 
 
+def stage_names(root: Path, families: list[str] | None = None) -> list[str]:
+    """The stages of `dvc.yaml` in file order (its dependency order), `foreach` expanded;
+    with `families`, the per-family stages of the other families are left out."""
+    spec = yaml.safe_load((Path(root) / "dvc.yaml").read_text())
+    variables = {k: v for item in spec.get("vars", []) for k, v in item.items()}
+    names = []
+    for name, stage in spec["stages"].items():
+        if "foreach" not in stage:
+            names.append(name)
+            continue
+        items = stage["foreach"]
+        if isinstance(items, str):  # "${families}"
+            items = variables[items.strip("${}")]
+        names += [f"{name}@{item}" for item in items if not families or item in families]
+    return names
+
+
+def _stage_env(root: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # the `genops` and `dvc` of this environment
+    env = {**os.environ, ROOT_ENV: str(root), "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@task(name="dvc-stage", task_run_name="{stage}", **TRANSIENT)
+def run_stage(root: str, stage: str) -> dict[str, Any]:
+    """`dvc repro --single-item <stage>`: runs the stage only when its deps or params changed."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+        cwd=root,
+        env=_stage_env(Path(root)),
+        capture_output=True,
+        text=True,
+    )
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = output[-4000:]
+        if stage == VALIDATE_STAGE and "Data validation FAILED" in output:
+            raise DataValidationFailed(tail[tail.index("Data validation FAILED") :])
+        if _TRANSIENT_OUTPUT.search(output):
+            raise TransientStageError(f"stage {stage} failed (transient):\n{tail}")
+        raise StageFailed(f"stage {stage} failed:\n{tail}")
+    ran = f"Running stage '{stage}'" in output
+    get_run_logger().info("%s: %s", stage, "ran" if ran else "up to date, skipped")
+    return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 1)}
+
+
 @task(name="prepare-data", **TRANSIENT)
 def prepare_data(root: str, rev: str | None = None, remote: str | None = None) -> str:
     """`dvc pull` data/ (at a git revision / from a named remote when given); return its version."""
     from pipelines.dvc_ops import data_version, dvc, pull_or_rebuild
 
-    if rev:
-        dvc("get", ".", "data", "--rev", rev, "-o", "data", "--force", cwd=Path(root))
-    elif remote:
-        dvc("pull", "data.dvc", "-r", remote, cwd=Path(root))
-    else:
-        get_run_logger().info(pull_or_rebuild(Path(root)))
+    try:
+        if rev:
+            dvc("get", ".", "data", "--rev", rev, "-o", "data", "--force", cwd=Path(root))
+        elif remote:
+            dvc("pull", "data.dvc", "-r", remote, cwd=Path(root))
+        else:
+            get_run_logger().info(pull_or_rebuild(Path(root)))
+    except RuntimeError as exc:  # a DVC command failed: transient only for remote/network
+        if _TRANSIENT_OUTPUT.search(str(exc)):
+            raise TransientStageError(str(exc)) from exc
+        raise
     return data_version(Path(root))
 
 
-@task(name="validate-data")
-def validate(root: str, params: dict[str, Any]) -> str:
-    from pipelines.validation import validate_data
-
-    report = validate_data(
-        Path(root) / "data", Path(root) / "reports" / "validation", validation_config(params)
+def _publish(root: Path, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Stage table, leaderboard and promotion decision as artifacts in the Prefect UI."""
+    create_table_artifact(
+        key="genops-stages", table=stages, description="DVC stages: ran or up to date"
     )
-    if not report.success:
-        raise DataValidationFailed(report.summary())
-    return report.docs_index
-
-
-@task(name="train-judge", **TRANSIENT)
-def train_judge(root: str, params: dict[str, Any]) -> dict[str, Any]:
-    r = Path(root)
-    return jobs.train_judge_job(
-        params, r / "data", r / "artifacts" / "judge", r / "metrics" / "judge.json"
-    )
-
-
-@task(name="train-family", **TRANSIENT)
-def train_family(root: str, params: dict[str, Any], family: str) -> dict[str, Any]:
-    r = Path(root)
-    return jobs.train_family(
-        params,
-        family,
-        r / "data",
-        r / "artifacts" / "models" / family,
-        r / ".genops" / "checkpoints" / family,
-    )
-
-
-@task(name="evaluate-family", **TRANSIENT)
-def evaluate_family(root: str, params: dict[str, Any], family: str, _trained: Any = None) -> dict:
-    r = Path(root)
-    return jobs.evaluate_family(
-        params,
-        family,
-        r / "data",
-        r / "artifacts" / "models" / family,
-        r / "artifacts" / "judge",
-        r / "artifacts" / "eval" / family,
-        r / "metrics" / f"{family}.json",
-    )
-
-
-@task(name="register-and-promote", **TRANSIENT)
-def register(root: str, params: dict[str, Any], families: list[str]) -> dict[str, Any]:
-    r = Path(root)
-    report = jobs.register_and_promote(
-        params, families, r / "artifacts" / "eval", r / "metrics", r / "reports", r / "data"
-    )
-    import json
-
-    board = json.loads((r / "reports" / "leaderboard.json").read_text())
+    reports = root / "reports"
+    board_file, promotion_file = reports / "leaderboard.json", reports / "promotion.json"
+    if not (board_file.is_file() and promotion_file.is_file()):
+        return None
+    board = json.loads(board_file.read_text())
     columns = (
         "fd_judge",
         "precision",
@@ -133,63 +167,42 @@ def register(root: str, params: dict[str, Any], families: list[str]) -> dict[str
         "sample_ms_per_image",
         "score_ms_per_image",
     )
-    rows = [
-        {
-            "family": family,
-            **{c: round(stats["metrics"][c]["mean"], 4) for c in columns if c in stats["metrics"]},
-        }
-        for family, stats in board["families"].items()
-    ]
+    rows = []
+    for family, stats in board["families"].items():
+        means = {c: round(stats["metrics"][c]["mean"], 4) for c in columns if c in stats["metrics"]}
+        rows.append({"family": family, **means})
     create_table_artifact(
-        key="genops-leaderboard",
-        table=rows,
-        description="genops leaderboard (same data, same metrics)",
+        key="genops-leaderboard", table=rows, description="leaderboard: same data, same metrics"
     )
+    report = json.loads(promotion_file.read_text())
     create_markdown_artifact(
-        key="genops-promotion",
-        markdown=jobs.promotion_markdown(report),
-        description="promotion gate decisions",
+        key="genops-promotion", markdown=promotion_markdown(report), description="promotion gate"
     )
     return report
 
 
-def _runner(parallel: int = 0) -> ThreadPoolTaskRunner:
-    """Families trained at once: `parallel`, or one per 2 cores available."""
-    from pipelines.train import available_cores
-
-    return ThreadPoolTaskRunner(max_workers=parallel or max(1, available_cores() // 2))
-
-
-@flow(name="genops-pipeline", log_prints=True, task_runner=_runner())
+@flow(name="genops-pipeline", log_prints=True)
 def pipeline(
     root: str = ".",
-    params_file: str = "params.yaml",
     families: list[str] | None = None,
     rev: str | None = None,
     remote: str | None = None,
     build_bento: bool = True,
 ) -> dict[str, Any]:
-    """Data -> GX gate -> judge -> train families -> evaluate -> register/gate -> Bento."""
-    root = str(Path(root).resolve())
-    os.environ["GENOPS_ROOT"] = root
-    params = load_params(Path(root) / params_file)
-    families = list(families or FAMILIES)
-    version = prepare_data(root, rev, remote)
-    validate(root, params)  # raises DataValidationFailed: nothing below runs
-    judge = train_judge.submit(root, params)
-    trained = {f: train_family.submit(root, params, f) for f in families}
-    evaluated = [
-        evaluate_family.submit(root, params, f, trained[f], wait_for=[judge]) for f in families
-    ]
-    for future in evaluated:
-        future.result()
-    report = register(root, params, families)
-    bento = None
-    if build_bento:
-        from pipelines.bento import build_bento as _build
-
-        bento = task(name="build-bento", **TRANSIENT)(_build).submit(Path(root)).result()
-    return {"data_version": version, "promotion": report, "bento": bento}
+    """Data -> the dvc.yaml stages in order (GX gate, judge, train, evaluate, register, Bento)."""
+    path = Path(root).resolve()
+    version = prepare_data(str(path), rev, remote)
+    stages = [s for s in stage_names(path, families) if build_bento or s != BENTO_STAGE]
+    results = []
+    for stage in stages:  # dvc.yaml order is dependency order; DVC locks the repo per run
+        results.append(run_stage(str(path), stage))
+    report = _publish(path, results)
+    return {
+        "data_version": version,
+        "stages": results,
+        "ran": [r["stage"] for r in results if r["ran"]],
+        "promotion": report,
+    }
 
 
 def deployment(name: str = DEPLOYMENT, cron: str = NIGHTLY_CRON, root: str = "."):
@@ -198,8 +211,20 @@ def deployment(name: str = DEPLOYMENT, cron: str = NIGHTLY_CRON, root: str = "."
         name=name,
         cron=cron,
         parameters={"root": str(Path(root).resolve())},
-        description="Nightly genops retrain, evaluate, gate, build",
+        description="Nightly genops run: pull data, dvc stages (only what changed), gate, build",
         tags=["genops", "nightly"],
+    )
+
+
+def data_change_deployment(root: str = ".", interval_s: int = ON_DATA_INTERVAL_S):
+    """Runs the pipeline every `interval_s`: a run with nothing new is a no-op (every stage up to
+    date), and one that finds a new `data.dvc` reruns what depends on the data."""
+    return pipeline.to_deployment(
+        name=ON_DATA_DEPLOYMENT,
+        interval=interval_s,
+        parameters={"root": str(Path(root).resolve())},
+        description="Picks up a new data.dvc within the interval; no-op when nothing changed",
+        tags=["genops", "data"],
     )
 
 
@@ -210,25 +235,27 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipelines.flows", description="Run or serve the genops Prefect flow."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the flow once now")
+    run = sub.add_parser("run", help="run the flow once now (only out-of-date stages do work)")
     run.add_argument("--family", action="append", choices=FAMILIES)
     run.add_argument("--rev", help="git revision whose data.dvc to pull")
     run.add_argument("--remote", help="DVC remote to pull from")
     run.add_argument("--no-bento", action="store_true")
-    run.add_argument("--parallel", type=int, default=0)
-    serve = sub.add_parser("serve", help="register the nightly deployment and serve it")
+    serve = sub.add_parser("serve", help="register the nightly + on-data-change deployments, serve")
     serve.add_argument("--cron", default=NIGHTLY_CRON)
-    sub.add_parser("register", help="register the deployment with the API without serving")
+    serve.add_argument("--interval", type=int, default=ON_DATA_INTERVAL_S)
+    sub.add_parser("register", help="register the deployments with the API without serving")
     args = parser.parse_args(argv)
     if args.command == "run":
-        flow_ = pipeline.with_options(task_runner=_runner(args.parallel))
-        flow_(families=args.family, rev=args.rev, remote=args.remote, build_bento=not args.no_bento)
+        result = pipeline(
+            families=args.family, rev=args.rev, remote=args.remote, build_bento=not args.no_bento
+        )
+        print(json.dumps({k: result[k] for k in ("data_version", "ran", "stages")}, indent=2))
     elif args.command == "serve":
         from prefect import serve as prefect_serve
 
-        prefect_serve(deployment(cron=args.cron))
+        prefect_serve(deployment(cron=args.cron), data_change_deployment(interval_s=args.interval))
     else:
-        print(deployment().apply())
+        print(deployment().apply(), data_change_deployment().apply())
 
 
 if __name__ == "__main__":

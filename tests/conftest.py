@@ -28,3 +28,14 @@ def small_batch(real_digits) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = real_digits
     idx = torch.arange(0, 5000, 78)[:64]
     return images[idx], labels[idx]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One temporary Prefect API server for the whole session (flows and deployments)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -41,6 +41,7 @@ from pipelines.evaluation import metrics as M
 from pipelines.evaluation import plots
 from pipelines.evaluation.anomalies import build_anomaly_suite
 from pipelines.evaluation.judge import JudgeNet, judge_outputs
+from pipelines.evaluation.paired import Evidence
 
 log = logging.getLogger(__name__)
 Splits = Mapping[str, tuple[Tensor, Tensor]]
@@ -183,9 +184,8 @@ def _batched_mean(fn: Any, images: Tensor, batch_size: int, device: torch.device
 
 # ---- metric groups --------------------------------------------------------------------------
 def _quality(
-    judge: JudgeNet, samples: Tensor, labels: Tensor | None, ref: Mapping[str, Any], k: int
+    feats: np.ndarray, probs: np.ndarray, labels: Tensor | None, ref: Mapping[str, Any], k: int
 ) -> dict[str, Any]:
-    feats, probs = judge_outputs(judge, samples)
     precision, recall = M.precision_recall(np.asarray(ref["test_features"]), feats, k)
     coverage = M.mode_coverage(probs)
     out: dict[str, Any] = {
@@ -264,7 +264,13 @@ def _anomaly(
         "test_fpr": M.fpr_at_threshold(test_scores, calibration.threshold),
         "score_ms_per_image": score_ms,
     }
-    raw = {"test": test_scores, "by_kind": by_kind, "threshold": calibration.threshold}
+    raw = {
+        "test": test_scores,
+        "by_kind": by_kind,
+        "threshold": calibration.threshold,
+        "suite": suite_scores,
+        "kinds": np.asarray(kinds).astype(str),
+    }
     return out, raw
 
 
@@ -369,12 +375,20 @@ def evaluate_model(
             "params": int(model.num_parameters()),
             "sample_ms_per_image": sample_ms,
         }
-        result |= _quality(judge, samples, labels, reference, cfg.pr_k)
+        feats, probs = judge_outputs(judge, samples)
+        result |= _quality(feats, probs, labels, reference, cfg.pr_k)
         result |= _likelihood(model, test_x, cfg)
         if model.has_reconstruction:
             result |= _reconstruction(model, test_x, cfg)
         anomaly, raw = _anomaly(model, splits, cfg, out_dir)
         result |= anomaly
+        Evidence(  # what a paired comparison with another model needs (the promotion gate)
+            sample_features=np.asarray(feats, dtype=np.float32),
+            reference_features=np.asarray(reference["test_features"], dtype=np.float32),
+            test_scores=raw["test"],
+            suite_scores=raw["suite"],
+            suite_kinds=raw["kinds"],
+        ).save(out_dir)
         result["plots"] = _plots(model, splits, samples, labels, raw, cfg, out_dir / "plots")
     finally:
         model.train(was_training)

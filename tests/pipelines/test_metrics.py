@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models.base import GenerativeModel, ModelConfig, check_images
+from models.base import Capabilities, GenerativeModel, ModelConfig, check_images
 from models.calibration import Calibration
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation.evaluate import (
@@ -163,8 +163,19 @@ class StandIn(GenerativeModel):
             onehot[torch.arange(z.shape[0]), labels] = 1.0
         return torch.sigmoid(self.dec(torch.cat([z, onehot], 1))).view(-1, 1, 28, 28)
 
-    def sample(self, n, generator=None, labels=None, steps: int | None = None, **kwargs):
-        self.sample_kwargs.append({"steps": steps, **kwargs})
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            conditional=self.config.conditional,
+            sampling_steps=True,
+            reconstruction=True,
+            likelihood=True,
+            encoder=True,
+            interpolation=True,
+        )
+
+    def _sample(self, n, generator, labels, steps):
+        self.sample_kwargs.append({"steps": steps})
         return self._decode(torch.randn(n, self.config.latent_dim, generator=generator), labels)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,6 +190,9 @@ class StandIn(GenerativeModel):
 
     def elbo(self, images: Tensor) -> Tensor:
         return -784 * self.anomaly_score(images)
+
+    def iwae_bound(self, images: Tensor, k: int = 64) -> Tensor:
+        return self.elbo(images)
 
     def interpolate(self, a: Tensor, b: Tensor, steps: int = 6) -> Tensor:
         w = torch.linspace(0, 1, steps)[:, None]
@@ -200,9 +214,13 @@ class MinimalConditional(GenerativeModel):
     training_step = StandIn.training_step
     validation_loss = StandIn.validation_loss
 
-    def sample(self, n, generator=None, labels=None, **kwargs):
-        self.sample_kwargs.append(kwargs)
-        return self.inner.sample(n, generator, labels)
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(conditional=True)
+
+    def _sample(self, n, generator, labels, steps):
+        self.sample_kwargs.append({} if steps is None else {"steps": steps})
+        return self.inner._sample(n, generator, labels, None)
 
     def anomaly_score(self, images: Tensor) -> Tensor:
         return self.inner.anomaly_score(images)
