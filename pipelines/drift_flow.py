@@ -42,7 +42,8 @@ from pipelines.drift import (
     parse_live_scores,
     report_markdown,
 )
-from pipelines.flows import is_transient
+from pipelines.flows import TRANSIENT as _TRANSIENT
+from pipelines.flows import retry_transient
 from pipelines.params import load_params
 
 DRIFT_DEPLOYMENT = "hourly"
@@ -130,18 +131,7 @@ def fetch_metrics(service_url: str, timeout_s: float = 10.0) -> str:
     return response.text
 
 
-def _retry_transient(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except BaseException as exc:
-        return is_transient(exc)
-    return False
-
-
-_TRANSIENT = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _retry_transient}
-
-
-@task(name="read-live-scores", retry_condition_fn=_retry_transient)
+@task(name="read-live-scores", retry_condition_fn=retry_transient)
 def read_metrics(service_url: str) -> str:
     return fetch_metrics(service_url)
 

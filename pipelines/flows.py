@@ -67,7 +67,8 @@ def is_transient(exc: BaseException | None) -> bool:
     return False
 
 
-def _retry_transient(task_, task_run, state) -> bool:
+def retry_transient(task_, task_run, state) -> bool:
+    """Prefect retry condition: retry a failed task run only on a transient error."""
     try:
         state.result()
     except BaseException as exc:
@@ -75,7 +76,7 @@ def _retry_transient(task_, task_run, state) -> bool:
     return False
 
 
-TRANSIENT = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _retry_transient}
+TRANSIENT = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_transient}
 
 
 def stage_names(root: Path, families: list[str] | None = None) -> list[str]:
