@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.config import ModelConfig
 from models.io import atomic_write_json, sha256_file
 from models.spec import (
     BUNDLE_FILES,
@@ -38,7 +39,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
-class BundleMeta:
+class BundleMeta(ModelConfig):
     """What a bundle is: identity, provenance and the metrics it was promoted on."""
 
     name: str
@@ -52,7 +53,7 @@ class BundleMeta:
     params_hash: str = "unknown"
     source: str = ""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for name in ("name", "version", "family"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -72,15 +73,11 @@ class BundleMeta:
         return dataclasses.asdict(self) | {"tasks": list(self.tasks)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BundleMeta:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"meta.json: unknown key(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        values["tasks"] = tuple(values.get("tasks", ()))
+    def from_dict(cls, values: dict[str, Any] | None) -> BundleMeta:
+        """Strict (unknown keys named), with metrics coerced to floats."""
+        values = dict(values or {})
         values["metrics"] = {str(k): float(v) for k, v in dict(values.get("metrics", {})).items()}
-        return cls(**values)
+        return super().from_dict(values)
 
 
 def read_meta(directory: Path) -> BundleMeta:

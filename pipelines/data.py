@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.config import ModelConfig
+
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
 
@@ -129,12 +131,14 @@ def load_pair(images_file: Path, labels_file: Path, *, strict: bool = True):
 
 # ---- splits ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(ModelConfig):
+    """How the splits are drawn (params.yaml `data`): same seed + same source -> same bytes."""
+
     seed: int = 20261126
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
@@ -282,6 +286,8 @@ def load_tensors(data_dir: Path, split: str):
     """One split as torch tensors: float32 (N,1,28,28) in [0,1] and int64 labels."""
     import torch
 
+    from models.imaging import from_uint8
+
     images, labels = load_split(data_dir, split)
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    x = from_uint8(torch.from_numpy(images)).unsqueeze(1)
     return x, torch.from_numpy(labels.astype(np.int64))

@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from models.calibration import Calibration
+from models.config import ModelConfig
 
 PSI_FLOOR = 1e-4  # lowest bucket share used in PSI (see psi)
 OK, DRIFT, INSUFFICIENT = "ok", "drift", "insufficient data"
@@ -33,7 +34,7 @@ OK, DRIFT, INSUFFICIENT = "ok", "drift", "insufficient data"
 
 # ---- thresholds (params.yaml `drift:`) -------------------------------------------------------
 @dataclass(frozen=True)
-class DriftThresholds:
+class DriftThresholds(ModelConfig):
     """Alarm levels; any one exceeded (with at least `min_count` live scores) means drift."""
 
     psi_alarm: float = 0.1
@@ -41,7 +42,7 @@ class DriftThresholds:
     flagged_rate_alarm: float = 0.05  # |live flagged rate - target FPR| above this
     min_count: int = 500  # fewer live scores than this: "insufficient data", never a trigger
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not (isinstance(self.min_count, int) and self.min_count >= 1):
             raise ValueError(f"drift.min_count must be an integer >= 1, got {self.min_count!r}")
         if not _finite_positive(self.psi_alarm):
@@ -57,11 +58,7 @@ class DriftThresholds:
         section = params.get("drift") or {}
         if not isinstance(section, Mapping):
             raise ValueError(f"params section 'drift' must be a mapping, got {section!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"drift: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return cls.from_dict(dict(section))
 
 
 def _finite_positive(value: Any) -> bool:

@@ -31,8 +31,8 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def split_config(params: dict[str, Any]) -> SplitConfig:
-    return SplitConfig(**section(params, "data"))
+    return SplitConfig.from_dict(section(params, "data"))
 
 
 def validation_config(params: dict[str, Any]) -> ValidationConfig:
-    return ValidationConfig(**section(params, "validate"))
+    return ValidationConfig.from_dict(section(params, "validate"))

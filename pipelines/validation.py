@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.config import ModelConfig
 from pipelines.data import SPLITS, load_split
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(ModelConfig):
+    """The GX gate's thresholds (params.yaml `validate`)."""
+
     min_rows: dict[str, int] = field(
         default_factory=lambda: {"train": 1000, "val": 100, "test": 100}
     )
@@ -32,7 +35,7 @@ class ValidationConfig:
     ink_min: float = 0.01  # mean intensity in [0, 1]: below = blank image
     ink_max: float = 0.6  # above = saturated image
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not 0.0 <= self.class_share_tolerance < 1.0:
             raise ValueError(
                 f"class_share_tolerance must be in [0, 1), got {self.class_share_tolerance}"

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from models.io import atomic_write_json
+from models.base import ModelConfig
+from models.imaging import from_uint8
+from models.io import atomic_write_bytes, atomic_write_json
 
 JUDGE_FORMAT_VERSION = 1
 JUDGE_WEIGHTS = "model.safetensors"
@@ -31,13 +32,13 @@ JUDGE_CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(ModelConfig):
     """Widths of the three conv stages and the feature (penultimate) dimension."""
 
     channels: tuple[int, int, int] = (16, 32, 64)
     feature_dim: int = 128
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if len(self.channels) != 3 or any(int(c) < 1 for c in self.channels):
             raise ValueError(f"JudgeConfig.channels must be 3 positive ints, got {self.channels}")
         if self.feature_dim < 2:
@@ -84,9 +85,7 @@ class JudgeNet(nn.Module):
 def as_images(x: Any) -> Tensor:
     """(N,784) / (N,28,28) / (N,1,28,28), uint8 0..255 or float 0..1 -> float32 (N,1,28,28)."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    t = t.float().reshape(-1, 1, 28, 28)
+    t = from_uint8(t).reshape(-1, 1, 28, 28)
     if t.numel() and not torch.isfinite(t).all():
         raise ValueError("images contain NaN or Inf")
     return t
@@ -210,15 +209,8 @@ def save_judge(net: JudgeNet, directory: Path, extra: dict[str, Any] | None = No
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".judge.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"kind": "judge"})
-        os.replace(tmp, directory / JUDGE_WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    config = asdict(net.config) | {"channels": list(net.config.channels)}
+    atomic_write_bytes(directory / JUDGE_WEIGHTS, safetensors_bytes(state, {"kind": "judge"}))
+    config = net.config.to_dict() | {"channels": list(net.config.channels)}
     payload = {"format_version": JUDGE_FORMAT_VERSION, "kind": "judge", "config": config,
                "extra": extra or {}}  # fmt: skip
     atomic_write_json(directory / JUDGE_CONFIG, payload)
@@ -232,6 +224,6 @@ def load_judge(directory: Path) -> JudgeNet:
     if payload.get("kind") != "judge" or payload.get("format_version") != JUDGE_FORMAT_VERSION:
         raise ValueError(f"{directory / JUDGE_CONFIG} is not a judge config (format 1)")
     cfg = payload["config"]
-    net = JudgeNet(JudgeConfig(tuple(cfg["channels"]), int(cfg["feature_dim"])))
+    net = JudgeNet(JudgeConfig.from_dict(cfg))
     net.load_state_dict(load_file(directory / JUDGE_WEIGHTS, device="cpu"), strict=True)
     return net.eval()

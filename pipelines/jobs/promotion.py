@@ -9,9 +9,11 @@ the decision rests on a paired bootstrap interval of the improvement (pipelines.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.config import ModelConfig, require
 from models.io import atomic_write_json
 from models.spec import TASKS, Tag, family_model_name, rank
 from pipelines import registry
@@ -24,22 +26,28 @@ from pipelines.params import section
 REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promotion.md")
 
 
-def gate_settings(params: dict[str, Any]) -> dict[str, Any]:
-    """`registry` params: margins per task and the bootstrap's settings (validated)."""
-    cfg = section(params, "registry")
-    unknown = sorted(set(cfg) - {"margin", "n_bootstrap", "confidence", "seed"})
-    if unknown:
-        raise ValueError(f"params section 'registry': unknown key(s) {unknown}")
-    margins = cfg.get("margin") or {}
-    bad = sorted(set(margins) - set(TASKS))
-    if bad:
-        raise ValueError(f"registry.margin: unknown task(s) {bad}; known: {list(TASKS)}")
-    return {
-        "margins": {t: float(margins.get(t, 0.0)) for t in TASKS},
-        "n_bootstrap": int(cfg.get("n_bootstrap", 200)),
-        "confidence": float(cfg.get("confidence", 0.95)),
-        "seed": int(cfg.get("seed", 0)),
-    }
+@dataclass(frozen=True)
+class GateConfig(ModelConfig):
+    """params.yaml `registry`: the margin per task and the paired bootstrap's settings."""
+
+    margin: dict[str, float] = field(default_factory=dict)  # task -> margin (0 when absent)
+    n_bootstrap: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = sorted(set(self.margin) - set(TASKS))
+        require(not bad, f"registry.margin: unknown task(s) {bad}; known: {list(TASKS)}")
+        require(
+            self.n_bootstrap >= 20, f"registry.n_bootstrap must be >= 20, got {self.n_bootstrap}"
+        )
+        require(
+            0.5 < self.confidence < 1,
+            f"registry.confidence must be in (0.5, 1), got {self.confidence}",
+        )
+
+    def margin_of(self, task: str) -> float:
+        return float(self.margin.get(task, 0.0))
 
 
 def register_and_promote(
@@ -54,7 +62,7 @@ def register_and_promote(
     """Leaderboard -> register every candidate -> gate each task's best against its champion."""
     from pipelines.evaluation.leaderboard import build_leaderboard, render_markdown
 
-    settings = gate_settings(params)
+    settings = GateConfig.from_dict(section(params, "registry"))
     metrics = {f: json.loads((Path(metrics_root) / f"{f}.json").read_text()) for f in families}
     board = build_leaderboard(metrics)
     report_dir = Path(report_dir)
@@ -82,9 +90,9 @@ def register_and_promote(
                 task_name,
                 ev,
                 champ,
-                n_bootstrap=settings["n_bootstrap"],
-                confidence=settings["confidence"],
-                seed=settings["seed"],
+                n_bootstrap=settings.n_bootstrap,
+                confidence=settings.confidence,
+                seed=settings.seed,
             )
             return interval, how
 
@@ -94,7 +102,7 @@ def register_and_promote(
             best,
             metrics[best],
             version,
-            settings["margins"][task.name],
+            settings.margin_of(task.name),
             compare=compare,
             judge_version=judge,
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.config import ModelConfig
 from models.spec import Tag
 from pipelines import tracking
 from pipelines.data import load_tensors
@@ -19,12 +21,17 @@ log = logging.getLogger(__name__)
 
 def family_params(params: dict[str, Any], family: str) -> tuple[dict, TrainConfig]:
     """(model config dict, TrainConfig) of a family: `train` defaults + `<family>.train`."""
-    fam = section(params, family)
-    unknown = sorted(set(fam) - {"model", "train"})
-    if unknown:
-        raise ValueError(f"params section {family!r}: unknown key(s) {unknown}; use model/train")
-    train_values = {**section(params, "train"), **(fam.get("train") or {})}
-    return dict(fam.get("model") or {}), TrainConfig.from_dict(train_values)
+    fam = FamilySection.from_dict(section(params, family))
+    train_values = {**section(params, "train"), **(fam.train or {})}
+    return dict(fam.model or {}), TrainConfig.from_dict(train_values)
+
+
+@dataclass(frozen=True)
+class FamilySection(ModelConfig):
+    """A family's params.yaml section: its model config and its trainer overrides."""
+
+    model: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
 
 
 def train_family(
