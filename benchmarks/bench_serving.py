@@ -121,7 +121,14 @@ def raw_floor(bundle: Path, images: np.ndarray, seconds: float) -> list[Result]:
 
 
 class Server:
-    def __init__(self, source: str, batching: bool, home: Path) -> None:
+    def __init__(
+        self,
+        source: str,
+        batching: bool,
+        home: Path,
+        repo: Path = REPO,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -132,8 +139,10 @@ class Server:
             "GENOPS_BATCHING": "1" if batching else "0",
             "BENTOML_DO_NOT_TRACK": "True",
             "GENOPS_TORCH_THREADS": os.environ.get("GENOPS_TORCH_THREADS", "1"),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(repo),
+            **(extra_env or {}),
         }
+        self.log_path = home / f"server-{self.port}.log"
         self.log = open(home / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -147,7 +156,7 @@ class Server:
                 "--port",
                 str(self.port),
             ],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -155,3 +155,39 @@ def tracking_uri(root: Path | str | None = None) -> str:
 
 def uses_embedded_store() -> bool:
     return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+# ---- showing and storing URIs: never their credentials ------------------------------------------
+def redact_uri(uri: str) -> str:
+    """`uri` without user:password, query string and fragment (what may be shown or stored).
+
+    A URI with none of these (e.g. `sqlite:////abs/mlflow.db`) is returned exactly as given.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return uri
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URI in it redacted (error messages may quote a URI with its secrets)."""
+    import re
+
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_uri(m.group(0)), text)
+
+
+# ---- model cards (written by the pipeline for every registered version, shown by the service) ---
+MODEL_CARD_DIR = "card"  # in a served bundle folder, and the leaf of the card's artifact path
+MODEL_CARD_FILES = ("card.md", "card.html")
+MODEL_CARD_TAG = "model_card"  # on a registered version: the card's artifact path in its run
+
+
+def model_card_artifact_path(name: str, version: str) -> str:
+    """Where the card of registered version `name` v`version` lives in its run's artifacts."""
+    return f"model_cards/{name}/v{version}/{MODEL_CARD_DIR}"

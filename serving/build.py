@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from models.spec import MODEL_CARD_DIR, redact_text, redact_uri
 from serving.bundle import copy_bundle, load_bundle
 from serving.catalog import REQUIRED_ROLES
 from serving.sources import (
@@ -33,9 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _store_snapshot(staged: Path, model_name: str, origin: str) -> str:
-    """Verify every staged bundle loads, then save the folder as one BentoML model version."""
+    """Verify every staged bundle loads, then save the folder as one BentoML model version.
+
+    `origin` is shown in the model's labels and metadata, so it is stored redacted.
+    """
     import bentoml
 
+    origin = redact_text(origin)
     bundles = DirSource(staged).bundles()
     missing = [role for role in REQUIRED_ROLES if role not in bundles]
     if missing:
@@ -52,6 +58,8 @@ def _store_snapshot(staged: Path, model_name: str, origin: str) -> str:
     with bentoml.models.create(model_name, labels=labels, metadata=metadata) as model:
         for role, path in bundles.items():
             copy_bundle(path, Path(model.path) / role)  # re-verifies the sha256 on the copy
+            if (path / MODEL_CARD_DIR).is_dir():
+                shutil.copytree(path / MODEL_CARD_DIR, Path(model.path) / role / MODEL_CARD_DIR)
     log.info("stored %s with %s", model.tag, sorted(metas))
     return str(model.tag)
 
@@ -70,7 +78,7 @@ def import_from_registry(tracking_uri: str | None = None, model_name: str = BENT
     with tempfile.TemporaryDirectory(prefix="genops-import-") as tmp:
         for role, mv in versions.items():
             materialize_version(mv, role, Path(tmp) / role, uri)
-        return _store_snapshot(Path(tmp), model_name, f"mlflow:{uri}")
+        return _store_snapshot(Path(tmp), model_name, f"mlflow:{redact_uri(uri)}")
 
 
 def import_from_dir(folder: Path, model_name: str = BENTO_MODEL) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,14 @@ from models.bundle import (  # noqa: F401  (re-exported for serving's callers)
 )
 from models.calibration import Calibration
 from models.io import load_model, sha256_file
-from models.spec import CONFIG_FILE
+from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES
+from serving.admission import Cancelled, CostEstimate
+
+# /generate draws images this many at a time from the request's one generator, and checks
+# between chunks whether the request was abandoned. Fixed (never tuned at run time) so the
+# same (model version, n, seed, label, steps) always gives the same images.
+SAMPLE_CHUNK = 32
+SCORE_UNIT, SAMPLE_UNIT = "score_image", "sample_image_step"
 
 
 class ServedModel:
@@ -38,13 +47,31 @@ class ServedModel:
     """
 
     def __init__(
-        self, meta: BundleMeta, calibration: Calibration, model: GenerativeModel, lock: Any
+        self,
+        meta: BundleMeta,
+        calibration: Calibration,
+        model: GenerativeModel,
+        lock: Any,
+        costs: CostEstimate | None = None,
+        card_dir: Path | None = None,
     ) -> None:
         self.meta = meta
         self.calibration = calibration
         self.model = model
         self.lock = lock
+        self.costs = costs or CostEstimate()  # shared by every role served by this network
+        self.card_dir = card_dir  # the bundle's model card folder, when it has one
         self.supports_steps = model.capabilities.sampling_steps
+
+    def effective_steps(self, steps: int | None) -> int:
+        """The sampler's network evaluations per image: `steps`, the model's default, or 1."""
+        if not self.supports_steps:
+            return 1
+        return int(steps) if steps is not None else int(self.model.config.sample_steps)
+
+    def generate_cost(self, n: int, steps: int | None) -> int:
+        """Work units of a /generate request: images x sampling steps (the cost budget's unit)."""
+        return int(n) * self.effective_steps(steps)
 
     @property
     def conditional(self) -> bool:
@@ -64,13 +91,16 @@ class ServedModel:
             "supports_steps": self.supports_steps,
             "has_reconstruction": self.has_reconstruction,
             "capabilities": dataclasses.asdict(self.model.capabilities),
+            "has_card": self.card_dir is not None,
         }
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Anomaly scores (N,) float64 of float32 images (N, 1, 28, 28) in [0, 1]."""
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with self.lock, torch.no_grad():
+            started = time.perf_counter()
             scores = self.model.anomaly_score(batch)
+            self.costs.observe(SCORE_UNIT, len(batch), time.perf_counter() - started)
         return scores.detach().double().cpu().numpy()
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
@@ -80,15 +110,43 @@ class ServedModel:
         return out.detach().float().cpu().numpy()
 
     def sample(
-        self, n: int, seed: int, label: int | None = None, steps: int | None = None
+        self,
+        n: int,
+        seed: int,
+        label: int | None = None,
+        steps: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
-        """`n` images (N, 1, 28, 28) float32 in [0, 1], a pure function of the arguments."""
+        """`n` images (N, 1, 28, 28) float32 in [0, 1], a pure function of the arguments.
+
+        Drawn `SAMPLE_CHUNK` at a time from one generator seeded with `seed`; between chunks
+        `should_stop()` is asked and a true answer raises `Cancelled` (the client is gone).
+        """
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        labels = None if label is None else torch.full((n,), int(label), dtype=torch.long)
         steps = None if steps is None else int(steps)
-        with self.lock, torch.no_grad():
-            out = self.model.sample(n, generator=generator, labels=labels, steps=steps)
-        return out.detach().float().clamp(0.0, 1.0).cpu().numpy()
+        chunks = []
+        for start in range(0, n, SAMPLE_CHUNK):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {start} of {n} images: request abandoned")
+            k = min(SAMPLE_CHUNK, n - start)
+            labels = None if label is None else torch.full((k,), int(label), dtype=torch.long)
+            with self.lock, torch.no_grad():
+                began = time.perf_counter()
+                out = self.model.sample(k, generator=generator, labels=labels, steps=steps)
+                elapsed = time.perf_counter() - began
+            self.costs.observe(SAMPLE_UNIT, self.generate_cost(k, steps), elapsed)
+            chunks.append(out.detach().float().clamp(0.0, 1.0).cpu().numpy())
+        return np.concatenate(chunks)
+
+    def estimate_s(self, unit: str, units: float) -> float:
+        """Seconds `units` of work should take on this network (0 until first measured)."""
+        return units * self.costs.get(unit)
+
+    def probe(self) -> None:
+        """Time one small call of each kind, so the first requests are admitted on real numbers."""
+        zeros = np.zeros((8, 1, 28, 28), dtype=np.float32)
+        self.score(zeros)
+        self.sample(2, seed=0, steps=1 if self.supports_steps else None)
 
 
 def model_executor(torch_threads: int = 0, workers: int = 4) -> ThreadPoolExecutor:
@@ -119,15 +177,17 @@ def load_bundle(directory: Path, cache: dict[tuple[str, str], Any] | None = None
     key = (meta.weights_sha256, sha256_file(directory / CONFIG_FILE))
     if cache is not None and key in cache:
         verify_weights(directory, meta.weights_sha256)
-        model, lock = cache[key]
+        model, lock, costs = cache[key]
     else:
         model = load_model(directory, expected_sha256=meta.weights_sha256)
-        lock = threading.Lock()
+        lock, costs = threading.Lock(), CostEstimate()
         if cache is not None:
-            cache[key] = (model, lock)
+            cache[key] = (model, lock, costs)
     if meta.family != model.family:
         raise ValueError(f"{directory}: meta.family {meta.family!r} but config is {model.family!r}")
-    return ServedModel(meta, calibration, model, lock)
+    card = directory / MODEL_CARD_DIR
+    has_card = all((card / name).is_file() for name in MODEL_CARD_FILES)
+    return ServedModel(meta, calibration, model, lock, costs, card if has_card else None)
 
 
 def write_bundle(

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from models.spec import ALIAS, ANOMALY, FAMILIES_ROLE_PREFIX, GENERATION
+from models.spec import ALIAS, ANOMALY, FAMILIES_ROLE_PREFIX, GENERATION, redact_text
 from serving.bundle import ServedModel, load_bundle
 from serving.sources import ModelSource, Snapshot
 
@@ -97,11 +97,12 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
     try:
         snapshot = source.snapshot()
     except Exception as exc:
-        log.error("model source %s is unusable: %s", source.spec, exc)
+        reason = redact_text(str(exc))
+        log.error("model source %s is unusable: %s", source.spec, reason)
         return Catalog(
             source.spec,
             "unreadable",
-            errors={r: str(exc) for r in required},
+            errors={r: reason for r in required},
             required=required,
             loaded_at=time.time(),
         )
@@ -109,14 +110,16 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
     errors: dict[str, str] = {}
     cache: dict[tuple[str, str], Any] = {}
     for role, reason in sorted(snapshot.errors.items()):
+        reason = redact_text(reason)
         log.error("REFUSING to serve %s: %s", role, reason)
         errors[role] = reason
     for role, path in sorted(snapshot.bundles.items()):
         try:
             roles[role] = _load_role(snapshot, role, path, cache)
         except Exception as exc:
-            log.error("REFUSING to serve %s from %s: %s", role, path, exc)
-            errors[role] = f"{type(exc).__name__}: {exc}"
+            log.error("REFUSING to serve %s from %s: %s", role, path, redact_text(str(exc)))
+            errors[role] = redact_text(f"{type(exc).__name__}: {exc}")
+    _probe_costs(roles)
     for role in required:
         if role not in snapshot.bundles:
             errors.setdefault(role, f"missing from model source {source.spec}")
@@ -137,6 +140,19 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
         required,
         time.time(),
     )
+
+
+def _probe_costs(roles: Mapping[str, ServedModel]) -> None:
+    """Time each network once, so admission control starts from measured speeds."""
+    probed: set[int] = set()
+    for role, served in sorted(roles.items()):
+        if id(served.model) in probed:
+            continue
+        probed.add(id(served.model))
+        try:
+            served.probe()
+        except Exception as exc:  # a model that cannot run a probe still serves; log why
+            log.warning("could not time %s: %s", role, exc)
 
 
 def _load_role(

@@ -1,4 +1,4 @@
-"""ASGI pieces around the BentoML service: a request-body size limit and GET /metadata."""
+"""ASGI pieces around the BentoML service: a request-body size limit, no URLs in file fields."""
 
 from __future__ import annotations
 
@@ -109,15 +109,3 @@ def refuse_file_urls() -> None:
     for media_type, cls in list(table.items()):
         if cls is current:
             table[media_type] = UploadsOnlySerde
-
-
-def metadata_app(describe: Callable[[], dict[str, Any]]) -> Any:
-    """A Starlette app answering GET /metadata with `describe()` (BentoML APIs are POST only)."""
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def get_metadata(_: Any) -> JSONResponse:
-        return JSONResponse(describe())
-
-    return Starlette(routes=[Route("/metadata", get_metadata, methods=["GET"])])

@@ -96,6 +96,44 @@ def parse_arrays(images: Sequence, scale: Scale = "auto") -> np.ndarray:
     return grids.astype(np.float32)
 
 
+_INV_255 = np.float32(1.0 / 255.0)
+
+
+def parse_raw(data: bytes, limit: int) -> np.ndarray:
+    """Raw uint8 pixels (N x 784 bytes, row-major, 0 = background) -> (N, 28, 28) float32."""
+    if not data:
+        raise BadImage("no pixels given")
+    if len(data) % PIXELS:
+        raise BadImage(f"raw pixels must be a multiple of {PIXELS} bytes, got {len(data)}")
+    count = len(data) // PIXELS
+    if count > limit:
+        raise BadImage(f"too many images: {count} > {limit} per request")
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(count, SIDE, SIDE)
+    return pixels.astype(np.float32) * _INV_255
+
+
+def parse_pixels(encoded: str, limit: int) -> np.ndarray:
+    """Base64 of raw uint8 pixels (see `parse_raw`) -> (N, 28, 28) float32 in [0, 1]."""
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise BadImage("`pixels` is not valid base64") from None
+    return parse_raw(data, limit)
+
+
+def decode_body(data: bytes, content_type: str, limit: int) -> np.ndarray:
+    """A raw request body -> (N, 28, 28) float32: PNG/JPEG (one image) or raw uint8 pixels."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in ("image/png", "image/jpeg"):
+        return decode_upload(data, "body")[None]
+    if kind in ("application/octet-stream", ""):
+        return parse_raw(data, limit)
+    raise BadImage(
+        f"unsupported content type {kind!r}: send image/png, image/jpeg or "
+        "application/octet-stream (784 raw uint8 pixels per image)"
+    )
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 

@@ -20,8 +20,13 @@ class Settings:
     reload_interval_s: float = 0.0  # GENOPS_RELOAD_INTERVAL_S; 0 = no polling
     batching: bool = True  # GENOPS_BATCHING=0 turns adaptive batching off
     max_body_bytes: int = 16 << 20  # GENOPS_MAX_BODY_BYTES
-    admin_token: str = ""  # GENOPS_ADMIN_TOKEN; when set, /admin/reload needs it
+    admin_token: str = ""  # GENOPS_ADMIN_TOKEN; /admin/reload refuses (403) until it is set
     torch_threads: int = 0  # GENOPS_TORCH_THREADS; 0 = torch's default
+    max_generate_cost: int = 4096  # GENOPS_MAX_GENERATE_COST: n x sampling steps per request
+    generate_queue: int = 8  # GENOPS_GENERATE_QUEUE: /generate requests in flight, at most
+    score_queue: int = 32  # GENOPS_SCORE_QUEUE: /score + /reconstruct requests in flight
+    max_queue_s: float = 20.0  # GENOPS_MAX_QUEUE_S: estimated wait beyond which work is shed
+    generate_nice: int = 10  # GENOPS_GENERATE_NICE: CPU niceness of the generation threads
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,7 +37,19 @@ class Settings:
             max_body_bytes=int(env.get("GENOPS_MAX_BODY_BYTES", str(16 << 20))),
             admin_token=env.get("GENOPS_ADMIN_TOKEN", ""),
             torch_threads=int(env.get("GENOPS_TORCH_THREADS", "0") or 0),
+            max_generate_cost=_positive(env, "GENOPS_MAX_GENERATE_COST", 4096),
+            generate_queue=_positive(env, "GENOPS_GENERATE_QUEUE", 8),
+            score_queue=_positive(env, "GENOPS_SCORE_QUEUE", 32),
+            max_queue_s=float(env.get("GENOPS_MAX_QUEUE_S", "20") or 20),
+            generate_nice=int(env.get("GENOPS_GENERATE_NICE", "10") or 0),
         )
+
+
+def _positive(env: Any, name: str, default: int) -> int:
+    value = int(env.get(name, str(default)) or default)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
 
 
 @cache

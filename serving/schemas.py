@@ -14,6 +14,7 @@ MAX_SCORE = 256  # images per /score
 MAX_RECONSTRUCT = 64  # images per /reconstruct
 MAX_STEPS = 100  # diffusion sampling steps
 MAX_SEED = 2**31 - 1
+PIXELS_PER_IMAGE = 28 * 28
 
 N = Annotated[int, Ge(1), Le(MAX_GENERATE)]
 Seed = Annotated[int, Ge(0), Le(MAX_SEED)]
@@ -28,6 +29,17 @@ Pixel = Annotated[float, Ge(0), Le(255)]  # NaN and Inf fail these bounds too
 FlatImage = Annotated[list[Pixel], Len(784, 784)]
 GridImage = Annotated[list[Annotated[list[Pixel], Len(28, 28)]], Len(28, 28)]
 ImageArray = FlatImage | GridImage
+# the compact input: base64 of N x 784 raw uint8 pixels (row-major, 0 = background, 255 = ink)
+Pixels = Annotated[
+    str,
+    Field(
+        max_length=4 * ((MAX_SCORE * PIXELS_PER_IMAGE + 2) // 3),
+        description=(
+            "base64 of raw uint8 pixels, 784 bytes (28x28, row-major, 0 = background, "
+            "255 = ink) per image, images back to back: the compact alternative to `images`"
+        ),
+    ),
+]
 
 
 class ModelRef(BaseModel):
@@ -80,6 +92,10 @@ class Reconstruction(BaseModel):
 class ReconstructResponse(BaseModel):
     model: ModelRef
     results: list[Reconstruction]
+
+
+class ErrorResponse(BaseModel):
+    error: str
 
 
 class ReloadResponse(BaseModel):

@@ -9,7 +9,6 @@ handling in serving.imaging, batching in serving.batching.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
 import logging
@@ -17,19 +16,33 @@ import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from bentoml.validators import ContentType
 from pydantic import Field
+from starlette.responses import JSONResponse
 
+from models.spec import redact_text
 from serving import imaging
+from serving.admission import (
+    CLIENT_CLOSED,
+    GENERATION_LANE,
+    SCORING_LANE,
+    Admission,
+    Cancelled,
+    Lane,
+    Shed,
+    current_stop,
+)
 from serving.batching import ScoreBatcher
-from serving.bundle import ServedModel, model_executor
+from serving.bundle import SAMPLE_UNIT, SCORE_UNIT, ServedModel
 from serving.catalog import CHAMPION, Catalog, UnknownModel, empty_catalog, load_catalog
-from serving.http import BodySizeLimit, metadata_app, refuse_file_urls
+from serving.fastpath import ScoreImageRoute
+from serving.http import BodySizeLimit, refuse_file_urls
 from serving.runtime import Settings, score_metrics, setup_logging
 from serving.schemas import (
     MAX_RECONSTRUCT,
@@ -41,6 +54,7 @@ from serving.schemas import (
     ModelName,
     N,
     OutputFormat,
+    Pixels,
     PixelScale,
     Reconstruction,
     ReconstructResponse,
@@ -51,6 +65,7 @@ from serving.schemas import (
     model_ref,
 )
 from serving.sources import ModelSource, source_from_env
+from serving.web import web_app
 
 log = logging.getLogger("genops.serving")
 # Uploads default to an empty list: BentoML 1.4 cannot make `list[Path] | None` a multipart field.
@@ -66,20 +81,51 @@ def _bad_request(exc: Exception) -> InvalidArgument:
     return InvalidArgument(str(exc))
 
 
+def _refusal(
+    ctx: bentoml.Context, status: int, reason: str, retry_after_s: int | None = None
+) -> JSONResponse:
+    """A JSON error response with our reason (BentoML would blank 403/5xx bodies)."""
+    ctx.response.status_code = status
+    if retry_after_s is not None:
+        ctx.response.headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": reason}, status_code=status)
+
+
 @bentoml.service(
     name="genops",
     traffic={"timeout": 60, "max_concurrency": 128},
     resources={"cpu": "2"},
     workers=1,
+    # Spans are not exported unless tracing is configured, yet creating them is the largest
+    # per-request cost of the one-image path (about half its CPU time): leave that path out.
+    tracing={"excluded_urls": ["/score/image"]},
 )
 class GenOps:
     """Serves the generation and anomaly champions plus the latest model of each family."""
 
     def __init__(self) -> None:
         setup_logging()
-        self.settings = Settings.from_env()
-        self.executor = model_executor(self.settings.torch_threads)
-        self.batcher = ScoreBatcher(self.executor, MAX_SCORE, enabled=self.settings.batching)
+        self.settings = settings = Settings.from_env()
+        if not settings.admin_token:
+            log.warning("GENOPS_ADMIN_TOKEN is not set: /admin/reload refuses every request")
+        self.lanes = {
+            GENERATION_LANE: Lane(
+                GENERATION_LANE,
+                settings.generate_queue,
+                settings.max_queue_s,
+                torch_threads=settings.torch_threads,
+                nice=settings.generate_nice,
+            ),
+            SCORING_LANE: Lane(
+                SCORING_LANE,
+                settings.score_queue,
+                settings.max_queue_s,
+                torch_threads=settings.torch_threads,
+            ),
+        }
+        self.batcher = ScoreBatcher(
+            self.lanes[SCORING_LANE].executor, MAX_SCORE, enabled=settings.batching
+        )
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self.source: ModelSource | None = None
@@ -106,10 +152,8 @@ class GenOps:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _on_model_thread(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        for lane in self.lanes.values():
+            lane.shutdown()
 
     def reload(self, force: bool = False, trigger: str = "admin") -> ReloadResponse:
         """Re-read the source; build a new catalog, then swap the reference (atomically).
@@ -151,7 +195,7 @@ class GenOps:
         try:
             fingerprint = self.source.fingerprint()
         except Exception as exc:
-            return kept(f"cannot read model source {self.source.spec}: {exc}")
+            return kept(redact_text(f"cannot read model source {self.source.spec}: {exc}"))
         now = time.time()
         if not force:
             retry = bool(current.errors) and now - current.loaded_at >= ERROR_RETRY_S
@@ -163,7 +207,8 @@ class GenOps:
         new = load_catalog(self.source)  # beside the serving one, which keeps answering
         if current.ready and not new.ready:
             self._refused = {new.fingerprint: new.loaded_at}
-            return kept(f"new models not servable, kept the current ones: {dict(new.errors)}")
+            reason = f"new models not servable, kept the current ones: {dict(new.errors)}"
+            return kept(redact_text(reason))
         self._refused = {}
         unchanged = new.fingerprint == current.fingerprint and new.versions() == current.versions()
         if not force and unchanged and set(new.errors) == set(current.errors):
@@ -200,9 +245,15 @@ class GenOps:
             k.lower(): getattr(schemas, k)
             for k in ("MAX_GENERATE", "MAX_SCORE", "MAX_RECONSTRUCT", "MAX_STEPS", "MAX_SEED")
         }
+        limits |= {
+            "max_body_bytes": self.settings.max_body_bytes,
+            "max_generate_cost": self.settings.max_generate_cost,
+        }
         return {
             **self.catalog.describe(),
-            "limits": limits | {"max_body_bytes": self.settings.max_body_bytes},
+            "limits": limits,
+            "lanes": {name: lane.describe() for name, lane in self.lanes.items()},
+            "admin_reload": "enabled" if self.settings.admin_token else "disabled (no token)",
             "batching": self.settings.batching,
             "reload_interval_s": self.settings.reload_interval_s,
             "last_reload": self.last_reload_info,
@@ -222,17 +273,28 @@ class GenOps:
             raise _bad_request(exc) from None
 
     async def _read_images(
-        self, images: list | None, files: list[Path], scale: str, limit: int
+        self,
+        images: list | None,
+        files: list[Path],
+        scale: str,
+        limit: int,
+        pixels: str | None = None,
     ) -> np.ndarray:
         """The request's images as (N, 1, 28, 28) float32 in [0, 1], or a 400."""
-        if images and files:
-            raise InvalidArgument("send either JSON `images` or uploaded `files`, not both")
-        count = len(images or files)
-        if count == 0:
-            raise InvalidArgument("no images given: send `images` (JSON arrays) or `files`")
-        if count > limit:
-            raise InvalidArgument(f"too many images: {count} > {limit} per request")
+        inputs = {"images": images, "files": files, "pixels": pixels}
+        given = [name for name, value in inputs.items() if value]
+        if len(given) > 1:
+            raise InvalidArgument(f"send one of `images`, `files` or `pixels`, not {given}")
         try:
+            if pixels:
+                return imaging.parse_pixels(pixels, limit)[:, None, :, :]
+            count = len(images or files)
+            if count == 0:
+                raise InvalidArgument(
+                    "no images given: send `images` (JSON arrays), `pixels` (base64) or `files`"
+                )
+            if count > limit:
+                raise InvalidArgument(f"too many images: {count} > {limit} per request")
             if files:
                 decoded = await anyio.to_thread.run_sync(_decode_files, files)
             else:
@@ -240,6 +302,61 @@ class GenOps:
         except imaging.BadImage as exc:
             raise _bad_request(exc) from None
         return decoded[:, None, :, :]
+
+    async def _scores(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
+        """Scores of a validated batch, queued on the scoring lane (may raise Shed)."""
+        estimate = served.estimate_s(SCORE_UNIT, len(batch))
+        return await self.lanes[SCORING_LANE].hold(estimate, self.batcher.score(served, batch))
+
+    def score_payload(self, served: ServedModel, scores: np.ndarray) -> dict[str, Any]:
+        """The /score answer as plain JSON-ready data; records the score metrics."""
+        meta, calibration = served.meta, served.calibration
+        histogram, anomalies = score_metrics()
+        family_version = (meta.family, meta.version)
+        results = []
+        for value in scores.tolist():
+            flagged = calibration.is_anomaly(value)
+            histogram.labels(*family_version).observe(value)
+            if flagged:
+                anomalies.labels(*family_version).inc()
+            results.append(
+                {
+                    "score": value,
+                    "threshold": calibration.threshold,
+                    "is_anomaly": flagged,
+                    "percentile": calibration.percentile(value),
+                    "model": meta.name,
+                    "family": meta.family,
+                    "version": meta.version,
+                }
+            )
+        return {
+            "model": {"name": meta.name, "version": meta.version, "family": meta.family},
+            "threshold": calibration.threshold,
+            "target_fpr": calibration.target_fpr,
+            "results": results,
+        }
+
+    async def score_body(
+        self, body: bytes, content_type: str, model: str | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """POST /score/image: (status, JSON payload, headers) for a raw body (the fast path)."""
+        try:
+            served = self._resolve("anomaly", model)
+        except ServiceUnavailable as exc:
+            return 503, {"error": str(exc)}, {}
+        except InvalidArgument as exc:
+            return 400, [{"error": str(exc)}], {}
+        try:
+            batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
+        except imaging.BadImage as exc:
+            return 400, [{"error": str(exc)}], {}
+        try:
+            scores = await self._scores(served, batch)
+        except Shed as exc:
+            return 503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)}
+        headers = {MODEL_HEADER: served.meta.name, VERSION_HEADER: served.meta.version}
+        return 200, self.score_payload(served, scores), headers
 
     # ---- API --------------------------------------------------------------------------
     @bentoml.api(route="/generate")
@@ -264,8 +381,28 @@ class GenOps:
             raise InvalidArgument(f"{served.meta.family} model is unconditional: omit `label`")
         if steps is not None and not served.supports_steps:
             raise InvalidArgument(f"{served.meta.family} model has no sampling steps: omit `steps`")
+        cost, budget = served.generate_cost(n, steps), self.settings.max_generate_cost
+        if cost > budget:
+            raise InvalidArgument(
+                f"request cost n x steps = {n} x {served.effective_steps(steps)} = {cost} "
+                f"exceeds the per-request budget of {budget} (GENOPS_MAX_GENERATE_COST): "
+                "lower `n` or `steps`"
+            )
+        lane = self.lanes[GENERATION_LANE]
         try:
-            images = await self._on_model_thread(served.sample, n, seed, label, steps)
+            images = await lane.run(
+                served.estimate_s(SAMPLE_UNIT, cost),
+                served.sample,
+                n,
+                seed,
+                label,
+                steps,
+                current_stop(),
+            )
+        except Shed as exc:
+            return _refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
+        except Cancelled as exc:
+            return _refusal(ctx, CLIENT_CLOSED, str(exc))  # type: ignore[return-value]
         except ValueError as exc:
             raise _bad_request(exc) from None
         images = images[:, 0]
@@ -294,42 +431,46 @@ class GenOps:
         files: list[Path] = NO_FILES,
         model: ModelName | None = None,
         scale: PixelScale = "auto",
+        pixels: Pixels | None = None,
     ) -> ScoreResponse:
         """Anomaly score, calibrated threshold, verdict and percentile for each image.
 
-        `images`: JSON arrays (784 values or 28x28; [0, 1] or [0, 255], see `scale`) - never
-        resized. `files`: uploaded PNG/JPEG (multipart), converted to grayscale and resized
-        to 28x28. At most 256 images per request.
+        Send one of: `images`, JSON arrays (784 values or 28x28; [0, 1] or [0, 255], see
+        `scale`), never resized; `pixels`, base64 of raw uint8 pixels (784 bytes per image),
+        the compact form; `files`, uploaded PNG/JPEG (multipart), converted to grayscale and
+        resized to 28x28. At most 256 images per request. For one image, `POST /score/image`
+        with the PNG or the 784 raw bytes as the body is the fastest path.
         """
         served = self._resolve("anomaly", model)
         _name_the_model(ctx, served)
-        batch = await self._read_images(images, files, scale, MAX_SCORE)
-        scores = await self.batcher.score(served, batch)
-        meta, calibration = served.meta, served.calibration
-        histogram, anomalies = score_metrics()
-        results = []
-        for value in scores.tolist():
-            flagged = calibration.is_anomaly(value)
-            histogram.labels(meta.family, meta.version).observe(value)
-            if flagged:
-                anomalies.labels(meta.family, meta.version).inc()
-            results.append(
-                ImageScore(
-                    score=value,
-                    threshold=calibration.threshold,
-                    is_anomaly=flagged,
-                    percentile=calibration.percentile(value),
-                    model=meta.name,
-                    family=meta.family,
-                    version=meta.version,
-                )
-            )
-        return ScoreResponse(
-            model=model_ref(meta),
-            threshold=calibration.threshold,
-            target_fpr=calibration.target_fpr,
-            results=results,
+        batch = await self._read_images(images, files, scale, MAX_SCORE, pixels)
+        try:
+            scores = await self._scores(served, batch)
+        except Shed as exc:
+            return _refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
+        payload = self.score_payload(served, scores)
+        return ScoreResponse.model_construct(
+            model=model_ref(served.meta),
+            threshold=payload["threshold"],
+            target_fpr=payload["target_fpr"],
+            results=[ImageScore.model_construct(**r) for r in payload["results"]],
         )
+
+    @bentoml.api(route="/score/image")
+    async def score_image(
+        self, image: Annotated[Path, ContentType("image/png")], /
+    ) -> ScoreResponse:
+        """The one-image fast path: the request body *is* the image, no JSON around it.
+
+        `Content-Type: image/png` or `image/jpeg` (one image, grayscale-converted and resized
+        to 28x28) or `application/octet-stream` (raw uint8 pixels, 784 bytes per image,
+        row-major, 0 = background; up to 256 images back to back). `?model=<family>` picks a
+        model (default: the anomaly champion). Same answer as `/score`.
+        """
+        status, payload, _ = await self.score_body(Path(image).read_bytes(), "image/png", None)
+        if status != 200:
+            raise InvalidArgument(str(payload))
+        return ScoreResponse.model_validate(payload)
 
     @bentoml.api(route="/reconstruct")
     async def reconstruct(
@@ -339,15 +480,24 @@ class GenOps:
         files: list[Path] = NO_FILES,
         model: ModelName | None = None,
         scale: PixelScale = "auto",
+        pixels: Pixels | None = None,
     ) -> ReconstructResponse:
-        """Reconstruction and per-pixel squared-error map (models with a reconstruction only)."""
+        """Reconstruction and per-pixel squared-error map (models with a reconstruction only).
+
+        Inputs as for `/score` (`images`, `pixels` or `files`), at most 64 images.
+        """
         served = self._resolve("anomaly", model)
         _name_the_model(ctx, served)
         if not served.has_reconstruction:
             raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
-        batch = await self._read_images(images, files, scale, MAX_RECONSTRUCT)
-        recon = await self._on_model_thread(served.reconstruct, batch)
-        scores = await self.batcher.score(served, batch)
+        batch = await self._read_images(images, files, scale, MAX_RECONSTRUCT, pixels)
+        lane = self.lanes[SCORING_LANE]
+        try:
+            estimate = served.estimate_s(SCORE_UNIT, 2 * len(batch))
+            recon = await lane.run(estimate, served.reconstruct, batch)
+            scores = await self._scores(served, batch)
+        except Shed as exc:
+            return _refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
         errors = np.square(recon - batch)
         return ReconstructResponse(
             model=model_ref(served.meta),
@@ -364,17 +514,36 @@ class GenOps:
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context, force: bool = False) -> ReloadResponse:
-        """Re-read the model source and swap models if it changed (`force`: reload anyway)."""
-        expected = self.settings.admin_token
-        given = ctx.request.headers.get("x-admin-token", "")
-        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
-            raise BentoMLException(
-                "missing or wrong X-Admin-Token", error_code=HTTPStatus.FORBIDDEN
-            )
+        """Re-read the model source and swap models if it changed (`force`: reload anyway).
+
+        Needs the `X-Admin-Token` header (or `Authorization: Bearer <token>`) equal to
+        GENOPS_ADMIN_TOKEN; with no token configured the endpoint is disabled (403).
+        """
+        refused = _admin_refusal(self.settings.admin_token, ctx.request.headers)
+        if refused:
+            return _refusal(ctx, HTTPStatus.FORBIDDEN, refused)  # type: ignore[return-value]
         result = await anyio.to_thread.run_sync(self.reload, force)
         if result.refused:
-            raise BentoMLException(result.reason, error_code=HTTPStatus.CONFLICT)
+            return _refusal(ctx, HTTPStatus.CONFLICT, result.reason)  # type: ignore[return-value]
         return result
+
+
+def _admin_refusal(expected: str, headers: Any) -> str | None:
+    """Why an admin request is refused, or None when it carries the configured token."""
+    if not expected:
+        return (
+            "admin API disabled: no GENOPS_ADMIN_TOKEN is configured on the server "
+            "(see docs/serving.md, 'Admin token')"
+        )
+    given = headers.get("x-admin-token", "")
+    bearer = headers.get("authorization", "")
+    if not given and bearer.lower().startswith("bearer "):
+        given = bearer[7:].strip()
+    if not given:
+        return "missing admin token: send X-Admin-Token (or Authorization: Bearer <token>)"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return "wrong admin token"
+    return None
 
 
 def _name_the_model(ctx: bentoml.Context, served: ServedModel) -> None:
@@ -389,6 +558,22 @@ def _decode_files(files: list[Path]) -> np.ndarray:
     )
 
 
+def _current() -> Any:
+    """The running service instance in this worker, or None before it is created."""
+    try:
+        return bentoml.get_current_service()
+    except Exception:
+        return None
+
+
+def _lanes() -> dict[str, Lane] | None:
+    service = _current()
+    return getattr(service, "lanes", None)
+
+
 refuse_file_urls()
+# outermost first: refuse oversized bodies, then admit per lane, then the one-image fast path
 GenOps.add_asgi_middleware(BodySizeLimit, max_bytes=Settings.from_env().max_body_bytes)
-GenOps.mount_asgi_app(metadata_app(lambda: bentoml.get_current_service().describe()), path="/")
+GenOps.add_asgi_middleware(Admission, lanes=_lanes)
+GenOps.add_asgi_middleware(ScoreImageRoute, service=_current)
+GenOps.mount_asgi_app(web_app(_current), path="/")

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from models.bundle import (
     BundleMeta,
@@ -46,10 +45,15 @@ from models.spec import (
     FAMILIES_ROLE_PREFIX,
     GENERATION,
     META_FILE,
+    MODEL_CARD_DIR,
+    MODEL_CARD_FILES,
+    MODEL_CARD_TAG,
     MODEL_FILES,
     TASKS,
     family_model_name,
     family_role,
+    redact_text,
+    redact_uri,
     tracking_uri,
 )
 
@@ -59,7 +63,7 @@ ENV_SOURCE = "GENOPS_MODEL_SOURCE"
 ENV_CACHE = "GENOPS_MODEL_CACHE"
 BENTO_MODEL = "genops-models"
 TASK_MODELS = {name: task.registered_model for name, task in TASKS.items()}
-__all__ = ["ANOMALY", "GENERATION", "family_role"]
+__all__ = ["ANOMALY", "GENERATION", "family_role", "redact_uri"]
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,9 @@ class MlflowSource(ModelSource):
 
     def __init__(self, tracking_uri: str | None = None, cache_dir: Path | None = None) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.cache_dir = Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir())
+        self.cache_dir = private_cache_root(
+            Path(cache_dir or os.environ.get(ENV_CACHE) or default_cache_dir())
+        )
         shown = redact_uri(self.tracking_uri)
         self.spec = f"mlflow:{shown}"
         self.namespace = hashlib.sha256(shown.encode()).hexdigest()[:16]
@@ -191,15 +197,18 @@ class MlflowSource(ModelSource):
                 expected[role] = meta_from_version(mv, role)
                 bundles[role] = self._cached(mv, role, expected[role])
             except Exception as exc:
-                log.error("cannot fetch %s v%s for %s: %s", mv.name, mv.version, role, exc)
-                errors[role] = f"{type(exc).__name__}: {exc}"
+                reason = redact_text(f"{type(exc).__name__}: {exc}")
+                log.error("cannot fetch %s v%s for %s: %s", mv.name, mv.version, role, reason)
+                errors[role] = reason
         return Snapshot(versions_fingerprint(versions), bundles, expected, errors)
 
     def _cached(self, mv: Any, role: str, meta: BundleMeta) -> Path:
         dst = self.bundle_dir(mv.name, str(mv.version))
         if dst.exists():
-            problem = cache_problem(dst, meta)
+            problem = tree_problem(self.cache_dir, dst) or cache_problem(dst, meta)
             if problem is None:
+                if not (dst / MODEL_CARD_DIR).is_dir():  # the card may be logged after caching
+                    fetch_card(mv, dst, self.tracking_uri)
                 return dst
             log.warning("not trusting cached %s (%s): downloading it again", dst, problem)
         _private_dir(self.cache_dir)
@@ -212,13 +221,57 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"genops-models-{user}"
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without user:password and query string (what may be shown or logged)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc and not parts.query:
-        return uri  # leave e.g. sqlite:////abs/path exactly as it was
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", parts.fragment))
+def _not_ours(path: Path) -> str | None:
+    """Why `path` (a folder of the cache) could be changed by someone else, or None."""
+    if not hasattr(os, "getuid"):
+        return None
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a real folder"
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to uid {st.st_uid}, not to us"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by others"
+    return None
+
+
+def private_cache_root(root: Path) -> Path:
+    """`root` if it is ours and private (or can be made so), else a fresh private folder.
+
+    A cache root that someone else created first (e.g. in the shared temp folder) could be used
+    to swap files between our check and our load, so it is never used; neither are its contents.
+    """
+    root = Path(root)
+    try:
+        if not root.exists():
+            _private_dir(root)
+        problem = _not_ours(root)
+    except OSError as exc:
+        problem = str(exc)
+    if problem is None:
+        return root
+    fresh = Path(tempfile.mkdtemp(prefix="genops-models-"))
+    log.warning("model cache %s is not private (%s): using %s instead", root, problem, fresh)
+    return fresh
+
+
+def tree_problem(root: Path, directory: Path) -> str | None:
+    """Why a folder between the cache root and `directory` could be changed by someone else."""
+    root, directory = Path(root), Path(directory)
+    try:
+        parts = directory.relative_to(root).parts
+    except ValueError:
+        return f"{directory} is outside the cache {root}"
+    path = root
+    for part in ("", *parts[:-1]):
+        path = path / part if part else path
+        try:
+            problem = _not_ours(path)
+        except OSError as exc:
+            problem = str(exc)
+        if problem:
+            return problem
+    return None
 
 
 def versions_fingerprint(versions: Mapping[str, Any]) -> str:
@@ -293,7 +346,43 @@ def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
 def meta_from_version(mv: Any, role: str) -> BundleMeta:
     """BundleMeta from a registered version's tags (family, weights_sha256, metric.<name>...)."""
     tasks = (role,) if role in TASK_MODELS else ()
-    return meta_from_tags(mv.name, str(mv.version), dict(mv.tags or {}), tasks, str(mv.source))
+    source = redact_uri(str(mv.source))  # stored in meta.json and shown by /metadata
+    return meta_from_tags(mv.name, str(mv.version), dict(mv.tags or {}), tasks, source)
+
+
+def fetch_card(mv: Any, bundle: Path, tracking_uri: str | None = None) -> bool:
+    """Download the version's model card (tag `model_card`) into `bundle/card`; best effort.
+
+    The card is for people (shown sandboxed by the page), not for serving: a version without
+    one, or a failed download, is logged and served all the same.
+    """
+    import mlflow
+
+    path = (mv.tags or {}).get(MODEL_CARD_TAG)
+    if not path or not getattr(mv, "run_id", None):
+        return False
+    staging = Path(tempfile.mkdtemp(dir=bundle.parent, prefix=f".{bundle.name}.card."))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id,
+                artifact_path=path,
+                dst_path=str(staging),
+                tracking_uri=tracking_uri or default_tracking_uri(),
+            )
+        )
+        if not all((local / name).is_file() for name in MODEL_CARD_FILES):
+            raise FileNotFoundError(f"card artifact lacks {MODEL_CARD_FILES}")
+        card = bundle / MODEL_CARD_DIR
+        if card.exists():
+            shutil.rmtree(card)
+        shutil.copytree(local, card)
+        return True
+    except Exception as exc:
+        log.warning("no model card for %s v%s: %s", mv.name, mv.version, redact_text(str(exc)))
+        return False
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def materialize_version(
@@ -326,6 +415,7 @@ def materialize_version(
             os.chmod(bundle / name, 0o644)
         if verify:
             verify_weights(bundle, meta.weights_sha256)
+        fetch_card(mv, bundle, tracking_uri)
         write_meta(bundle, meta)  # last: a folder with meta.json is complete
         os.chmod(bundle, 0o755)
         if dst.exists() or dst.is_symlink():

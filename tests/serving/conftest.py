@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 AE_CONFIG = {"arch": "mlp", "hidden_dims": [64], "latent_dim": 8}
 TRAIN, CALIB = slice(0, 2000), slice(4000, 4500)
 READY_TIMEOUT_S = 180
+ADMIN_TOKEN = "test-admin-token-0123456789"  # the session server's GENOPS_ADMIN_TOKEN
+ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
 
 
 def train_tiny_autoencoder(
@@ -182,7 +184,11 @@ def served_dir(tmp_path_factory, source_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, served_dir):
-    srv = Server(f"dir:{served_dir}", tmp_path_factory.mktemp("server"))
+    srv = Server(
+        f"dir:{served_dir}",
+        tmp_path_factory.mktemp("server"),
+        extra_env={"GENOPS_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     try:
         srv.wait_ready()
         yield srv

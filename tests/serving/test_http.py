@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.calibration import Calibration
 from serving.bundle import load_bundle
-from tests.serving.conftest import digits_as_lists
+from tests.serving.conftest import ADMIN, digits_as_lists
 
 HELD_OUT = slice(4500, 4516)  # 16 digits never used for training or calibration
 
@@ -240,7 +240,7 @@ def test_reload_swaps_models_and_refuses_a_broken_source(server, served_dir, dig
     meta_path.write_text(json.dumps(json.loads(original) | {"version": "8"}))
     with ThreadPoolExecutor(4) as pool:  # requests in flight during the swap keep succeeding
         inflight = [pool.submit(server.client.post, "/score", json=images) for _ in range(8)]
-        reload = server.client.post("/admin/reload", json={})
+        reload = server.client.post("/admin/reload", json={}, headers=ADMIN)
         assert all(f.result().status_code == 200 for f in inflight)
     assert reload.status_code == 200 and reload.json()["swapped"], reload.text
     family = server.client.get("/metadata").json()["models"]["families/autoencoder"]
@@ -250,14 +250,15 @@ def test_reload_swaps_models_and_refuses_a_broken_source(server, served_dir, dig
     good = anomaly_meta.read_text()
     anomaly_meta.write_text(json.dumps(json.loads(good) | {"weights_sha256": "0" * 64}))
     try:
-        refused = server.client.post("/admin/reload", json={"force": True})
+        refused = server.client.post("/admin/reload", json={"force": True}, headers=ADMIN)
         assert refused.status_code == 409 and "checksum mismatch" in refused.text
         assert server.client.get("/readyz").status_code == 200
         assert server.client.post("/score", json=images).json() == before  # old models serve on
     finally:
         anomaly_meta.write_text(good)
         meta_path.write_text(original)
-    assert server.client.post("/admin/reload", json={"force": True}).json()["ready"]
+    reloaded = server.client.post("/admin/reload", json={"force": True}, headers=ADMIN)
+    assert reloaded.json()["ready"]
     assert "REFUSING to serve anomaly" in server.log()
 
 
