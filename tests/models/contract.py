@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -59,11 +59,17 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
-def make(family: str, seed: int = 0, **overrides: Any) -> GenerativeModel:
-    """A fresh tiny model of `family`, initialised from `seed` (global RNG forked, not reset)."""
+def make(
+    family: str, seed: int = 0, *, base: Mapping[str, Any] | None = None, **overrides: Any
+) -> GenerativeModel:
+    """A fresh model of `family`, initialised from `seed` (global RNG forked, not reset).
+
+    Its config is `TINY[family]` with `overrides`; `base={}` starts from the family's defaults.
+    """
+    config = dict(TINY[family] if base is None else base) | overrides
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return build_model(family, TINY[family] | overrides)
+        return build_model(family, config)
 
 
 def run_steps(
@@ -74,14 +80,16 @@ def run_steps(
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     generator: torch.Generator | None = None,
     batch: int | None = None,
+    seed: int = 1,
 ) -> tuple[list[dict[str, float]], dict[str, torch.optim.Optimizer], torch.Generator]:
     """The trainer's loop in miniature: (logs, optimizers, generator) after `steps`.
 
+    Without `optimizers` / `generator`, fresh ones are made (the generator seeded with `seed`).
     With `batch`, each step draws a minibatch of that size from `generator`; otherwise every
-    step sees all of `images`.
+    step sees all of `images`. `logs` holds each step's logged dict.
     """
     optimizers = optimizers or model.configure_optimizers()
-    generator = generator or torch.Generator().manual_seed(1)
+    generator = generator or torch.Generator().manual_seed(seed)
     logs = []
     for step in steps:
         x, y = images, labels

@@ -11,46 +11,26 @@ import torch
 
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.model import Autoencoder, AutoencoderConfig
-from models.io import build_model
+from tests.models.contract import make, run_steps
 
-TINY_CONV = {"channels": (8, 16), "latent_dim": 8, "lr": 3e-3, "prior_momentum": 0.1}
+# the contract suite's tiny autoencoder corrupts its inputs; these tests train on clean ones
+CLEAN = {"denoise_std": 0.0, "mask_prob": 0.0}
 TINY_MLP = {"arch": "mlp", "hidden_dims": (64, 32), "latent_dim": 8}
-TINY = {"conv": TINY_CONV, "mlp": TINY_MLP}
-
-
-def make(config: dict, seed: int = 0) -> Autoencoder:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_model("autoencoder", config)
-    assert isinstance(model, Autoencoder)
-    return model
-
-
-def train(model: Autoencoder, images, labels, steps: int, seed: int = 0, batch: int = 64):
-    """A minimal copy of the trainer's loop; returns the logged losses."""
-    opts = model.configure_optimizers()
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for step in range(steps):
-        idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
-        model.train()
-        losses.append(model.training_step(images[idx], labels[idx], opts, step, gen)["loss"])
-        model.on_train_step_end(step)
-    model.eval()
-    return losses
 
 
 @pytest.fixture(scope="module")
 def trained(real_digits) -> Autoencoder:
     """150 steps on 1,000 real digits (all classes)."""
     images, labels = real_digits
-    model = make(TINY_CONV)
-    train(model, images[::5], labels[::5], steps=150)
+    model = make("autoencoder", **CLEAN)
+    assert isinstance(model, Autoencoder)
+    run_steps(model, images[::5], labels[::5], range(150), batch=64, seed=0)
     return model
 
 
 def test_textbook_mlp_shape(small_batch):
-    model = make({"arch": "mlp", "hidden_dims": (256, 128), "latent_dim": 32}).eval()
+    model = make("autoencoder", base={}, arch="mlp", hidden_dims=(256, 128), latent_dim=32).eval()
+    assert isinstance(model, Autoencoder)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
         (784, 256), (256, 128), (128, 32), (32, 128), (128, 256), (256, 784),
@@ -71,8 +51,9 @@ def test_textbook_mlp_shape(small_batch):
 )
 def test_loss_falls_on_a_tiny_batch(extra, small_batch):
     images, labels = small_batch
-    model = make(TINY_CONV | extra)
-    losses = train(model, images, labels, steps=40, batch=32)
+    model = make("autoencoder", **(CLEAN | extra))
+    logs, _, _ = run_steps(model, images, labels, range(40), batch=32, seed=0)
+    losses = [entry["loss"] for entry in logs]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
@@ -104,12 +85,12 @@ def test_noise_scores_higher_than_real_digits(trained, real_digits):
 
 def test_one_latent_gaussian_per_class_only_when_conditional(small_batch):
     images, labels = small_batch
-    uncond = make(TINY_CONV | {"conditional": False})
-    train(uncond, images, labels, steps=2, batch=16)
+    uncond = make("autoencoder", **CLEAN, conditional=False)
+    run_steps(uncond, images, labels, range(2), batch=16, seed=0)
     assert not uncond.conditional and uncond.latent_prior.num_components == 1
     assert int(uncond.latent_prior.num_updates[0]) == 2
-    cond = make(TINY_CONV)
-    train(cond, images, labels, steps=2, batch=16)
+    cond = make("autoencoder", **CLEAN)
+    run_steps(cond, images, labels, range(2), batch=16, seed=0)
     assert cond.conditional and cond.latent_prior.num_components == 10
     assert (cond.latent_prior.num_updates > 0).sum() > 1  # classes with >= 2 images in a batch
 

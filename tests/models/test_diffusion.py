@@ -15,48 +15,16 @@ from models.diffusion import Diffusion, DiffusionConfig
 from models.diffusion.process import GaussianDiffusion
 from models.diffusion.schedule import alphas_cumprod, ddim_timesteps
 from models.io import build_model
-
-TINY = dict(
-    base_channels=8,
-    channel_mults=(1, 2),
-    attention=False,
-    timesteps=100,
-    sample_steps=4,
-    score_timesteps=(10, 30),
-    score_draws=2,
-    score_steps=2,
-    lr=1e-2,
-    warmup_steps=5,
-    ema_decay=0.5,
-    bf16_autocast=False,
-)
-
-
-def tiny(**overrides) -> Diffusion:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return build_model("diffusion", {**TINY, **overrides})
-
-
-def train(model: Diffusion, images, labels, steps: int, batch: int = 32, seed: int = 0) -> list:
-    opts = model.configure_optimizers()
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for step in range(steps):
-        idx = torch.randint(0, len(images), (batch,), generator=gen)
-        model.train()
-        losses.append(model.training_step(images[idx], labels[idx], opts, step, gen)["loss"])
-        model.on_train_step_end(step)
-    model.eval()
-    return losses
+from tests.models.contract import TINY, make, run_steps
 
 
 @pytest.fixture(scope="module")
 def trained(real_digits) -> Diffusion:
     """A tiny conditional model after 30 steps on 500 real digits."""
     images, labels = real_digits
-    model = tiny()
-    train(model, images[::10], labels[::10], steps=30)
+    model = make("diffusion")
+    assert isinstance(model, Diffusion)
+    run_steps(model, images[::10], labels[::10], range(30), batch=32, seed=0)
     return model
 
 
@@ -91,7 +59,7 @@ def test_default_config_builds_the_registered_family() -> None:
 )
 def test_invalid_config_raises_naming_the_field(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
-        DiffusionConfig(**{**TINY, field: value})
+        DiffusionConfig(**(TINY["diffusion"] | {field: value}))
 
 
 def test_attention_needs_the_7x7_level_and_lists_become_tuples() -> None:
@@ -156,10 +124,11 @@ def test_invalid_guidance_scale_raises(trained, scale: float) -> None:
 
 def test_conditional_model_honours_the_label() -> None:
     """Class 0 = black images, class 1 = white: the class decides the brightness."""
-    model = tiny()
+    model = make("diffusion")
+    assert isinstance(model, Diffusion)
     labels = torch.arange(32) % 2
     images = labels.float().reshape(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
-    train(model, images, labels, steps=30)
+    run_steps(model, images, labels, range(30), batch=32, seed=0)
     asked = torch.arange(16) % 2
 
     def gap(scale: float) -> float:

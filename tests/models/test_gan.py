@@ -18,40 +18,19 @@ from models.gan.monitors import (
     mode_collapse_warning,
 )
 from models.io import build_model
+from tests.models.contract import make, run_steps
 
-TINY = {
-    "latent_dim": 8,
-    "label_embed_dim": 4,
-    "g_width": 8,
-    "d_width": 8,
-    "e_width": 8,
-    "monitor_every": 2,
-    "monitor_batch": 8,
-    "encoder_start_step": 4,
-    "ema_decay": 0.9,
-}
+# the contract suite's tiny GAN, with the family's default learning rate and E from step 4
+GAN_TINY = {"lr": GANConfig().lr, "encoder_start_step": 4}
 LOG_KEYS = {"loss", "d_loss", "g_loss", "d_real", "d_fake", "diversity"}
 FLAG_KEYS = {"warn_d_collapse", "warn_mode_collapse"}
 GAN_STEPS, ENCODER_STEPS = 150, 60  # the short real-digit run shared by the last tests
 
 
-def make(**overrides) -> GAN:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return GAN(GANConfig(**(TINY | overrides)))
-
-
-def run_steps(model, images, labels, steps, opts=None, start=0, seed=0) -> list[dict[str, float]]:
-    """The generic trainer's loop, in miniature."""
-    opts = opts or model.configure_optimizers()
-    generator = torch.Generator().manual_seed(seed)
-    logs = []
-    for step in range(start, start + steps):
-        model.train()
-        logs.append(model.training_step(images, labels, opts, step, generator))
-        model.on_train_step_end(step)
-    model.eval()
-    return logs
+def tiny_gan(**overrides) -> GAN:
+    model = make("gan", **(GAN_TINY | overrides))
+    assert isinstance(model, GAN)
+    return model
 
 
 # ---- construction and config ------------------------------------------------------------
@@ -87,26 +66,26 @@ def test_invalid_config_raises_naming_field(field, value):
 
 
 def test_ema_generator_is_optional_state():
-    assert any(k.startswith("g_ema.") for k in make().state_dict())
-    plain = make(ema_decay=0.0)
+    assert any(k.startswith("g_ema.") for k in tiny_gan().state_dict())
+    plain = tiny_gan(ema_decay=0.0)
     assert not any(k.startswith("g_ema.") for k in plain.state_dict()) and plain.sampler is plain.g
 
 
 def test_wgan_gp_discriminator_has_no_batchnorm():
     assert not any(
-        isinstance(m, torch.nn.BatchNorm2d) for m in make(objective="wgan-gp").d.modules()
+        isinstance(m, torch.nn.BatchNorm2d) for m in tiny_gan(objective="wgan-gp").d.modules()
     )
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in make().d.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_gan().d.modules())
 
 
 def test_training_is_reproducible_from_the_generator(small_batch):
     images, labels = small_batch
     states = []
     for global_seed in (1, 2):  # global RNG must not matter
-        model = make(objective="wgan-gp")
+        model = tiny_gan(objective="wgan-gp")
         with torch.random.fork_rng():
             torch.manual_seed(global_seed)
-            run_steps(model, images[:16], labels[:16], 7, seed=5)  # both phases
+            run_steps(model, images[:16], labels[:16], range(7), seed=5)  # both phases
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
@@ -115,8 +94,8 @@ def test_training_is_reproducible_from_the_generator(small_batch):
 # ---- training dynamics and monitors -------------------------------------------------------
 def test_training_logs_failure_monitors(small_batch):
     images, labels = small_batch
-    model = make(encoder_start_step=100, lr=1e-3)
-    logs = run_steps(model, images, labels, 10)
+    model = tiny_gan(encoder_start_step=100, lr=1e-3)
+    logs, _, _ = run_steps(model, images, labels, range(10), seed=0)
     assert all(set(entry) >= LOG_KEYS | FLAG_KEYS for entry in logs)
     assert all(entry[k] in (0.0, 1.0) for entry in logs for k in FLAG_KEYS)
     assert all(0.0 < entry["d_real"] < 1.0 and 0.0 < entry["d_fake"] < 1.0 for entry in logs)
@@ -125,11 +104,10 @@ def test_training_logs_failure_monitors(small_batch):
 
 def test_encoder_phase_trains_only_the_encoder_and_its_loss_falls(small_batch):
     images, labels = small_batch
-    model = make(e_lr=1e-2)
-    opts = model.configure_optimizers()
-    run_steps(model, images, labels, 4, opts)  # the G/D phase
+    model = tiny_gan(e_lr=1e-2)
+    _, opts, _ = run_steps(model, images, labels, range(4), seed=0)  # the G/D phase
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("e.")}
-    logs = run_steps(model, images, labels, 15, opts, start=4)
+    logs, _, _ = run_steps(model, images, labels, range(4, 19), opts, seed=0)
     assert all("e_loss" in entry and "d_loss" not in entry for entry in logs)
     # E's objective (izif + label cross-entropy) falls; the real izif drop is tested below
     assert sum(entry["loss"] for entry in logs[-3:]) / 3 < 0.95 * logs[0]["loss"]
@@ -140,18 +118,19 @@ def test_encoder_phase_trains_only_the_encoder_and_its_loss_falls(small_batch):
 
 def test_wgan_gp_updates_generator_every_n_critic_steps(small_batch):
     images, labels = small_batch
-    logs = run_steps(make(objective="wgan-gp", n_critic=3), images[:16], labels[:16], 4)
+    model = tiny_gan(objective="wgan-gp", n_critic=3)
+    logs, _, _ = run_steps(model, images[:16], labels[:16], range(4), seed=0)
     assert ["g_loss" in entry for entry in logs] == [True, False, False, True]
     assert all(entry["gp"] >= 0.0 and "warn_d_collapse" in entry for entry in logs)
 
 
 def test_mode_collapse_is_flagged_for_a_constant_generator(small_batch):
     images, labels = small_batch
-    model = make(conditional=False, encoder_start_step=100)
+    model = tiny_gan(conditional=False, encoder_start_step=100)
     last = model.g.net[-2]  # the output convolution: zero it -> every sample is the same image
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
-    logs = run_steps(model, images, labels, 3)
+    logs, _, _ = run_steps(model, images, labels, range(3), seed=0)
     assert logs[2]["diversity"] < 0.05 and logs[2]["warn_mode_collapse"] == 1.0
 
 
@@ -174,18 +153,12 @@ def trained(real_digits) -> tuple[GAN, list[dict[str, float]]]:
     """A conditional DCGAN + encoder trained briefly on real digits, with its logs."""
     images, labels = real_digits
     config = {"latent_dim": 32, "g_width": 16, "d_width": 16, "e_width": 16, "lr": 5e-4}
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = GAN(GANConfig(**config, encoder_start_step=GAN_STEPS, ema_decay=0.99))
-    opts = model.configure_optimizers()
-    generator = torch.Generator().manual_seed(0)
-    logs = []
-    for step in range(GAN_STEPS + ENCODER_STEPS):
-        idx = torch.randint(0, images.shape[0], (64,), generator=generator)
-        model.train()
-        logs.append(model.training_step(images[idx], labels[idx], opts, step, generator))
-        model.on_train_step_end(step)
-    return model.eval(), logs
+    model = make("gan", base=config, encoder_start_step=GAN_STEPS, ema_decay=0.99)
+    assert isinstance(model, GAN)
+    logs, _, _ = run_steps(
+        model, images, labels, range(GAN_STEPS + ENCODER_STEPS), batch=64, seed=0
+    )
+    return model, logs
 
 
 def test_short_run_is_healthy_and_encoder_loss_falls(trained):
