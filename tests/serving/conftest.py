@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -69,14 +70,37 @@ def write_role(
     )
 
 
+def write_card(bundle: Path, model) -> None:
+    """A model card in the bundle, as the registry source materializes it (card/)."""
+    from models.spec import MODEL_CARD_DIR
+    from pipelines.model_card import card_inputs
+    from pipelines.model_card import write_card as write
+    from serving import imaging
+
+    evaluation = bundle.parent / f".eval-{bundle.name}"
+    (evaluation / "plots").mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        samples = model.sample(16, generator=torch.Generator().manual_seed(0))[:, 0].numpy()
+    (evaluation / "plots" / "samples.png").write_bytes(imaging.png_bytes(imaging.grid(samples)))
+    shutil.copy(bundle / "calibration.json", evaluation / "calibration.json")
+    meta = json.loads((bundle / "meta.json").read_text())
+    tags = {"family": meta["family"], "data_version": meta["data_version"]}
+    inputs = card_inputs(meta["name"], meta["version"], tags, evaluation, run_id="test-run")
+    write(bundle / MODEL_CARD_DIR, inputs)
+    shutil.rmtree(evaluation)
+
+
 def make_source_dir(root: Path, conditional, unconditional, calib: torch.Tensor) -> Path:
     """generation/ + anomaly/ (a conditional AE) and families/autoencoder/ (an unconditional one).
 
     The autoencoder stands in for every family here: the other families are trained elsewhere.
+    The two champions carry a model card (card/), as the registry source would copy it.
     """
     write_role(root, "generation", conditional, calib, "genops-generation", "3", ["generation"])
     write_role(root, "anomaly", conditional, calib, "genops-anomaly", "2", ["anomaly"])
     write_role(root, "families/autoencoder", unconditional, calib, "genops-autoencoder", "7", [])
+    write_card(root / "generation", conditional)
+    write_card(root / "anomaly", conditional)
     return root
 
 
