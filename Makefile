@@ -62,3 +62,18 @@ SERVICE_URL ?= http://127.0.0.1:3000
 .PHONY: drift
 drift: install ## one drift check of the service at SERVICE_URL (TRIGGER=1: retrain on drift)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.drift run --service-url $(SERVICE_URL) $(if $(TRIGGER),,--no-trigger)
+
+# the web page's browser tests (tests/serving/test_web.py) drive Debian's chromium via playwright
+.PHONY: browser bench-serving
+install: browser
+browser: ## install Debian's chromium for the browser tests where it is missing (apt-get)
+	@if [ -x /usr/bin/chromium ]; then echo "browser: /usr/bin/chromium is installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && apt-get install -y --no-install-recommends chromium; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium; \
+	else echo "browser: no chromium and no usable apt-get: the browser tests will be skipped"; fi
+
+bench-serving: install ## serving benchmarks: one-image throughput and overload (docs/serving.md)
+	$(BIN)/python benchmarks/bench_one_image.py
+	$(BIN)/python benchmarks/bench_overload.py
