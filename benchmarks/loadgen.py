@@ -162,11 +162,13 @@ async def open_loop(
     seconds: float,
     content_type: str = "application/json",
     timeout: float = 70.0,
+    sent: dict[str, float] | None = None,
 ) -> Run:
     """Start `rate` requests per second for `seconds`, each on a free (or new) connection.
 
     Latency counts from the request's scheduled start. Requests still unanswered after
-    `timeout` count as status 0.
+    `timeout` count as status 0. `sent["t"]` is set to perf_counter() once the last request
+    has been started (before the answers are in).
     """
     run = Run()
     idle: list[Connection] = []
@@ -195,6 +197,8 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled)))
         i += 1
+    if sent is not None:
+        sent["t"] = time.perf_counter()
     await asyncio.gather(*tasks)
     run.elapsed = seconds
     for conn in idle:

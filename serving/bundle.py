@@ -31,10 +31,11 @@ from models.io import load_model, sha256_file
 from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES
 from serving.admission import Cancelled, CostEstimate
 
-# /generate draws images this many at a time from the request's one generator, and checks
-# between chunks whether the request was abandoned. Fixed (never tuned at run time) so the
-# same (model version, n, seed, label, steps) always gives the same images.
-SAMPLE_CHUNK = 32
+# /generate draws images in chunks of about this many image x sampling steps (at least one
+# image, at most 256) from the request's one generator, and checks between chunks whether the
+# request was abandoned. Fixed (never tuned at run time) so the same (model version, n, seed,
+# label, steps) always gives the same images; ~5 s of diffusion sampling per chunk on one core.
+CHUNK_COST = 1024
 SCORE_UNIT, SAMPLE_UNIT = "score_image", "sample_image_step"
 
 
@@ -119,16 +120,16 @@ class ServedModel:
     ) -> np.ndarray:
         """`n` images (N, 1, 28, 28) float32 in [0, 1], a pure function of the arguments.
 
-        Drawn `SAMPLE_CHUNK` at a time from one generator seeded with `seed`; between chunks
-        `should_stop()` is asked and a true answer raises `Cancelled` (the client is gone).
+        Drawn `chunk_size(steps)` at a time from one generator seeded with `seed`; between
+        chunks `should_stop()` is asked and a true answer raises `Cancelled` (client gone).
         """
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         steps = None if steps is None else int(steps)
-        chunks = []
-        for start in range(0, n, SAMPLE_CHUNK):
+        chunk, chunks = self.chunk_size(steps), []
+        for start in range(0, n, chunk):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped after {start} of {n} images: request abandoned")
-            k = min(SAMPLE_CHUNK, n - start)
+            k = min(chunk, n - start)
             labels = None if label is None else torch.full((k,), int(label), dtype=torch.long)
             with self.lock, torch.no_grad():
                 began = time.perf_counter()
@@ -137,6 +138,10 @@ class ServedModel:
             self.costs.observe(SAMPLE_UNIT, self.generate_cost(k, steps), elapsed)
             chunks.append(out.detach().float().clamp(0.0, 1.0).cpu().numpy())
         return np.concatenate(chunks)
+
+    def chunk_size(self, steps: int | None) -> int:
+        """Images per sampling chunk: about CHUNK_COST image x steps, 1..256."""
+        return max(1, min(256, CHUNK_COST // self.effective_steps(steps)))
 
     def estimate_s(self, unit: str, units: float) -> float:
         """Seconds `units` of work should take on this network (0 until first measured)."""

@@ -24,8 +24,9 @@ class Settings:
     torch_threads: int = 0  # GENOPS_TORCH_THREADS; 0 = torch's default
     max_generate_cost: int = 4096  # GENOPS_MAX_GENERATE_COST: n x sampling steps per request
     generate_queue: int = 8  # GENOPS_GENERATE_QUEUE: /generate requests in flight, at most
-    score_queue: int = 32  # GENOPS_SCORE_QUEUE: /score + /reconstruct requests in flight
-    max_queue_s: float = 20.0  # GENOPS_MAX_QUEUE_S: estimated wait beyond which work is shed
+    score_queue: int = 16  # GENOPS_SCORE_QUEUE: /score + /reconstruct requests in flight
+    generate_max_queue_s: float = 20.0  # GENOPS_GENERATE_MAX_QUEUE_S: queued work, seconds
+    score_max_queue_s: float = 2.0  # GENOPS_SCORE_MAX_QUEUE_S: queued work, seconds
     generate_nice: int = 10  # GENOPS_GENERATE_NICE: CPU niceness of the generation threads
 
     @classmethod
@@ -39,8 +40,9 @@ class Settings:
             torch_threads=int(env.get("GENOPS_TORCH_THREADS", "0") or 0),
             max_generate_cost=_positive(env, "GENOPS_MAX_GENERATE_COST", 4096),
             generate_queue=_positive(env, "GENOPS_GENERATE_QUEUE", 8),
-            score_queue=_positive(env, "GENOPS_SCORE_QUEUE", 32),
-            max_queue_s=float(env.get("GENOPS_MAX_QUEUE_S", "20") or 20),
+            score_queue=_positive(env, "GENOPS_SCORE_QUEUE", 16),
+            generate_max_queue_s=float(env.get("GENOPS_GENERATE_MAX_QUEUE_S", "20") or 20),
+            score_max_queue_s=float(env.get("GENOPS_SCORE_MAX_QUEUE_S", "2") or 2),
             generate_nice=int(env.get("GENOPS_GENERATE_NICE", "10") or 0),
         )
 
@@ -68,6 +70,16 @@ def score_metrics() -> tuple[Any, Any]:
         "genops_anomalies", "Images /score flagged as anomalous", ["family", "version"]
     )
     return histogram, anomalies
+
+
+@cache
+def shed_counter() -> Any:
+    """Requests refused with 503 by admission control, per lane (they skip the access log)."""
+    import prometheus_client as prom
+
+    return prom.Counter(
+        "genops_shed_requests", "Requests refused with 503 because a lane was full", ["lane"]
+    )
 
 
 class _ClientErrorFilter(logging.Filter):

@@ -37,6 +37,7 @@ from serving.admission import (
     Lane,
     Shed,
     current_stop,
+    install_outermost,
 )
 from serving.batching import ScoreBatcher
 from serving.bundle import SAMPLE_UNIT, SCORE_UNIT, ServedModel
@@ -112,14 +113,14 @@ class GenOps:
             GENERATION_LANE: Lane(
                 GENERATION_LANE,
                 settings.generate_queue,
-                settings.max_queue_s,
+                settings.generate_max_queue_s,
                 torch_threads=settings.torch_threads,
                 nice=settings.generate_nice,
             ),
             SCORING_LANE: Lane(
                 SCORING_LANE,
                 settings.score_queue,
-                settings.max_queue_s,
+                settings.score_max_queue_s,
                 torch_threads=settings.torch_threads,
             ),
         }
@@ -572,8 +573,9 @@ def _lanes() -> dict[str, Lane] | None:
 
 
 refuse_file_urls()
-# outermost first: refuse oversized bodies, then admit per lane, then the one-image fast path
+# admission first of all (before BentoML's tracing, metrics and access log: a refusal must be
+# cheap), then, inside BentoML's, the body-size limit and the one-image fast path
+install_outermost(Admission, lanes=_lanes)
 GenOps.add_asgi_middleware(BodySizeLimit, max_bytes=Settings.from_env().max_body_bytes)
-GenOps.add_asgi_middleware(Admission, lanes=_lanes)
 GenOps.add_asgi_middleware(ScoreImageRoute, service=_current)
 GenOps.mount_asgi_app(web_app(_current), path="/")
