@@ -1,0 +1,91 @@
+"""Calibration: one-sided (old files) and two-sided verdicts with the input-energy test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.calibration import Calibration, image_energy
+from models.spec import CALIBRATION_FILE
+
+RNG = np.random.default_rng(0)
+
+
+def _digits_like(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Images whose energy varies like digits' (a random share of pixels lit)."""
+    share = rng.uniform(0.05, 0.25, size=(n, 1, 1, 1))
+    return (rng.random((n, 1, 28, 28)) < share).astype(np.float32)
+
+
+def test_default_fit_is_the_one_sided_test_and_old_files_load_as_such(tmp_path):
+    scores = RNG.gamma(2.0, size=1000)
+    cal = Calibration.fit(scores, 0.05)
+    assert not cal.two_sided and not cal.tests_energy
+    assert cal.is_anomaly(-1e9) is False and cal.is_anomaly(scores.max()) is True
+    old = {"threshold": 1.5, "target_fpr": 0.05, "val_scores": [0.5, 1.0, 1.5, 2.0]}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(old))
+    loaded = Calibration.load(tmp_path)
+    assert loaded == Calibration(1.5, 0.05, (0.5, 1.0, 1.5, 2.0))
+    assert loaded.is_anomaly(0.0, image=np.zeros((28, 28))) is False  # no energy test to apply
+    assert loaded.percentile(1.0) == 50.0
+
+
+def test_two_sided_budgets_hold_on_the_validation_normals(tmp_path):
+    scores, images = RNG.gamma(2.0, size=2000), _digits_like(2000, RNG)
+    cal = Calibration.fit(scores, 0.05, low_fpr=0.01, val_images=images, energy_fpr=0.01)
+    energy = image_energy(images)
+    assert np.mean(scores < cal.low_threshold) <= 0.01
+    assert np.mean(scores > cal.threshold) <= 0.03
+    assert np.mean((energy < cal.energy_low) | (energy > cal.energy_high)) <= 0.01
+    flagged = np.mean([cal.is_anomaly(s, img) for s, img in zip(scores, images, strict=True)])
+    assert 0.05 - 0.01 <= flagged <= 0.05  # the union stays within the budget, barely below
+    assert Calibration.load(cal.save(tmp_path).parent) == cal
+
+
+def test_statistic_exceeds_one_exactly_where_the_verdict_flags():
+    scores, images = RNG.lognormal(-4, 0.7, size=500), _digits_like(500, RNG)
+    cal = Calibration.fit(scores, 0.05, low_fpr=0.02, val_images=images, energy_fpr=0.01)
+    probe = np.r_[
+        scores, cal.threshold, cal.low_threshold, 0.0, -1.0, 1e3, RNG.lognormal(-4, 1, 300)
+    ]
+    probe_images = np.concatenate([images, _digits_like(probe.size - 500, RNG)])
+    probe_images[-5:] = [np.zeros((1, 28, 28)), np.ones((1, 28, 28)), *images[:3]]
+    with_images = cal.statistic(probe, probe_images)
+    score_only = cal.statistic(probe)
+    for i, score in enumerate(probe):
+        assert (with_images[i] > 1) == cal.is_anomaly(score, probe_images[i]), i
+        assert (score_only[i] > 1) == cal.is_anomaly(score), i
+    assert with_images[-5] > 10 and with_images[-4] > 1  # blank far out; saturated flagged
+
+
+def test_statistic_ranks_both_tails_above_the_typical_middle():
+    scores = np.linspace(1.0, 2.0, 201)  # positive: compared on a log scale
+    cal = Calibration.fit(scores, 0.1, low_fpr=0.05)
+    stat = cal.statistic(np.array([1.5, 0.9, 2.2, 1e-9, 0.0]))
+    assert stat[0] < 0.1 and stat[1] > 1 and stat[2] > 1
+    assert stat[3] > stat[1] and np.isfinite(stat[4]) and stat[4] >= stat[3]
+    signed = Calibration.fit(np.linspace(-1.0, 1.0, 201), 0.1, low_fpr=0.05)  # linear scale
+    assert signed.statistic(np.array([-1.5]))[0] > 1 and signed.is_anomaly(-1.5)
+
+
+def test_image_energy_accepts_the_usual_layouts():
+    img = np.full((28, 28), 0.5)
+    for layout in (img, img.reshape(784), img[None], img[None, None], img.reshape(1, 784)):
+        np.testing.assert_allclose(image_energy(layout), [0.25])
+    assert image_energy(np.zeros((3, 1, 28, 28))).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_invalid_fits_are_refused():
+    scores = RNG.normal(size=100)
+    with pytest.raises(ValueError, match="target_fpr"):
+        Calibration.fit(scores, 1.0)
+    with pytest.raises(ValueError, match="leave part"):
+        Calibration.fit(scores, 0.05, low_fpr=0.03, energy_fpr=0.02)
+    with pytest.raises(ValueError, match="val_images"):
+        Calibration.fit(scores, 0.05, energy_fpr=0.01)
+    with pytest.raises(ValueError, match="50 validation images for 100"):
+        Calibration.fit(scores, 0.05, val_images=np.zeros((50, 784)), energy_fpr=0.01)
+    with pytest.raises(ValueError, match="finite"):
+        Calibration.fit(np.array([0.0, np.nan]), 0.05)
