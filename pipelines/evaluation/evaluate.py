@@ -11,9 +11,18 @@ Metric keys (all floats unless noted; "where defined" keys are absent otherwise)
               label_agreement (conditional models: share judged as the requested label)
   likelihood  elbo_nats, elbo_bits_per_dim, iwae_nats (models with `capabilities.likelihood`)
   recon       recon_mse, recon_mae (test split, where has_reconstruction)
-  anomaly     anomaly_auroc/<kind>, anomaly_aupr/<kind>, anomaly_tpr/<kind>, anomaly_auroc_mean,
-              anomaly_aupr_mean, anomaly_auroc_pooled, anomaly_tpr_at_threshold (pooled),
-              threshold, target_fpr, val_fpr, test_fpr
+  anomaly     every AUROC ranks by the calibrated atypicality the verdict thresholds (two-sided
+              score + input energy, models.calibration; docs/anomaly.md):
+              tuned suite: anomaly_auroc/<kind>, anomaly_aupr/<kind>, anomaly_tpr/<kind>
+              (share flagged), suite_auroc_mean, anomaly_aupr_mean, anomaly_auroc_pooled,
+              anomaly_tpr_at_threshold (pooled);
+              held-out benchmark (pipelines.evaluation.heldout): heldout_auroc/<kind>,
+              heldout_tpr/<kind>, heldout_auroc_mean, heldout_auroc_min, heldout_auroc_real_mean,
+              degenerate_flagged_min (lowest share flagged over the degenerate kinds);
+              anomaly_auroc_mean = the task's metric: mean of suite_auroc_mean and
+              heldout_auroc_mean (pipelines.evaluation.paired.anomaly_task_metric);
+              threshold, low_threshold, energy_low, energy_high (where fitted), target_fpr,
+              val_fpr, test_fpr (full verdict), test_fpr_score_only (verdict without the image)
   cost        params (int), sample_ms_per_image, score_ms_per_image, eval_seconds
 Families only differ through what `model.capabilities` declares (likelihood, reconstruction,
 encoder, interpolation, conditional); `sample(steps=...)` is passed only with sampling_steps.
@@ -40,8 +49,9 @@ from models.io import atomic_write_bytes, atomic_write_json
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation import plots
 from pipelines.evaluation.anomalies import build_anomaly_suite
+from pipelines.evaluation.heldout import DEGENERATE_KINDS, REAL_KINDS, build_heldout_benchmark
 from pipelines.evaluation.judge import JudgeNet, judge_outputs
-from pipelines.evaluation.paired import Evidence
+from pipelines.evaluation.paired import HELDOUT_PREFIX, Evidence, anomaly_task_metric
 
 log = logging.getLogger(__name__)
 Splits = Mapping[str, tuple[Tensor, Tensor]]
@@ -57,6 +67,10 @@ class EvalConfig(ModelConfig):
     pr_k: int = 3
     anomaly_per_kind: int = 100
     anomaly_seed: int = 20_250
+    anomaly_low_fpr: float = 0.01  # of target_fpr: below the low score threshold
+    anomaly_energy_fpr: float = 0.01  # of target_fpr: outside the input-energy interval
+    heldout_per_kind: int | None = None  # held-out benchmark images per kind (None: as suite)
+    heldout_seed: int = 20_261_127
     score_batch_size: int = 256
     sample_batch_size: int = 250
     sample_steps: int | None = None  # diffusion DDIM steps, passed only if `sample` takes it
@@ -72,6 +86,12 @@ class EvalConfig(ModelConfig):
                      "likelihood_max_images", "n_plot"):  # fmt: skip
             value = getattr(self, name)
             require(value >= 1, f"{name} must be >= 1, got {value}")
+        low, energy, per_kind = self.anomaly_low_fpr, self.anomaly_energy_fpr, self.heldout_per_kind
+        require(
+            low >= 0 and energy >= 0 and low + energy < self.target_fpr,
+            "anomaly_low_fpr and anomaly_energy_fpr must be >= 0, their sum below target_fpr",
+        )
+        require(per_kind is None or per_kind >= 1, f"heldout_per_kind must be >= 1, got {per_kind}")
         steps = self.sample_steps
         require(steps is None or steps >= 1, f"sample_steps must be None or >= 1, got {steps}")
 
@@ -232,46 +252,101 @@ def _reconstruction(model: GenerativeModel, test_x: Tensor, cfg: EvalConfig) -> 
 def _anomaly(
     model: GenerativeModel, splits: Splits, cfg: EvalConfig, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per-kind detection metrics, calibration on val normals, and the raw scores for plots."""
-    test_x = splits["test"][0]
+    """Calibration on val normals, detection metrics on the tuned suite and the held-out
+    benchmark, all ranked by the calibrated atypicality; the atypicalities for plots/evidence."""
+    test_x, val_x = splits["test"][0].numpy(), splits["val"][0].numpy()
     t0 = time.perf_counter()
-    test_scores = score_images(model, test_x, cfg.score_batch_size)
+    test_scores = score_images(model, splits["test"][0], cfg.score_batch_size)
     score_ms = 1000.0 * (time.perf_counter() - t0) / max(test_x.shape[0], 1)
     val_scores = score_images(model, splits["val"][0], cfg.score_batch_size)
-    suite, kinds = build_anomaly_suite(
-        test_x.numpy(), n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
+    calibration = Calibration.fit(
+        val_scores, cfg.target_fpr, cfg.anomaly_low_fpr, val_x, cfg.anomaly_energy_fpr
     )
-    suite_scores = score_images(model, torch.from_numpy(suite), cfg.score_batch_size)
-    calibration = Calibration.fit(val_scores, cfg.target_fpr)
     calibration.save(out_dir)
     buf = io.BytesIO()
     np.save(buf, test_scores)
     atomic_write_bytes(out_dir / "test_scores.npy", buf.getvalue())
-    by_kind = {str(k): suite_scores[kinds == k] for k in dict.fromkeys(kinds.tolist())}
-    out: dict[str, float] = {}
-    for kind, scores in by_kind.items():
-        out[f"anomaly_auroc/{kind}"] = M.auroc(test_scores, scores)
-        out[f"anomaly_aupr/{kind}"] = M.aupr(test_scores, scores)
-        out[f"anomaly_tpr/{kind}"] = M.tpr_at_threshold(scores, calibration.threshold)
+
+    def scored(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = score_images(model, torch.from_numpy(images), cfg.score_batch_size)
+        return scores, calibration.statistic(scores, images)
+
+    suite, kinds = build_anomaly_suite(
+        test_x, n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
+    )
+    per_kind = cfg.heldout_per_kind or cfg.anomaly_per_kind
+    heldout, heldout_kinds = build_heldout_benchmark(
+        test_x, n_per_kind=per_kind, seed=cfg.heldout_seed
+    )
+    normal = calibration.statistic(test_scores, test_x)
+    val_t = calibration.statistic(val_scores, val_x)
+    (suite_s, suite_t), (heldout_s, heldout_t) = scored(suite), scored(heldout)
+    by_kind, heldout_by_kind = _by_kind(suite_t, kinds), _by_kind(heldout_t, heldout_kinds)
+    out = _kind_metrics("anomaly", normal, by_kind)
+    out |= _kind_metrics("heldout", normal, heldout_by_kind)
+    out |= _summary(out, list(by_kind), list(heldout_by_kind))
     out |= {
-        "anomaly_auroc_mean": float(np.mean([out[f"anomaly_auroc/{k}"] for k in by_kind])),
-        "anomaly_aupr_mean": float(np.mean([out[f"anomaly_aupr/{k}"] for k in by_kind])),
-        "anomaly_auroc_pooled": M.auroc(test_scores, suite_scores),
-        "anomaly_tpr_at_threshold": M.tpr_at_threshold(suite_scores, calibration.threshold),
-        "threshold": calibration.threshold,
-        "target_fpr": cfg.target_fpr,
-        "val_fpr": M.fpr_at_threshold(val_scores, calibration.threshold),
-        "test_fpr": M.fpr_at_threshold(test_scores, calibration.threshold),
+        "anomaly_auroc_pooled": M.auroc(normal, suite_t),
+        "anomaly_tpr_at_threshold": float(np.mean(suite_t > 1.0)),
+        **_thresholds(calibration),
+        "val_fpr": float(np.mean(val_t > 1.0)),
+        "test_fpr": float(np.mean(normal > 1.0)),
+        "test_fpr_score_only": float(np.mean(calibration.statistic(test_scores) > 1.0)),
         "score_ms_per_image": score_ms,
     }
     raw = {
-        "test": test_scores,
-        "by_kind": by_kind,
-        "threshold": calibration.threshold,
-        "suite": suite_scores,
-        "kinds": np.asarray(kinds).astype(str),
+        "test": normal,
+        "by_kind": by_kind | {HELDOUT_PREFIX + k: v for k, v in heldout_by_kind.items()},
+        "threshold": 1.0,  # the verdict's threshold on the atypicality
+        "suite": np.concatenate([suite_t, heldout_t]),
+        "kinds": np.concatenate([kinds, np.char.add(HELDOUT_PREFIX, heldout_kinds)]).astype(str),
+        "val": val_t,
+        "scores": {"val": val_scores, "test": test_scores, "suite": np.r_[suite_s, heldout_s]},
     }
     return out, raw
+
+
+def _by_kind(values: np.ndarray, kinds: np.ndarray) -> dict[str, np.ndarray]:
+    return {str(k): values[kinds == k] for k in dict.fromkeys(kinds.tolist())}
+
+
+def _kind_metrics(prefix: str, normal: np.ndarray, by_kind: dict[str, np.ndarray]) -> dict:
+    """AUROC (AUPR for the tuned suite) and share flagged (atypicality > 1) of each kind."""
+    out: dict[str, float] = {}
+    for kind, values in by_kind.items():
+        out[f"{prefix}_auroc/{kind}"] = M.auroc(normal, values)
+        if prefix == "anomaly":
+            out[f"{prefix}_aupr/{kind}"] = M.aupr(normal, values)
+        out[f"{prefix}_tpr/{kind}"] = float(np.mean(values > 1.0))
+    return out
+
+
+def _summary(out: dict[str, float], tuned: list[str], heldout: list[str]) -> dict[str, float]:
+    """The means over kinds, and the task's metric over both sets."""
+    held = {k: out[f"heldout_auroc/{k}"] for k in heldout}
+    real, degenerate = (
+        [k for k in REAL_KINDS if k in held],
+        [k for k in DEGENERATE_KINDS if k in held],
+    )
+    aurocs = {k: out[f"anomaly_auroc/{k}"] for k in tuned}
+    aurocs |= {HELDOUT_PREFIX + k: v for k, v in held.items()}
+    summary = {
+        "anomaly_auroc_mean": anomaly_task_metric(aurocs),
+        "suite_auroc_mean": float(np.mean([out[f"anomaly_auroc/{k}"] for k in tuned])),
+        "anomaly_aupr_mean": float(np.mean([out[f"anomaly_aupr/{k}"] for k in tuned])),
+        "heldout_auroc_mean": float(np.mean(list(held.values()))),
+        "heldout_auroc_min": float(min(held.values())),
+    }
+    if real:
+        summary["heldout_auroc_real_mean"] = float(np.mean([held[k] for k in real]))
+    if degenerate:
+        summary["degenerate_flagged_min"] = min(out[f"heldout_tpr/{k}"] for k in degenerate)
+    return summary
+
+
+def _thresholds(calibration: Calibration) -> dict[str, float]:
+    names = ("threshold", "low_threshold", "energy_low", "energy_high", "target_fpr")
+    return {k: float(getattr(calibration, k)) for k in names if getattr(calibration, k) is not None}
 
 
 # ---- plots ----------------------------------------------------------------------------------

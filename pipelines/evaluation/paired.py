@@ -1,7 +1,8 @@
 """Paired evidence and the paired bootstrap that the promotion gate decides on.
 
 Evaluation of a model leaves *evidence* beside its metrics: the judge features of its fixed-seed
-samples (for FD-judge) and its anomaly scores of the test normals and the anomaly suite. Two
+samples (for FD-judge) and the calibrated atypicality (`Calibration.statistic`, what the verdict
+thresholds) of the test normals, the tuned anomaly suite and the held-out benchmark. Two
 models evaluated on the same data version with the same judge saw exactly the same real images
 and the same suite, and drew their samples with the same seeds and labels, so their evidence is
 paired item by item.
@@ -11,11 +12,16 @@ thresholds, ZenML's latest >= current) but "does a confidence interval of the *d
 resampled on the same items for both models, clear the margin?". Each bootstrap replicate draws
 one set of indices and applies it to both models, which cancels the noise the two share (which
 real images, which anomalies) and leaves the noise that tells them apart.
+
+The anomaly task's metric (`anomaly_auroc_mean`) weighs the tuned suite and the held-out
+benchmark equally: the mean of the tuned kinds' AUROCs and the mean of the held-out kinds'
+AUROCs, averaged (`anomaly_task_metric`; evaluation computes it with the same function).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,22 @@ from models.io import atomic_write_bytes
 from models.spec import ANOMALY, GENERATION, TASKS
 
 EVIDENCE_FILE = "paired.npz"
+HELDOUT_PREFIX = "heldout/"  # suite_kinds of held-out benchmark items: "heldout/<kind>"
+# what the anomaly scores in the evidence are; evidence without it (raw scores, no held-out
+# benchmark) is stale and refused on load, so the gate measures that model again
+ANOMALY_STATISTIC = "calibrated-atypicality-v1"
+
+
+def anomaly_task_metric(auroc_by_kind: Mapping[str, float]) -> float:
+    """The anomaly task's metric from per-kind AUROCs (held-out kinds named "heldout/<kind>"):
+    the mean over tuned kinds and the mean over held-out kinds, averaged; the one present
+    when only one set is there."""
+    tuned = [v for k, v in auroc_by_kind.items() if not k.startswith(HELDOUT_PREFIX)]
+    heldout = [v for k, v in auroc_by_kind.items() if k.startswith(HELDOUT_PREFIX)]
+    means = [float(np.mean(group)) for group in (tuned, heldout) if group]
+    if not means:
+        raise ValueError("anomaly_task_metric needs the AUROC of at least one kind")
+    return float(np.mean(means))
 
 
 @dataclass(frozen=True)
@@ -34,9 +56,10 @@ class Evidence:
 
     sample_features: np.ndarray  # (S, D) judge features of the fixed-seed samples
     reference_features: np.ndarray  # (R, D) judge features of the real test images
-    test_scores: np.ndarray  # (T,) anomaly scores of the test normals
-    suite_scores: np.ndarray  # (A,) anomaly scores of the anomaly suite
-    suite_kinds: np.ndarray  # (A,) the kind of each suite item (str)
+    test_scores: np.ndarray  # (T,) calibrated atypicality of the test normals
+    suite_scores: np.ndarray  # (A,) the same of the tuned suite and the held-out benchmark
+    suite_kinds: np.ndarray  # (A,) the kind of each item (str; held-out: "heldout/<kind>")
+    anomaly_statistic: str = ANOMALY_STATISTIC  # what the anomaly scores above are
 
     def save(self, directory: Path) -> Path:
         buf = io.BytesIO()
@@ -51,7 +74,12 @@ class Evidence:
         if path.is_dir():
             path = path / EVIDENCE_FILE
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{k: data[k] for k in data.files})
+            fields = {k: data[k] for k in data.files}
+        statistic = str(fields.pop("anomaly_statistic", "raw scores"))
+        if statistic != ANOMALY_STATISTIC:
+            raise ValueError(f"{path}: evidence holds {statistic}, this gate compares "
+                             f"{ANOMALY_STATISTIC}: measure the model again")  # fmt: skip
+        return cls(**fields, anomaly_statistic=statistic)
 
     def check_paired_with(self, other: Evidence) -> None:
         """Raise ValueError unless both were measured on the same items."""
@@ -59,6 +87,8 @@ class Evidence:
             a, b = getattr(self, name), getattr(other, name)
             if a.shape != b.shape:
                 raise ValueError(f"evidence is not paired: {name} shapes {a.shape} vs {b.shape}")
+        if self.anomaly_statistic != other.anomaly_statistic:
+            raise ValueError("evidence is not paired: different anomaly statistics")
         if not np.array_equal(self.suite_kinds, other.suite_kinds):
             raise ValueError("evidence is not paired: the anomaly suites differ")
         if not np.allclose(self.reference_features, other.reference_features, atol=1e-5):
@@ -107,9 +137,14 @@ def _auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
     return float((ranks[n_n:].sum() - n_a * (n_a + 1) / 2) / (n_a * n_n))
 
 
-def _mean_auroc(ev: Evidence, normal_idx: np.ndarray, kind_idx: dict[str, np.ndarray]) -> float:
+def anomaly_statistic(
+    ev: Evidence, normal_idx: np.ndarray, kind_idx: Mapping[str, np.ndarray]
+) -> float:
+    """`anomaly_task_metric` of the items `normal_idx` (test normals) and `kind_idx` (per kind)."""
     normal = ev.test_scores[normal_idx]
-    return float(np.mean([_auroc(normal, ev.suite_scores[idx]) for idx in kind_idx.values()]))
+    return anomaly_task_metric(
+        {kind: _auroc(normal, ev.suite_scores[idx]) for kind, idx in kind_idx.items()}
+    )
 
 
 def generation_statistic(ev: Evidence, s_idx: np.ndarray, r_idx: np.ndarray) -> float:
@@ -154,7 +189,7 @@ def paired_bootstrap(
         n_all = np.arange(len(candidate.test_scores))
 
         def stat(ev: Evidence, idx: tuple) -> float:
-            return _mean_auroc(ev, *idx)
+            return anomaly_statistic(ev, *idx)
 
         full = (n_all, kinds)
         draws = [

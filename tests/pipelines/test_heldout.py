@@ -1,0 +1,73 @@
+"""The held-out benchmark: seeded, byte-identical, real sources, degenerate inputs as specified."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from pipelines.evaluation.anomalies import ANOMALY_KINDS
+from pipelines.evaluation.heldout import (
+    DEGENERATE_KINDS,
+    HELDOUT_KINDS,
+    REAL_KINDS,
+    build_heldout_benchmark,
+)
+
+
+@pytest.fixture(scope="module")
+def base_uint8(real_digits) -> np.ndarray:
+    images, _ = real_digits
+    return (images[::50].numpy().reshape(-1, 28, 28) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def bench(base_uint8) -> tuple[np.ndarray, np.ndarray]:
+    return build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5)
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(base_uint8, bench):
+    again, kinds = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5)
+    other, _ = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=6)
+    digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    assert digest(bench[0]) == digest(again) and kinds.tolist() == bench[1].tolist()
+    assert digest(bench[0]) != digest(other)
+
+
+def test_every_kind_in_order_with_shape_range_and_no_overlap_with_the_tuned_suite(bench):
+    images, kinds = bench
+    assert images.shape == (12 * len(HELDOUT_KINDS), 1, 28, 28) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert kinds.tolist() == [k for k in HELDOUT_KINDS for _ in range(12)]
+    assert HELDOUT_KINDS == REAL_KINDS + DEGENERATE_KINDS and len(REAL_KINDS) >= 2
+    assert not set(HELDOUT_KINDS) & set(ANOMALY_KINDS)
+    for kind in REAL_KINDS:  # real pictures: varied and not blank
+        group = images[kinds == kind]
+        assert group.std() > 0.1 and np.abs(group[0] - group[1]).max() > 0.1, kind
+
+
+def test_degenerate_kinds_are_what_the_issue_names(base_uint8, bench):
+    images, kinds = bench
+    group = {k: images[kinds == k][:, 0].astype(np.float64) for k in DEGENERATE_KINDS}
+    assert not group["blank"].any() and (group["saturated"] == 1).all()
+    assert ((group["dot"] == 1).sum(axis=(1, 2)) == 4).all() and group["dot"].sum() == 4 * 12
+    peaks = group["faint"].max(axis=(1, 2))  # digits reach ~1.0: scaled to 10-20 %
+    assert (peaks >= 0.09).all() and (peaks <= 0.2 + 1e-6).all()
+    base = base_uint8.astype(np.float64) / 255
+    for img in group["faint"]:  # a real digit, only dimmer
+        ratios = img.sum() / base.sum(axis=(1, 2))
+        assert np.any(np.abs(base * ratios[:, None, None] - img).max(axis=(1, 2)) < 2e-3)
+    noise = group["uniform_noise"]
+    assert abs(noise.mean() - 0.5) < 0.02 and noise.std() > 0.25
+
+
+def test_subset_and_invalid_arguments(base_uint8):
+    images, kinds = build_heldout_benchmark(base_uint8, n_per_kind=3, kinds=("letters",))
+    assert images.shape[0] == 3 and set(kinds) == {"letters"}
+    with pytest.raises(ValueError, match="n_per_kind"):
+        build_heldout_benchmark(base_uint8, n_per_kind=0)
+    with pytest.raises(ValueError, match="unknown held-out kind"):
+        build_heldout_benchmark(base_uint8, kinds=("photo", "cats"))
+    with pytest.raises(ValueError, match="non-empty"):
+        build_heldout_benchmark(np.zeros((0, 28, 28), dtype=np.uint8))
