@@ -146,6 +146,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--formats", nargs="*", default=None, help="subset of input formats")
+    parser.add_argument(
+        "--score-queue",
+        type=int,
+        default=64,
+        help="GENOPS_SCORE_QUEUE of this checkout's server: above the concurrency, so the "
+        "benchmark measures throughput rather than admission control",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternate baseline/this N times")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("GENOPS_TORCH_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="genops-bench-") as tmp:
@@ -160,18 +168,20 @@ def main() -> None:
         formats = payloads(images[0, 0])
         if args.formats:
             formats = {k: v for k, v in formats.items() if any(f in k for f in args.formats)}
-        if args.baseline is not None:
-            server = Server(f"dir:{bundle}", True, tmp_path, repo=args.baseline.resolve())
+        env = {"GENOPS_SCORE_QUEUE": str(args.score_queue)}
+        for _ in range(args.rounds):
+            if args.baseline is not None:
+                server = Server(f"dir:{bundle}", True, tmp_path, repo=args.baseline.resolve())
+                try:
+                    json_only = {k: v for k, v in formats.items() if k.startswith("JSON array")}
+                    rows += drive(server, "baseline", json_only, args)
+                finally:
+                    server.stop()
+            server = Server(f"dir:{bundle}", True, tmp_path, extra_env=env)
             try:
-                json_only = {k: v for k, v in formats.items() if k.startswith("JSON array")}
-                rows += drive(server, "baseline", json_only, args)
+                rows += drive(server, "this checkout", formats, args)
             finally:
                 server.stop()
-        server = Server(f"dir:{bundle}", True, tmp_path)
-        try:
-            rows += drive(server, "this checkout", formats, args)
-        finally:
-            server.stop()
     print(markdown(rows))
     print(
         f"\n- torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, "

@@ -239,6 +239,7 @@ def print_overload(over: dict, args, worker: float, tree: float, lanes: dict) ->
     )
     retry = sorted(set(run.retry_after))
     print(f"\n- Retry-After values on 503: {retry[:5]}; statuses: {statuses}")
+    print(f"- transport failures (status 0) by kind: {dict(run.failures) or 'none'}")
     print(
         f"- 503 answered in p50 {run.percentile_ms(50, 503):.1f} ms, "
         f"p99 {run.percentile_ms(99, 503):.1f} ms"

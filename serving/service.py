@@ -309,14 +309,20 @@ class GenOps:
         estimate = served.estimate_s(SCORE_UNIT, len(batch))
         return await self.lanes[SCORING_LANE].hold(estimate, self.batcher.score(served, batch))
 
-    def score_payload(self, served: ServedModel, scores: np.ndarray) -> dict[str, Any]:
-        """The /score answer as plain JSON-ready data; records the score metrics."""
+    def score_payload(
+        self, served: ServedModel, scores: np.ndarray, images: np.ndarray
+    ) -> dict[str, Any]:
+        """The /score answer as plain JSON-ready data; records the score metrics.
+
+        The verdict gets each image too, so a calibration with an input-energy test applies it
+        exactly as the pipeline's evaluation does.
+        """
         meta, calibration = served.meta, served.calibration
         histogram, anomalies = score_metrics()
         family_version = (meta.family, meta.version)
         results = []
-        for value in scores.tolist():
-            flagged = calibration.is_anomaly(value)
+        for value, image in zip(scores.tolist(), images, strict=True):
+            flagged = calibration.is_anomaly(value, image)
             histogram.labels(*family_version).observe(value)
             if flagged:
                 anomalies.labels(*family_version).inc()
@@ -357,7 +363,7 @@ class GenOps:
         except Shed as exc:
             return 503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)}
         headers = {MODEL_HEADER: served.meta.name, VERSION_HEADER: served.meta.version}
-        return 200, self.score_payload(served, scores), headers
+        return 200, self.score_payload(served, scores, batch), headers
 
     # ---- API --------------------------------------------------------------------------
     @bentoml.api(route="/generate")
@@ -449,7 +455,7 @@ class GenOps:
             scores = await self._scores(served, batch)
         except Shed as exc:
             return _refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
-        payload = self.score_payload(served, scores)
+        payload = self.score_payload(served, scores, batch)
         return ScoreResponse.model_construct(
             model=model_ref(served.meta),
             threshold=payload["threshold"],
