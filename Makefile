@@ -69,10 +69,10 @@ install: browser
 browser: ## install Debian's chromium for the browser tests where it is missing (apt-get)
 	@if [ -x /usr/bin/chromium ]; then echo "browser: /usr/bin/chromium is installed"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update && apt-get install -y chromium) \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 	  || echo "browser: apt-get could not install chromium: the browser tests will be skipped"; \
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
-	  (sudo apt-get update && sudo apt-get install -y chromium) \
+	  (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
 	  || echo "browser: apt-get could not install chromium: the browser tests will be skipped"; \
 	else echo "browser: no chromium and no usable apt-get: the browser tests will be skipped"; fi
 
