@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models.spec import TASKS, rank
+from pipelines.evaluation.anomalies import ANOMALY_KINDS
+from pipelines.evaluation.heldout import HELDOUT_KINDS
 
 # (header, metric key, format) per table; stability shows as "mean ± spread" in each cell
 _GENERATION_COLUMNS = [
@@ -136,9 +138,11 @@ def _table(board: Mapping[str, Any], task: str, columns: list[tuple[str, str, st
 
 
 def _kinds(board: Mapping[str, Any], prefix: str) -> list[str]:
-    """Kinds with an `<prefix>_auroc/<kind>` metric in any family, in first-seen order."""
+    """Kinds with an `<prefix>_auroc/<kind>` metric in any family, in the suites' order."""
     keys = (k for fam in board["families"].values() for k in fam["metrics"])
-    return list(dict.fromkeys(k.split("/", 1)[1] for k in keys if k.startswith(f"{prefix}_auroc/")))
+    found = {k.split("/", 1)[1] for k in keys if k.startswith(f"{prefix}_auroc/")}
+    known = ANOMALY_KINDS if prefix == "anomaly" else HELDOUT_KINDS
+    return [k for k in known if k in found] + sorted(found - set(known))
 
 
 def _per_kind_table(board: Mapping[str, Any]) -> list[str]:

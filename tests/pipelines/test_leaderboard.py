@@ -53,3 +53,25 @@ def test_empty_input_raises():
         build_leaderboard({})
     with pytest.raises(ValueError, match="gan"):
         build_leaderboard({"gan": []})
+
+
+def test_tuned_suite_and_held_out_benchmark_side_by_side_per_kind_and_family():
+    per_kind = {
+        "autoencoder": {"anomaly_auroc_mean": 0.95, "suite_auroc_mean": 0.97,
+                        "heldout_auroc_mean": 0.93, "anomaly_auroc/shapes": 0.9,
+                        "anomaly_auroc/blur": 0.99, "heldout_auroc/letters": 0.86,
+                        "heldout_auroc/blank": 1.0, "heldout_tpr/blank": 1.0},
+        "gan": {"anomaly_auroc_mean": 0.90, "anomaly_auroc/blur": 0.8,
+                "heldout_auroc/letters": 0.7, "heldout_tpr/letters": 0.25},
+    }  # fmt: skip
+    text = render_markdown(build_leaderboard(per_kind))
+    assert "| 1 | autoencoder | 0.950 | 0.970 | 0.930 |" in text
+    table = text.split("### Per kind")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| Set | Kind | autoencoder | gan |"
+    assert rows[1:] == [  # the suites' own kind order, tuned first; missing cells as "—"
+        "| tuned suite | blur | 0.990 | 0.800 |",
+        "| tuned suite | shapes | 0.900 | — |",
+        "| held-out | letters | 0.860 | 0.700 (25%) |",
+        "| held-out | blank | 1.000 (100%) | — |",
+    ]
