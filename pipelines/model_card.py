@@ -1,12 +1,13 @@
 """A model card for every registered version: Markdown + self-contained HTML, logged to MLflow.
 
-The register step calls `log_model_cards` after registering; each card is built from what the
-evaluation already wrote (`artifacts/eval/<family>/`: `metrics.json`, `calibration.json` and
-`plots/*.png`) and from the version's registry tags (lineage, metrics, the promotion decision).
-It is logged to the version's run under `model_cards/<name>/v<version>/card/` (card.md,
-card.html and the plots) and the version is tagged `model_card=<that path>`, so anyone can find
-it from the registry, the serving sources copy it into the bundle (`card/`), and the service's
-page shows it (`/ui/cards/<role>`).
+`log_model_cards` is meant to run in the register step, after the gate (that call in
+pipelines/jobs/promotion.py needs this file among the stage's dvc.yaml deps). A card is built
+from what the evaluation already wrote (`artifacts/eval/<family>/`: `metrics.json`,
+`calibration.json`, `plots/*.png`) and from the version's registry tags (lineage, metrics,
+the promotion decision). It is logged to the version's run under
+`model_cards/<name>/v<version>/card/` (card.md, card.html and the plots) and the version is
+tagged `model_card=<that path>`, so anyone can find it from the registry, the serving sources
+copy it into the bundle (`card/`), and the service's page shows it (`/ui/cards/<role>`).
 """
 
 from __future__ import annotations
