@@ -191,3 +191,15 @@ MODEL_CARD_TAG = "model_card"  # on a registered version: the card's artifact pa
 def model_card_artifact_path(name: str, version: str) -> str:
     """Where the card of registered version `name` v`version` lives in its run's artifacts."""
     return f"model_cards/{name}/v{version}/{MODEL_CARD_DIR}"
+
+
+def mlflow_client(uri: str | None = None) -> Any:
+    """An MlflowClient whose tracking *and* registry URI are `uri` (default: the rule above).
+
+    Passing only `tracking_uri` is not enough: MLflow then takes the registry URI from the
+    process-wide `mlflow.set_registry_uri`, which another store may have set earlier.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -82,15 +82,15 @@ def champion_bundle(bundle: str | None, root: Path, tracking_uri: str | None = N
             f"(itself or in {ANOMALY}/)"
         )
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
+    from models.spec import mlflow_client
     from models.spec import tracking_uri as default_uri
     from serving.sources import cache_problem, materialize_version, meta_from_version, redact_uri
 
     uri = tracking_uri or default_uri(root)
     name = TASKS[ANOMALY].registered_model
     try:
-        mv = MlflowClient(tracking_uri=uri).get_model_version_by_alias(name, ALIAS)
+        mv = mlflow_client(uri).get_model_version_by_alias(name, ALIAS)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise

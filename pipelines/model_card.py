@@ -267,12 +267,11 @@ def write_card(dst: Path, c: CardInputs) -> Path:
 def log_model_card(name: str, version: str, eval_dir: Path) -> str:
     """Write the card of registered version `name` v`version`, log it to the version's run and
     tag the version with its artifact path; return that path."""
-    from mlflow.tracking import MlflowClient
-
+    from models.spec import mlflow_client
     from pipelines import tracking
 
     tracking.setup()
-    client = MlflowClient()
+    client = mlflow_client()
     mv = client.get_model_version(name, str(version))
     inputs = card_inputs(name, str(version), dict(mv.tags or {}), eval_dir, mv.run_id, mv.source)
     artifact_path = model_card_artifact_path(name, str(version))

@@ -58,10 +58,10 @@ Compare = Callable[[Any], tuple[Any, str]]
 
 
 def _client():
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
     tracking.setup()
-    return MlflowClient()
+    return mlflow_client()
 
 
 def _ensure_registered_model(client, name: str, description: str) -> None:

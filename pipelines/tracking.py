@@ -112,10 +112,11 @@ def log_run(
     """
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+
+    from models.spec import mlflow_client
 
     experiment_id = setup(root)
-    client = MlflowClient()
+    client = mlflow_client(tracking_uri(root))
     flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
     rows, now = [], int(time.time() * 1000)
     for row in history or []:

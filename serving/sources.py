@@ -324,9 +324,10 @@ def default_tracking_uri() -> str:
 def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
     """Role -> MLflow ModelVersion: both champions (by alias) and each family's latest."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    from models.spec import mlflow_client
+
+    client = mlflow_client(tracking_uri or default_tracking_uri())
     found: dict[str, Any] = {}
     for role, name in TASK_MODELS.items():
         try:

@@ -21,6 +21,7 @@ from pipelines.dvc_ops import data_version
 from pipelines.evaluation.paired import Evidence, paired_bootstrap
 from pipelines.jobs.evaluation import RUN_INFO, judge_version, registered_evidence
 from pipelines.jobs.reports import history_markdown, promotion_markdown
+from pipelines.model_card import log_model_cards
 from pipelines.params import section
 
 REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promotion.md")
@@ -73,8 +74,12 @@ def register_and_promote(
     runs = {f: json.loads((eval_root / f / RUN_INFO).read_text()) for f in families}
     version = data_version(data_dir=data_dir)
     judge = judge_version(judge_dir)
+    registered = []  # (registered name, version, family): each gets a model card below
     for family in families:
-        registry.register_candidate(family_model_name(family), runs[family], metrics[family])
+        name = family_model_name(family)
+        registered.append(
+            (name, registry.register_candidate(name, runs[family], metrics[family]), family)
+        )
     decisions = []
     for task in TASKS.values():
         ranked = rank(families, lambda f, m=task.metric: metrics[f].get(m), task.higher_is_better)
@@ -82,6 +87,7 @@ def register_and_promote(
             continue
         best = ranked[0][0]
         candidate = registry.register_candidate(task.registered_model, runs[best], metrics[best])
+        registered.append((task.registered_model, candidate, best))
         evidence = Evidence.load(eval_root / best)
 
         def compare(champion_mv: Any, task_name: str = task.name, ev: Evidence = evidence):
@@ -107,6 +113,7 @@ def register_and_promote(
             judge_version=judge,
         )
         decisions.append(decision.to_dict())
+    log_model_cards(registered, eval_root)  # after the gate: the cards show its decision
     report = {
         "data_version": version,
         Tag.JUDGE_VERSION: judge,

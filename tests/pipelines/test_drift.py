@@ -261,13 +261,12 @@ def fake_service():
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory) -> str:
     """One SQLite tracking store + registry for this module's flow runs (created once)."""
-    from mlflow.tracking import MlflowClient
-
+    from models.spec import mlflow_client
     from pipelines.tracking import EXPERIMENT
 
     folder = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(folder / "art").as_uri())
+    mlflow_client(uri).create_experiment(EXPERIMENT, artifact_location=(folder / "art").as_uri())
     return uri
 
 
@@ -292,13 +291,11 @@ def write_champion(real_digits, model, folder: Path, version: str) -> Path:
 
 def register_champion(root: Path, bundle: Path) -> str:
     """Log `bundle` as a run's artifact and make it genops-anomaly@champion; return its version."""
-    from mlflow.tracking import MlflowClient
-
     from models.bundle import read_meta
-    from models.spec import ALIAS, ANOMALY, REGISTERED_ARTIFACT_PATH, TASKS, Tag
+    from models.spec import ALIAS, ANOMALY, REGISTERED_ARTIFACT_PATH, TASKS, Tag, mlflow_client
     from pipelines import tracking
 
-    client = MlflowClient(tracking.tracking_uri(root))
+    client = mlflow_client(tracking.tracking_uri(root))
     run = client.create_run(tracking.setup(root))
     client.log_artifacts(run.info.run_id, str(bundle), REGISTERED_ARTIFACT_PATH)
     client.set_terminated(run.info.run_id)
@@ -329,8 +326,7 @@ def read_flow_run(flow_run_id: str):
 def test_flow_judges_each_new_window_and_requests_the_nightly_retrain_on_drift(
     prefect_api, project, fake_service, streams, real_digits, drift_model
 ):
-    from mlflow.tracking import MlflowClient
-
+    from models.spec import mlflow_client
     from pipelines import flows, tracking
     from pipelines.drift_flow import (
         REPORT_DIR,
@@ -373,7 +369,7 @@ def test_flow_judges_each_new_window_and_requests_the_nightly_retrain_on_drift(
     assert json.loads((out / "drift.json").read_text())["status"] == DRIFT
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["status"] for h in history] == [OK, DRIFT]
-    mlflow_run = MlflowClient(tracking.tracking_uri(project)).get_run(second["mlflow_run_id"])
+    mlflow_run = mlflow_client(tracking.tracking_uri(project)).get_run(second["mlflow_run_id"])
     assert (
         mlflow_run.data.tags["stage"] == "drift" and mlflow_run.data.tags["drift.status"] == DRIFT
     )

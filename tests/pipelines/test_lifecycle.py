@@ -82,8 +82,7 @@ def _set_params(root: Path, **sections) -> None:
 def test_second_data_version_regates_swaps_live_and_rolls_back(
     prefect_api, tmp_path, monkeypatch, real_digits
 ):
-    from mlflow.tracking import MlflowClient
-
+    from models.spec import mlflow_client
     from pipelines import registry, tracking
     from pipelines.flows import pipeline
 
@@ -104,7 +103,7 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
     assert json.loads(status.stdout or "{}") == {}, f"runners disagree: {status.stdout}"
     print(f"no-change flow run: {no_change_s:.1f} s")
 
-    client = MlflowClient(tracking.tracking_uri(root))
+    client = mlflow_client(tracking.tracking_uri(root))
     champions_v1 = {t: registry.champion(TASKS[t]) for t in TASKS}
     for task in TASKS.values():
         champ = champions_v1[task.name]

@@ -87,9 +87,9 @@ def test_a_registered_version_gets_its_card_logged_tagged_and_served(
     version = registry.register_version("genops-autoencoder", run_id, "model", tags)
     [path] = log_model_cards([("genops-autoencoder", version, "autoencoder")], tmp_path / "eval")
 
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = mlflow_client(tracking.tracking_uri())
     mv = client.get_model_version("genops-autoencoder", version)
     assert mv.tags[MODEL_CARD_TAG] == path
     logged = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, path)}

@@ -59,9 +59,9 @@ def test_gate_promotes_first_then_only_better_candidates(store):
     better = registry.gate(task, v3, "diffusion", {"fd_judge": 5.0}, "d1", margin=0.5)
     assert better.promoted and str(registry.champion(task).version) == v3
 
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
-    tags = MlflowClient().get_model_version(task.registered_model, v2).tags
+    tags = mlflow_client().get_model_version(task.registered_model, v2).tags
     assert tags["promotion.decision"] == "rejected" and "margin 0.5" in tags["promotion.reason"]
     state = registry.registry_state()
     assert state["generation"]["family"] == "diffusion" and state["anomaly"] is None

@@ -19,11 +19,11 @@ from tests.serving.conftest import REPO
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, source_dir):
     """A SQLite registry laid out as pipelines/registry.py writes it (champions + families)."""
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     experiment = client.create_experiment("genops", artifact_location=(root / "art").as_uri())
 
     def register(name: str, bundle: Path, alias: bool = False, **tags: str) -> str:

@@ -92,11 +92,11 @@ def retrained(tmp_path_factory, real_digits) -> Path:
 def registry(tmp_path_factory, source_dir, retrained) -> Registry:
     """v1 = the tiny AE of the other serving tests, v2 = a retrained one, for both champions;
     `champion` on v1; one family version."""
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
     root = tmp_path_factory.mktemp("swap-mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     experiment = client.create_experiment("genops", artifact_location=(root / "art").as_uri())
     v1, v2 = source_dir / GENERATION, retrained
     versions: dict[str, dict[str, Path]] = {}
@@ -129,9 +129,9 @@ def test_a_cached_folder_with_wrong_weights_is_downloaded_again(registry, tmp_pa
     planted = source.bundle_dir(ANOMALY_MODEL, "1")
     claim = registered_sha if lie.startswith("claims") else read_meta(wrong).weights_sha256
     _plant(planted, wrong, name=ANOMALY_MODEL, version="1", weights_sha256=claim)
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
-    mv = MlflowClient(tracking_uri=registry.uri).get_model_version(ANOMALY_MODEL, "1")
+    mv = mlflow_client(registry.uri).get_model_version(ANOMALY_MODEL, "1")
     problem = cache_problem(planted, meta_from_version(mv, ANOMALY))
     assert problem and ("checksum mismatch" in problem or "registry says" in problem)
 
@@ -245,7 +245,7 @@ def _metadata_after(client: httpx.Client, version: str) -> dict:
 def test_an_alias_move_is_served_with_no_failed_request(
     registry, real_digits, tmp_path, capsys, record_property
 ):
-    from mlflow.tracking import MlflowClient
+    from models.spec import mlflow_client
 
     digit = real_digits[0][DIGIT]
     expected = {
@@ -259,7 +259,7 @@ def test_an_alias_move_is_served_with_no_failed_request(
         "GENOPS_MODEL_CACHE": str(tmp_path / "cache"),
     }
     server = Server("mlflow", tmp_path, extra_env=env)
-    registry_client = MlflowClient(tracking_uri=registry.uri)
+    registry_client = mlflow_client(registry.uri)
     calls: list[Call] = []
     stop = threading.Event()
     score = {"images": digits_as_lists(digit), "scale": "unit"}
