@@ -53,7 +53,10 @@ class ModelRef(BaseModel):
 class ImageScore(BaseModel):
     score: float = Field(description="anomaly score, higher = more anomalous")
     threshold: float = Field(description="calibrated threshold (from calibration.json)")
-    is_anomaly: bool = Field(description="score > threshold")
+    is_anomaly: bool = Field(
+        description="the calibrated two-sided verdict: score too high or too low, or atypical "
+        "input energy (blank, faint, dot); see docs/anomaly.md"
+    )
     percentile: float = Field(description="share (0..100) of validation normals scoring <= score")
     model: str
     family: str
