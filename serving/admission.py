@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -37,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+from serving.http import Message, Receive, Scope, Send, send_json
 
 log = logging.getLogger("genops.serving")
 
@@ -224,28 +225,7 @@ class Lane:
 
 
 # ---- the ASGI side ------------------------------------------------------------------------------
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-async def send_json(
-    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+# the ASGI types and the one JSON responder live in serving.http
 
 
 def shed_headers(retry_after_s: int) -> list[tuple[bytes, bytes]]:

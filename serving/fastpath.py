@@ -11,12 +11,11 @@ admission control apply as to every endpoint. The same route is also declared as
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from serving.admission import Message, Receive, Scope, Send
+from serving.http import Message, Receive, Scope, Send, send_json
 
 ROUTE = "/score/image"
 
@@ -49,16 +48,5 @@ class ScoreImageRoute:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model = query.get("model", [None])[-1]
         status, payload, extra = await service.score_body(b"".join(chunks), content_type, model)
-        body = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *((k.lower().encode(), v.encode()) for k, v in extra.items()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send_json(send, status, payload, headers)

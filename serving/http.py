@@ -13,8 +13,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _reject(send: Send, status: int, reason: str) -> None:
-    body = json.dumps({"error": reason}).encode()
+async def send_json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer a raw ASGI request with a JSON body (the middlewares' one way to respond)."""
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
@@ -22,10 +25,15 @@ async def _reject(send: Send, status: int, reason: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _reject(send: Send, status: int, reason: str) -> None:
+    await send_json(send, status, {"error": reason})
 
 
 class BodySizeLimit:
