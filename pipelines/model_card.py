@@ -149,11 +149,12 @@ def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str]
             base = BASELINES.get(key)
             baseline = _fmt(c.metrics[base]) if base and base in c.metrics else ""
             metric_rows.append([key, _fmt(c.metrics[key]), baseline])
-    kinds = sorted(k.removeprefix("anomaly_auroc/") for k in c.metrics if "auroc/" in k)
-    per_kind = [
-        [kind, _fmt(c.metrics[f"anomaly_auroc/{kind}"]), _fmt(c.metrics.get(f"anomaly_tpr/{kind}"))]
-        for kind in kinds
-    ]
+    per_kind = []  # the tuned suite's kinds, then the held-out benchmark's
+    for suite, prefix in (("tuned", "anomaly"), ("held-out", "heldout")):
+        for key in sorted(k for k in c.metrics if k.startswith(f"{prefix}_auroc/")):
+            kind = key.removeprefix(f"{prefix}_auroc/")
+            tpr = c.metrics.get(f"{prefix}_tpr/{kind}")
+            per_kind.append([f"{suite}: {kind}", _fmt(c.metrics[key]), _fmt(tpr)])
     calibration = [[k, _fmt(v)] for k, v in c.calibration.items()]
     lineage = [[k, v] for k, v in sorted(tags.items()) if not k.startswith(Tag.PROMOTION_PREFIX)]
     sections: list[tuple[str, list[list[str]] | str, list[str] | None]] = [

@@ -38,6 +38,8 @@ def eval_dir(tmp_path):
         "anomaly_auroc_mean": 0.91,
         "anomaly_auroc/blur": 0.8,
         "anomaly_tpr/blur": 0.7,
+        "heldout_auroc/letters": 0.93,  # the held-out benchmark's kinds are listed too
+        "heldout_tpr/letters": 0.6,
     }
     (out / "metrics.json").write_text(json.dumps(metrics))
     Calibration.fit(np.linspace(0.0, 1.0, 200), target_fpr=0.05).save(out)
@@ -64,7 +66,8 @@ def test_card_shows_plots_metrics_baselines_lineage_and_calibration(eval_dir):
     for text in ("![", "samples.png", "roc.png", "md5:abc", "deadbeef", sha, "promoted"):
         assert text in markdown, text
     assert "| fd_judge | 12.5 | 4 |" in markdown  # the metric next to its real-data baseline
-    assert "| blur | 0.8 | 0.7 |" in markdown
+    assert "| tuned: blur | 0.8 | 0.7 |" in markdown
+    assert "| held-out: letters | 0.93 | 0.6 |" in markdown
     assert "threshold" in markdown and "validation_normals | 200" in markdown
     page = render_html(card)
     assert page.count("data:image/png;base64,") == 3  # self-contained: plots inlined
