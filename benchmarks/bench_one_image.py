@@ -15,7 +15,6 @@ Not a test: numbers depend on the machine and on what else runs on it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -33,7 +32,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_serving import Server, digits, tiny_bundle  # noqa: E402
+from benchmarks.bench_serving import Server, bench_parser, digits, tiny_bundle  # noqa: E402
 from benchmarks.loadgen import closed_loop  # noqa: E402
 from serving.bundle import load_bundle  # noqa: E402
 
@@ -137,14 +136,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--source", default=None, help="dir:<path> of bundles (default: tiny AE)")
-    parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp")
+    parser = bench_parser(__doc__, 5.0, [32])
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to compare")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--formats", nargs="*", default=None, help="subset of input formats")
     parser.add_argument(
         "--score-queue",

@@ -264,9 +264,12 @@ def markdown(rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def bench_parser(
+    doc: str | None, duration: float, concurrency: list[int]
+) -> argparse.ArgumentParser:
+    """The options every serving benchmark shares: what to serve, how long, how many at once."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", default=None, help="dir:<path> of bundles (default: tiny AE)")
     parser.add_argument(
@@ -275,9 +278,13 @@ def main() -> None:
         default="mlp",
         help="autoencoder to build when no --source is given",
     )
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per scenario")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per scenario")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    return parser
+
+
+def main() -> None:
+    args = bench_parser(__doc__, 3.0, [1, 8, 32]).parse_args()
     torch.set_num_threads(int(os.environ.get("GENOPS_TORCH_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="genops-bench-") as tmp:
         tmp_path = Path(tmp)
