@@ -153,7 +153,8 @@ def gate(
         else:
             d.method = "not-comparable"
             d.reason = "champion was evaluated on another data version and was not re-evaluated"
-    _record(client, task, d)
+    if d.method != "same-version":  # a rerun must not overwrite the decision already recorded
+        _record(client, task, d)
     log.info("%s: %s v%s %s (%s)", task.name, candidate_family, candidate_version,
              "PROMOTED" if d.promoted else "kept champion", d.reason)  # fmt: skip
     return d
