@@ -49,9 +49,9 @@ def _signature_files(model, bundle: Path) -> None:
 
 
 def measure(
-    params: dict[str, Any], model_dir: Path, data_dir: Path, judge_dir: Path, out_dir: Path
+    params: dict[str, Any], model: Any, data_dir: Path, judge_dir: Path, out_dir: Path
 ) -> dict[str, Any]:
-    """Evaluate the model in `model_dir` on the data in `data_dir`; evidence goes to `out_dir`."""
+    """Evaluate a loaded model on the data in `data_dir`; evidence goes to `out_dir`."""
     import torch
 
     from pipelines.evaluation.evaluate import EvalConfig, evaluate_model, load_reference
@@ -62,7 +62,6 @@ def measure(
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(data_dir, s) for s in SPLITS}
     reference = load_reference(Path(judge_dir) / "reference.npz")
-    model = load_model(model_dir)
     return evaluate_model(model, load_judge(judge_dir), splits, cfg, Path(out_dir), reference)
 
 
@@ -80,7 +79,8 @@ def evaluate_family(
     from pipelines.evaluation.evaluate import numeric_metrics
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    result = measure(params, model_dir, data_dir, judge_dir, out_dir)
+    model = load_model(model_dir)
+    result = measure(params, model, data_dir, judge_dir, out_dir)
     train_metrics_file = model_dir / "train_metrics.json"
     if train_metrics_file.is_file():
         train_metrics = json.loads(train_metrics_file.read_text())
@@ -90,7 +90,7 @@ def evaluate_family(
 
     bundle = out_dir / "bundle"
     sha = write_model_files(bundle, model_dir, out_dir)
-    _signature_files(load_model(bundle), bundle)
+    _signature_files(model, bundle)  # the bundle holds a copy of these very weights
     info = {
         Tag.FAMILY: family,
         Tag.DATA_VERSION: data_version(data_dir=data_dir),
@@ -153,8 +153,6 @@ def registered_evidence(
             )
         )
         check_model_files(local, f"{model_version.name} v{model_version.version}")
-        expected = tags.get(Tag.WEIGHTS_SHA256)
-        if expected:
-            load_model(local, expected_sha256=expected)  # refuse tampered weights
-        measure(params, local, data_dir, judge_dir, Path(tmp) / "eval")
+        model = load_model(local, expected_sha256=tags.get(Tag.WEIGHTS_SHA256) or None)
+        measure(params, model, data_dir, judge_dir, Path(tmp) / "eval")  # verified, loaded once
         return Evidence.load(Path(tmp) / "eval"), "re-measured"
