@@ -16,6 +16,7 @@ import time
 import torch
 import yaml
 
+from models.base import Batch
 from models.io import build_model
 from pipelines.train import available_cores
 
@@ -50,7 +51,7 @@ def _bench_variant(
     x, y = images[:batch], labels[:batch]
     step = iter(range(10**9))
     model.train()
-    train = _rate(lambda: model.training_step(x, y, opts, next(step), gen), batch, seconds)
+    train = _rate(lambda: model.training_step(Batch(x, y, next(step), gen), opts), batch, seconds)
     model.eval()
     with torch.no_grad():
         sample = _rate(

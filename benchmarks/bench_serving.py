@@ -33,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from models.base import Batch  # noqa: E402
 from models.calibration import Calibration  # noqa: E402
 from models.io import build_model  # noqa: E402
 from serving.bundle import load_bundle, write_bundle  # noqa: E402
@@ -75,7 +76,7 @@ def tiny_bundle(root: Path, arch: str = "mlp") -> Path:
     optimizers, generator = model.configure_optimizers(), torch.Generator().manual_seed(0)
     for step in range(40):
         idx = torch.randint(0, 2000, (128,), generator=generator)
-        model.training_step(images[idx], labels[idx], optimizers, step, generator)
+        model.training_step(Batch(images[idx], labels[idx], step, generator), optimizers)
     model.eval()
     with torch.no_grad():
         calibration = Calibration.fit(model.anomaly_score(images[4000:4500]).numpy())

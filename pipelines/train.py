@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from models.base import GenerativeModel, ModelConfig, require, resolve_device
+from models.base import Batch, GenerativeModel, ModelConfig, require
 from models.io import atomic_write_bytes, atomic_write_json, build_model, save_model
+from models.tensors import resolve_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -239,7 +240,7 @@ def train(
         step = state["step"]
         idx = batches.indices(step)
         x, y = images[idx].to(device), labels[idx].to(device)
-        logs = model.training_step(x, y, optimizers, step, generator)
+        logs = model.training_step(Batch(x, y, step, generator), optimizers)
         model.on_train_step_end(step)
         state["step"] = step + 1
         for key, value in logs.items():

@@ -13,15 +13,8 @@ from models import rng
 from models.autoencoder.config import AutoencoderConfig
 from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.networks import build_networks
-from models.base import (
-    NUM_CLASSES,
-    Capabilities,
-    GenerativeModel,
-    bf16_autocast,
-    check_images,
-    check_labels,
-    to_channels_last,
-)
+from models.base import Batch, Capabilities, GenerativeModel, Optimizers
+from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
 
 
 class Autoencoder(GenerativeModel):
@@ -121,17 +114,10 @@ class Autoencoder(GenerativeModel):
             return F.binary_cross_entropy_with_logits(logits, target)
         return F.mse_loss(torch.sigmoid(logits), target)
 
-    def training_step(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        step: int,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
-        clean = self._prepare(images)
+    def training_step(self, batch: Batch, optimizers: Optimizers) -> dict[str, float]:
+        clean = self._prepare(batch.images)
         corrupted = self.config.denoise_std > 0 or self.config.mask_prob > 0
-        inputs = self._corrupt(clean, generator) if corrupted else clean
+        inputs = self._corrupt(clean, batch.generator) if corrupted else clean
         with self._autocast():
             z, logits = self._logits(inputs)
         loss = self._recon_loss(logits, clean)
@@ -143,7 +129,7 @@ class Autoencoder(GenerativeModel):
         if corrupted:
             with torch.no_grad(), self._autocast():
                 z = self.encoder(clean).float()
-        self.latent_prior.update(z, self._components(labels, clean.shape[0]).to(z.device))
+        self.latent_prior.update(z, self._components(batch.labels, clean.shape[0]).to(z.device))
         return {"loss": float(loss.detach())}
 
     def _components(self, labels: Tensor | None, n: int) -> Tensor:

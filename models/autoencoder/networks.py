@@ -6,11 +6,9 @@ import itertools
 
 from torch import Tensor, nn
 
+from models.layers import act, down_convs, up_convs
+
 PIXELS = 28 * 28
-
-
-def _act() -> nn.Module:
-    return nn.LeakyReLU(0.2)
 
 
 class ConvEncoder(nn.Module):
@@ -18,15 +16,8 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, channels: tuple[int, int], latent_dim: int) -> None:
         super().__init__()
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),  # 28 -> 14
-            _act(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # 14 -> 7
-            _act(),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(c2 * 7 * 7, latent_dim)
+        self.features = nn.Sequential(*down_convs(channels))
+        self.head = nn.Linear(channels[1] * 7 * 7, latent_dim)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
@@ -37,14 +28,9 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, channels: tuple[int, int], latent_dim: int) -> None:
         super().__init__()
-        c1, c2 = channels
-        self.c2 = c2
-        self.fc = nn.Sequential(nn.Linear(latent_dim, c2 * 7 * 7), _act())
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # 7 -> 14
-            _act(),
-            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # 14 -> 28
-        )
+        self.c2 = channels[1]
+        self.fc = nn.Sequential(nn.Linear(latent_dim, self.c2 * 7 * 7), act())
+        self.deconv = nn.Sequential(*up_convs(channels))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.deconv(self.fc(z).view(-1, self.c2, 7, 7))
@@ -55,7 +41,7 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(sizes) - 2:
-            layers.append(_act())
+            layers.append(act())
     return nn.Sequential(*layers)
 
 

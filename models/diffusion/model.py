@@ -25,21 +25,20 @@ import torch
 from torch import Tensor
 
 from models import rng
-from models.base import (
-    IMAGE_SHAPE,
-    NUM_CLASSES,
-    Capabilities,
-    GenerativeModel,
-    bf16_autocast,
-    check_images,
-    check_labels,
-    to_channels_last,
-)
+from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.diffusion.config import DiffusionConfig
 from models.diffusion.process import Denoiser, GaussianDiffusion
 from models.diffusion.unet import UNet
 from models.ema import EMA
 from models.imaging import to_signed, to_unit
+from models.tensors import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    bf16_autocast,
+    check_images,
+    check_labels,
+    to_channels_last,
+)
 
 MAX_CHUNK = 128  # images per network call: bigger batches fall out of cache on CPU
 
@@ -133,25 +132,18 @@ class Diffusion(GenerativeModel):
         noise = rng.randn(x0.shape, generator, x0.device)
         return x0, t, noise, self.process.q_sample(x0, t, noise)
 
-    def training_step(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        step: int,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
+    def training_step(self, batch: Batch, optimizers: Optimizers) -> dict[str, float]:
         c = self.config
-        x0, t, noise, x_t = self._noised_batch(images, generator)
+        x0, t, noise, x_t = self._noised_batch(batch.images, batch.generator)
         cond = None
         if c.conditional:
-            cond = check_labels(labels, x0.shape[0]).to(x0.device)
-            drop = rng.rand(cond.shape, generator, x0.device) < c.p_uncond
+            cond = check_labels(batch.labels, x0.shape[0]).to(x0.device)
+            drop = rng.rand(cond.shape, batch.generator, x0.device) < c.p_uncond
             cond = torch.where(drop, torch.full_like(cond, NUM_CLASSES), cond)
         loss, mse = self.process.loss(self._run(self.unet, x_t, t, cond, True), x0, t, noise)
 
         opt = optimizers["unet"]
-        lr = c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
+        lr = c.lr * min(1.0, (batch.step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)

@@ -14,21 +14,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import rng
-from models.base import (
-    NUM_CLASSES,
-    Capabilities,
-    GenerativeModel,
-    bf16_autocast,
-    check_images,
-    check_labels,
-    to_channels_last,
-)
+from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.ema import ema_update, warmup_decay
 from models.gan.config import GANConfig
 from models.gan.monitors import d_collapse_warning, diversity_ratio, mode_collapse_warning
@@ -42,6 +35,7 @@ from models.gan.objectives import (
     izif_residual,
 )
 from models.imaging import to_signed, to_unit
+from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
 
 
 @contextmanager
@@ -121,31 +115,19 @@ class GAN(GenerativeModel):
             "e": torch.optim.Adam(self.e.parameters(), lr=cfg.e_lr, betas=(0.9, 0.999)),
         }
 
-    def training_step(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        step: int,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
+    def training_step(self, batch: Batch, optimizers: Optimizers) -> dict[str, float]:
         """A G/D step before `encoder_start_step`, an encoder step from it on."""
-        x = self._to_net(images)
-        labels = check_labels(labels, x.shape[0])
+        x = self._to_net(batch.images)
+        labels = check_labels(batch.labels, x.shape[0])
         if labels is not None:
             labels = labels.to(x.device)
-        if step >= self.config.encoder_start_step:
+        if batch.step >= self.config.encoder_start_step:
             return self._encoder_step(x, labels, optimizers["e"])
-        return self._gan_step(x, labels, optimizers, step, generator)
+        return self._gan_step(replace(batch, images=x, labels=labels), optimizers)
 
-    def _gan_step(
-        self,
-        x: Tensor,
-        labels: Tensor | None,
-        optimizers: dict[str, torch.optim.Optimizer],
-        step: int,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
+    def _gan_step(self, batch: Batch, optimizers: Optimizers) -> dict[str, float]:
+        """One D step and (every `critic_steps`-th) G step; `batch` holds network-ready tensors."""
+        x, labels, step, generator = batch.images, batch.labels, batch.step, batch.generator
         cfg = self.config
         y = labels if cfg.conditional else None
         z = rng.randn((x.shape[0], cfg.latent_dim), generator, x.device)

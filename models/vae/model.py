@@ -10,13 +10,8 @@ import torch
 from torch import Tensor
 
 from models import rng
-from models.base import (
-    Capabilities,
-    GenerativeModel,
-    bf16_autocast,
-    check_images,
-    to_channels_last,
-)
+from models.base import Batch, Capabilities, GenerativeModel, Optimizers
+from models.tensors import bf16_autocast, check_images, to_channels_last
 from models.vae.config import VAEConfig
 from models.vae.networks import Decoder, GaussianEncoder, Posterior
 from models.vae.objective import (
@@ -100,23 +95,16 @@ class VAE(GenerativeModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
-    def training_step(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        step: int,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
-        x = self._prepare(images)
+    def training_step(self, batch: Batch, optimizers: Optimizers) -> dict[str, float]:
+        x = self._prepare(batch.images)
         with self._autocast():
             posterior = self._posterior(x)
-            noise = rng.randn(posterior.mean.shape, generator, x.device)
+            noise = rng.randn(posterior.mean.shape, batch.generator, x.device)
             z = posterior.mean + (0.5 * posterior.logvar).exp() * noise
             logits = self.decoder(z)
         recon = -self._log_likelihood(logits, x).mean()
         kl = gaussian_kl(posterior).mean()
-        weight = kl_weight(step, self.config.beta, self.config.kl_warmup_steps)
+        weight = kl_weight(batch.step, self.config.beta, self.config.kl_warmup_steps)
         loss = recon + weight * kl
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)

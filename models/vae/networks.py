@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from models.layers import act, down_convs, up_convs
+
 LOGVAR_RANGE = (-12.0, 8.0)  # keeps exp(logvar) finite early in training
 
 
@@ -16,24 +18,13 @@ class Posterior(NamedTuple):
     logvar: Tensor
 
 
-def _act() -> nn.Module:
-    return nn.LeakyReLU(0.2)
-
-
 class GaussianEncoder(nn.Module):
     """(N, 1, 28, 28) -> Posterior through two stride-2 convolutions and a hidden layer."""
 
     def __init__(self, channels: tuple[int, int], hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
-        c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),  # 28 -> 14
-            _act(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # 14 -> 7
-            _act(),
-            nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, hidden_dim),
-            _act(),
+            *down_convs(channels), nn.Linear(channels[1] * 7 * 7, hidden_dim), act()
         )
         self.head = nn.Linear(hidden_dim, 2 * latent_dim)
 
@@ -47,19 +38,11 @@ class Decoder(nn.Module):
 
     def __init__(self, channels: tuple[int, int], hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
-        c1, c2 = channels
-        self.c2 = c2
+        self.c2 = channels[1]
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            _act(),
-            nn.Linear(hidden_dim, c2 * 7 * 7),
-            _act(),
+            nn.Linear(latent_dim, hidden_dim), act(), nn.Linear(hidden_dim, self.c2 * 7 * 7), act()
         )
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # 7 -> 14
-            _act(),
-            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # 14 -> 28
-        )
+        self.deconv = nn.Sequential(*up_convs(channels))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.deconv(self.fc(z).view(-1, self.c2, 7, 7))

@@ -43,9 +43,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.base import GenerativeModel, ModelConfig, check_images, require
+from models.base import GenerativeModel, ModelConfig, require
 from models.calibration import Calibration
 from models.io import atomic_write_bytes, atomic_write_json
+from models.tensors import check_images
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation import plots
 from pipelines.evaluation.anomalies import build_anomaly_suite

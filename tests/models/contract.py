@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from models.base import GenerativeModel
+from models.base import Batch, GenerativeModel
 from models.io import build_model
 
 FAMILIES = ("autoencoder", "vae", "gan", "diffusion")
@@ -97,7 +97,7 @@ def run_steps(
             idx = torch.randint(0, images.shape[0], (batch,), generator=generator)
             x, y = images[idx], labels[idx]
         model.train()
-        logs.append(model.training_step(x, y, optimizers, step, generator))
+        logs.append(model.training_step(Batch(x, y, step, generator), optimizers))
         model.on_train_step_end(step)
     model.eval()
     return logs, optimizers, generator

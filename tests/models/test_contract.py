@@ -11,8 +11,9 @@ import dataclasses
 import pytest
 import torch
 
-from models.base import Capabilities, GenerativeModel, random_labels
+from models.base import Capabilities, GenerativeModel
 from models.io import build_model, load_model, save_model
+from models.tensors import random_labels
 from tests.models.contract import FAMILIES, TINY, assert_resume_bit_identical, make, run_steps
 
 TRAIN_STEPS = {"autoencoder": 40, "vae": 40, "gan": 14, "diffusion": 30}

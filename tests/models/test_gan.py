@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.base import NUM_CLASSES
 from models.gan import GAN, GANConfig
 from models.gan.monitors import (
     d_collapse_warning,
@@ -18,6 +17,7 @@ from models.gan.monitors import (
     mode_collapse_warning,
 )
 from models.io import build_model
+from models.tensors import NUM_CLASSES
 from tests.models.contract import make, run_steps
 
 # the contract suite's tiny GAN, with the family's default learning rate and E from step 4

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models.base import Capabilities, GenerativeModel, ModelConfig, check_images
+from models.base import Capabilities, GenerativeModel, ModelConfig
 from models.calibration import Calibration
+from models.tensors import check_images
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation.evaluate import (
     EvalConfig,
@@ -151,7 +152,7 @@ class StandIn(GenerativeModel):
     def configure_optimizers(self):
         return {"all": torch.optim.Adam(self.parameters())}
 
-    def training_step(self, images, labels, optimizers, step, generator):
+    def training_step(self, batch, optimizers):
         return {"loss": 0.0}
 
     def validation_loss(self, images, labels):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.base import Batch
 from models.calibration import Calibration
 from models.io import build_model
 from pipelines.evaluation.evaluate import EvalConfig, _anomaly, score_images
@@ -45,7 +46,7 @@ def tiny_ae(split):
     model.train()
     for step in range(500):
         idx = torch.randint(0, len(split["train"]), (128,), generator=generator)
-        model.training_step(split["train"][idx], labels[idx], optimizers, step, generator)
+        model.training_step(Batch(split["train"][idx], labels[idx], step, generator), optimizers)
     return model.eval()
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.base import Batch
 from models.calibration import Calibration
 from models.io import build_model
 from serving.bundle import write_bundle
@@ -40,7 +41,7 @@ def train_tiny_autoencoder(
     model.train()
     for step in range(steps):
         idx = torch.randint(0, len(images), (128,), generator=generator)
-        model.training_step(images[idx], labels[idx], optimizers, step, generator)
+        model.training_step(Batch(images[idx], labels[idx], step, generator), optimizers)
     return model.eval()
 
 
