@@ -20,13 +20,14 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from models.base import GenerativeModel
-from models.spec import CONFIG_FILE, FAMILY_CLASSES, WEIGHTS_FILE, check_family
+from models.spec import CONFIG_FILE, MODEL_CLASSES, WEIGHTS_FILE, check_model
 
 FORMAT_VERSION = 1
 
 
 def family_class(family: str) -> type[GenerativeModel]:
-    module_name, class_name = FAMILY_CLASSES[check_family(family)].split(":")
+    """The class of a family or a composite (e.g. the ensemble), imported on first use."""
+    module_name, class_name = MODEL_CLASSES[check_model(family)].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

@@ -64,9 +64,32 @@ TASKS: dict[str, Task] = {
 }
 
 
+# ---- composites: models assembled from trained families, never trained themselves ------------
+# They are evaluated, registered, gated and served like a family, but have no training stage
+# (so they are not in FAMILIES, which training, the contract suite and per-family serving roles
+# iterate). name -> "module:Class", and the tasks each competes in: the ensemble's `sample` only
+# delegates to a member, so it never competes for generation.
+COMPOSITE_CLASSES: dict[str, str] = {"ensemble": "models.ensemble.model:Ensemble"}
+COMPOSITE_TASKS: dict[str, tuple[str, ...]] = {"ensemble": (ANOMALY,)}
+MODEL_CLASSES: dict[str, str] = FAMILY_CLASSES | COMPOSITE_CLASSES
+MODELS: tuple[str, ...] = tuple(MODEL_CLASSES)  # every evaluable model: families, then composites
+
+
+def check_model(name: str) -> str:
+    """Return `name` (a family or a composite) or raise ValueError naming the known ones."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
+    return name
+
+
+def competes(name: str, task: str) -> bool:
+    """Whether model `name` may be ranked and gated for `task` (every family competes in all)."""
+    return name in FAMILY_CLASSES or task in COMPOSITE_TASKS.get(name, ())
+
+
 def family_model_name(family: str) -> str:
-    """The registered model that holds every evaluated candidate of `family`."""
-    return f"{MODEL_PREFIX}{check_family(family)}"
+    """The registered model that holds every evaluated candidate of `family` (or composite)."""
+    return f"{MODEL_PREFIX}{check_model(family)}"
 
 
 # ---- tag keys on a registered version (written by pipelines, read by serving) ------------------

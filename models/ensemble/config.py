@@ -1,0 +1,68 @@
+"""The ensemble's config: its members' configs and calibrations, and how their scores combine.
+
+Everything an ensemble is lives here and in its one safetensors file (the members' weights,
+prefixed `members.<family>.`): `models.io` rebuilds it from this JSON like any family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.calibration import Calibration
+from models.config import ModelConfig, require
+from models.spec import FAMILIES
+
+COMBINES = ("mean", "max")
+_CALIBRATION_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
+
+
+def calibration_from_dict(values: dict[str, Any]) -> Calibration:
+    """A `Calibration` from its saved fields (the payload of `calibration.json`)."""
+    unknown = sorted(set(values) - _CALIBRATION_FIELDS)
+    require(not unknown, f"calibration: unknown key(s) {unknown}")
+    fields = {k: tuple(float(x) for x in v) if isinstance(v, list | tuple) else v
+              for k, v in values.items()}  # fmt: skip
+    try:
+        return Calibration(**fields)
+    except TypeError as exc:
+        raise ValueError(f"calibration: {exc}") from exc
+
+
+def calibration_to_dict(calibration: Calibration) -> dict[str, Any]:
+    out = dataclasses.asdict(calibration)
+    return out | {"val_scores": list(out["val_scores"]), "val_energy": list(out["val_energy"])}
+
+
+@dataclass(frozen=True)
+class EnsembleConfig(ModelConfig):
+    """Members (family -> that family's config dict), each member's calibration on validation
+    normals (family -> `Calibration` fields), the combination of their calibrated
+    atypicalities, and the member `sample` delegates to."""
+
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibrations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    combine: str = "mean"  # of the members' atypicalities: "mean" or "max"
+    sampler: str = "gan"  # the member that draws samples (the contract's `sample`)
+
+    def validate(self) -> None:
+        require(bool(self.members), "ensemble.members must name at least one family")
+        unknown = sorted(set(self.members) - set(FAMILIES))
+        require(not unknown, f"ensemble.members: unknown famil(ies) {unknown}; known: "
+                             f"{list(FAMILIES)}")  # fmt: skip
+        require(
+            set(self.calibrations) == set(self.members),
+            f"ensemble.calibrations must cover exactly the members {sorted(self.members)}, "
+            f"got {sorted(self.calibrations)}",
+        )
+        for values in self.calibrations.values():
+            calibration_from_dict(dict(values))  # ValueError when malformed
+        require(self.combine in COMBINES, f"ensemble.combine must be one of {COMBINES}, "
+                                          f"got {self.combine!r}")  # fmt: skip
+        require(self.sampler in self.members, f"ensemble.sampler {self.sampler!r} is not a "
+                                              f"member ({sorted(self.members)})")  # fmt: skip
+
+    def ordered_members(self) -> list[str]:
+        """The members in the project's family order (a fixed order: reproducible sums)."""
+        return [f for f in FAMILIES if f in self.members]

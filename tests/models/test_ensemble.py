@@ -1,0 +1,164 @@
+"""The ensemble candidate: the four families' calibrated scores combined behind the contract.
+
+Tiny untrained members (tests.models.contract.TINY): what is tested is the combination, its
+fit (validation normals only), its save/load and its declared capabilities, not digit quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.calibration import Calibration
+from models.ensemble import Ensemble, EnsembleConfig, fit_ensemble
+from models.io import build_model, load_model, save_model
+from models.spec import (
+    ANOMALY,
+    FAMILIES,
+    GENERATION,
+    MODELS,
+    check_family,
+    competes,
+    family_model_name,
+)
+from tests.models.contract import make
+
+VAL = slice(4000, 4160)  # "validation normals"
+OTHER = slice(4500, 4512)  # other digits, never used to fit
+SPLIT = {"target_fpr": 0.05, "low_fpr": 0.01, "energy_fpr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def members() -> dict:
+    return {f: make(f).eval() for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def ensemble(members, real_digits) -> Ensemble:
+    return fit_ensemble(members, real_digits[0][VAL], **SPLIT)
+
+
+def test_score_is_the_mean_of_the_members_calibrated_atypicalities(members, ensemble, real_digits):
+    val, images = real_digits[0][VAL], real_digits[0][OTHER]
+    stats = []
+    with torch.no_grad():
+        for family, member in members.items():
+            # each member calibrated exactly as evaluation calibrates a family, on val only
+            calibration = Calibration.fit(
+                member.anomaly_score(val).numpy(), 0.05, 0.01, val.numpy(), 0.01
+            )
+            assert ensemble.calibrations[family] == calibration
+            stats.append(calibration.statistic(member.anomaly_score(images).numpy(), images))
+        score = ensemble.anomaly_score(images)
+    assert score.shape == (len(images),) and score.dtype == torch.float32
+    np.testing.assert_allclose(score.numpy(), np.mean(stats, axis=0), rtol=1e-6)
+
+
+def test_the_fit_sees_validation_normals_only(members, ensemble, real_digits):
+    """Same validation normals -> the same fitted ensemble, whatever else exists; other
+    normals -> other calibrations. The fit has no argument for anomalies or test images."""
+    again = fit_ensemble(members, real_digits[0][VAL].clone(), **SPLIT)
+    assert again.config == ensemble.config
+    other = fit_ensemble(members, real_digits[0][4200:4360], **SPLIT)
+    assert other.config.calibrations != ensemble.config.calibrations
+    assert other.config.members == ensemble.config.members
+
+
+def test_save_load_round_trip_gives_identical_scores_samples_and_config(
+    ensemble, tmp_path, real_digits
+):
+    save_model(ensemble, tmp_path / "ens")
+    assert sorted(p.name for p in (tmp_path / "ens").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    back = load_model(tmp_path / "ens")
+    assert isinstance(back, Ensemble) and back.config == ensemble.config
+    images = real_digits[0][OTHER]
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(images), ensemble.anomaly_score(images))
+        a = back.sample(3, generator=torch.Generator().manual_seed(5))
+        b = ensemble.sample(3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    keys = back.state_dict().keys()
+    assert all(k.split(".")[1] in FAMILIES and k.startswith("members.") for k in keys)
+
+
+def test_capabilities_are_declared_and_truthful(members, ensemble, real_digits):
+    caps = ensemble.capabilities
+    gan = members["gan"]
+    assert caps.conditional == gan.capabilities.conditional
+    assert not (caps.sampling_steps or caps.likelihood or caps.encoder or caps.interpolation)
+    assert caps.reconstruction  # from the autoencoder member
+    images = real_digits[0][OTHER][:4]
+    with torch.no_grad():
+        assert torch.equal(ensemble.reconstruct(images), members["autoencoder"].reconstruct(images))
+        # `sample` is the GAN's: same generator state, same images
+        gen = torch.Generator().manual_seed(3)
+        labels = torch.tensor([1, 2, 3])
+        assert torch.equal(
+            ensemble.sample(3, generator=gen, labels=labels),
+            gan.sample(3, generator=torch.Generator().manual_seed(3), labels=labels),
+        )
+    with pytest.raises(ValueError, match="no sampling steps"):
+        ensemble.sample(2, steps=3)
+    with pytest.raises(NotImplementedError):
+        ensemble.elbo(images)
+    with pytest.raises(ValueError, match="not trained"):
+        ensemble.training_step(None, {})
+    assert ensemble.configure_optimizers() == {}
+    only_vae = fit_ensemble({"vae": members["vae"]}, real_digits[0][VAL], 0.05, sampler="vae")
+    assert only_vae.capabilities.reconstruction == members["vae"].capabilities.reconstruction
+
+
+def test_scores_are_batch_independent_and_flag_degenerate_inputs(ensemble, real_digits):
+    images = real_digits[0][OTHER][:6]
+    with torch.no_grad():
+        batch = ensemble.anomaly_score(images)
+        one_by_one = torch.cat([ensemble.anomaly_score(images[i : i + 1]) for i in range(6)])
+        val_max = ensemble.anomaly_score(real_digits[0][VAL]).max()
+        blank = ensemble.anomaly_score(torch.zeros(2, 1, 28, 28))
+        faint = ensemble.anomaly_score(0.15 * images[:2])
+    torch.testing.assert_close(batch, one_by_one, rtol=1e-5, atol=1e-6)
+    # too-simple inputs: every member's energy test sees them, so the mean does too
+    assert (blank > val_max).all() and (faint > val_max).all()
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.anomaly_score(torch.zeros(2, 28, 28))
+
+
+def test_max_combination(members, real_digits):
+    ens = fit_ensemble(members, real_digits[0][VAL], **SPLIT, combine="max")
+    images = real_digits[0][OTHER]
+    with torch.no_grad():
+        per_member = ens.member_statistics(images)
+        score = ens.anomaly_score(images)
+    np.testing.assert_allclose(score.numpy(), np.max(list(per_member.values()), 0), rtol=1e-6)
+
+
+def test_config_is_validated(ensemble):
+    values = ensemble.config.to_dict()
+    for bad, match in [
+        ({"members": {}}, "at least one"),
+        ({"members": {**values["members"], "ensemble": {}}}, "unknown famil"),
+        ({"calibrations": {"vae": values["calibrations"]["vae"]}}, "cover exactly"),
+        ({"combine": "median"}, "combine"),
+        ({"sampler": "nope"}, "not a member"),
+        ({"calibrations": {**values["calibrations"], "gan": {"thresh": 1}}}, "unknown key"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            EnsembleConfig.from_dict(values | bad)
+    rebuilt = build_model("ensemble", values)  # models.io knows the composite by name
+    assert isinstance(rebuilt, Ensemble)
+    assert dataclasses.asdict(rebuilt.config) == dataclasses.asdict(ensemble.config)
+
+
+def test_the_ensemble_is_a_composite_that_competes_for_anomaly_only():
+    assert "ensemble" in MODELS and "ensemble" not in FAMILIES  # no training stage
+    with pytest.raises(ValueError):
+        check_family("ensemble")
+    assert family_model_name("ensemble") == "genops-ensemble"
+    assert competes("ensemble", ANOMALY) and not competes("ensemble", GENERATION)
+    assert all(competes(f, GENERATION) and competes(f, ANOMALY) for f in FAMILIES)
