@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Self
 
 from models.base import ModelConfig, require
 
 SCHEDULES = ("cosine", "linear")
 OBJECTIVES = ("v", "eps")
+SAMPLERS = ("ddim", "dpmpp2m", "unipc")  # models.diffusion.process
+SPACINGS = ("trailing", "quadratic")  # models.diffusion.schedule.sampling_timesteps
+# Keys added after models had been saved without them, with the value that keeps such a saved
+# model sampling exactly as it did (DDIM on trailing levels). Applied only to a config.json
+# written before the key existed (every other field present), never to params.yaml overrides.
+LEGACY_VALUES: dict[str, Any] = {"sampler": "ddim", "timestep_spacing": "trailing"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,13 @@ class DiffusionConfig(ModelConfig):
     conditional: bool = True
     p_uncond: float = 0.1
     guidance_scale: float = 2.0
-    # sampling (DDIM; `sample(steps=...)` overrides sample_steps)
+    # sampling: `sampler` in SAMPLERS makes `sample_steps` network evaluations (x2 with
+    # guidance, see Diffusion) on levels spaced by `timestep_spacing`; `sample(steps=...)`
+    # overrides sample_steps; ddim_eta applies to DDIM only (docs/diffusion.md: the sweep)
     sample_steps: int = 15
     ddim_eta: float = 0.0
+    sampler: str = "ddim"
+    timestep_spacing: str = "trailing"
     # optimisation
     lr: float = 2e-3
     betas: tuple[float, float] = (0.9, 0.99)
@@ -53,6 +64,17 @@ class DiffusionConfig(ModelConfig):
     # CPU speed options
     bf16_autocast: bool = True
     channels_last: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Self:
+        """As `ModelConfig.from_dict`; a saved config from before a LEGACY_VALUES key loads
+        with that key's legacy value (its old behaviour), not today's default."""
+        values = dict(values or {})
+        added = set(LEGACY_VALUES)
+        saved_before = {f.name for f in fields(cls)} - added <= set(values)
+        if saved_before and not added <= set(values):
+            values = {k: v for k, v in LEGACY_VALUES.items() if k not in values} | values
+        return super().from_dict(values)
 
     def validate(self) -> None:
         name = type(self).__name__
@@ -101,6 +123,14 @@ class DiffusionConfig(ModelConfig):
             f"{name}.sample_steps must be in 1..{self.timesteps}, got {self.sample_steps}",
         )
         require(self.ddim_eta >= 0, f"{name}.ddim_eta must be >= 0, got {self.ddim_eta}")
+        require(
+            self.sampler in SAMPLERS,
+            f"{name}.sampler must be one of {SAMPLERS}, got {self.sampler!r}",
+        )
+        require(
+            self.timestep_spacing in SPACINGS,
+            f"{name}.timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}",
+        )
         require(self.lr > 0, f"{name}.lr must be > 0, got {self.lr}")
         require(
             len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),

@@ -44,7 +44,7 @@ MAX_CHUNK = 128  # images per network call: bigger batches fall out of cache on 
 
 
 class Diffusion(GenerativeModel):
-    """DDPM-trained, DDIM-sampled UNet; optional classifier-free guidance."""
+    """DDPM-trained UNet sampled by DDIM, DPM-Solver++(2M) or UniPC; optional CFG."""
 
     family = "diffusion"
     config_cls = DiffusionConfig
@@ -173,8 +173,8 @@ class Diffusion(GenerativeModel):
     def _sample(
         self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
     ) -> Tensor:
-        """`n` digits by DDIM from pure noise with the EMA network (see `guided_sample`)."""
-        return self._ddim_sample(n, generator, labels, steps, self.config.guidance_scale)
+        """`n` digits from pure noise with the EMA network and the configured sampler."""
+        return self._draw(n, generator, labels, steps, self.config.guidance_scale)
 
     @torch.no_grad()
     def guided_sample(
@@ -195,9 +195,9 @@ class Diffusion(GenerativeModel):
         if not (math.isfinite(guidance) and guidance >= 0.0):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         n, generator, labels, steps = self.sample_arguments(n, generator, labels, steps)
-        return self._ddim_sample(n, generator, labels, steps, guidance)
+        return self._draw(n, generator, labels, steps, guidance)
 
-    def _ddim_sample(
+    def _draw(
         self,
         n: int,
         generator: torch.Generator | None,
@@ -205,16 +205,21 @@ class Diffusion(GenerativeModel):
         steps: int | None,
         guidance: float,
     ) -> Tensor:
-        """DDIM with `steps` (default `sample_steps`) network evaluations, eta = `ddim_eta`.
+        """`config.sampler` in `steps` (default `sample_steps`) sampler steps.
 
-        With eta = 0 the images are a deterministic function of the initial noise drawn
-        from `generator`; eta > 0 draws its extra noise from it too.
+        Each step is one network evaluation per image, two when classifier-free guidance
+        applies (conditional model, labels, guidance not 0 or 1: the conditional and the
+        null-label prediction run as one batch). The images are a deterministic function of
+        the initial noise drawn from `generator` (DDIM with eta > 0 draws more from it).
         """
         c = self.config
         steps = c.sample_steps if steps is None else steps
         x = rng.randn((n, *IMAGE_SHAPE), generator, self.device)
         denoise = self._denoiser(labels, guidance, fast=True)
-        return to_unit(self.process.ddim(denoise, x, c.timesteps - 1, steps, c.ddim_eta, generator))
+        x0 = self.process.sample(
+            c.sampler, denoise, x, c.timesteps - 1, steps, c.timestep_spacing, c.ddim_eta, generator
+        )
+        return to_unit(x0)
 
     # ---- scoring --------------------------------------------------------------------
     def _reconstruct(self, x0: Tensor, row: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Noise schedules and DDIM timestep spacing (pure functions of the config)."""
+"""Noise schedules and the samplers' timestep spacings (pure functions of the config)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import Tensor
+
+SPACINGS = ("trailing", "quadratic")
 
 
 def linear_alphas_cumprod(timesteps: int) -> Tensor:
@@ -43,3 +45,26 @@ def ddim_timesteps(start: int, steps: int) -> list[int]:
     steps = min(steps, start + 1)
     ts = [round(start - i * (start + 1) / steps) for i in range(steps)]
     return sorted(set(ts), reverse=True)
+
+
+def sampling_timesteps(start: int, steps: int, spacing: str) -> list[int]:
+    """`steps` distinct levels from `start` down, the sampler's evaluation points.
+
+    trailing   evenly spaced in t (`ddim_timesteps`); the last level is ~start/steps.
+    quadratic  t_i = start (1 - i/steps)^2 (DPM-Solver's "time_quadratic"): denser at low
+               noise, where few-step samplers lose detail; the last level is ~start/steps^2.
+    Either way exactly min(steps, start + 1) strictly decreasing levels, the first `start`.
+    (Uniform log-SNR spacing was tried too: with the cosine schedule's clipped last betas it
+    spends half its levels above t = 900, and it was worse than both on a Gaussian toy.)
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if spacing == "trailing":
+        return ddim_timesteps(start, steps)
+    steps = min(steps, start + 1)
+    if spacing != "quadratic":
+        raise ValueError(f"unknown timestep spacing {spacing!r}; known: {SPACINGS}")
+    ts = [round(start * (1 - i / steps) ** 2) for i in range(steps)]
+    for i in range(len(ts) - 2, -1, -1):  # strictly decreasing: push collisions upwards
+        ts[i] = max(ts[i], ts[i + 1] + 1)  # (never past `start`: at most start + 1 levels)
+    return ts
