@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from models.spec import FAMILIES, TASKS
+from models.spec import FAMILIES, MODELS, TASKS
 from pipelines import params as P
 from pipelines.data import DataError
 
@@ -209,13 +209,26 @@ def train_judge_cmd(ctx, data_dir, out, metrics_path, no_mlflow) -> None:
     click.echo(json.dumps(metrics, indent=2))
 
 
+@main.command("build-ensemble")
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.pass_context
+def build_ensemble_cmd(ctx, data_dir) -> None:
+    """Fit the ensemble of the trained families on validation normals only."""
+    from pipelines.jobs.ensemble import build_ensemble
+
+    models = ARTIFACTS / "models"
+    info = build_ensemble(_params(ctx), data_dir, models, models / "ensemble")
+    click.echo(json.dumps(info, indent=2))
+
+
 @main.command("evaluate")
-@click.option("--family", type=click.Choice(FAMILIES), required=True)
+@click.option("--family", type=click.Choice(MODELS), required=True)
 @click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-mlflow", is_flag=True)
 @click.pass_context
 def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
-    """Evaluate a trained family: quality, likelihood, anomaly AUROC, calibration, cost."""
+    """Evaluate a trained family (or the ensemble): quality, likelihood, anomaly AUROC,
+    calibration, cost."""
     from pipelines.jobs.evaluation import evaluate_family
 
     metrics = evaluate_family(
@@ -236,8 +249,8 @@ def evaluate_cmd(ctx, family, data_dir, no_mlflow) -> None:
     "--family",
     "families",
     multiple=True,
-    type=click.Choice(FAMILIES),
-    help="Families to consider [default: all].",
+    type=click.Choice(MODELS),
+    help="Families (and composites, e.g. ensemble) to consider [default: all].",
 )
 @click.pass_context
 def register_cmd(ctx, families) -> None:
@@ -245,7 +258,7 @@ def register_cmd(ctx, families) -> None:
     from pipelines.jobs.promotion import register_and_promote
 
     report = register_and_promote(
-        _params(ctx), list(families or FAMILIES), ARTIFACTS / "eval", Path("metrics"), REPORTS
+        _params(ctx), list(families or MODELS), ARTIFACTS / "eval", Path("metrics"), REPORTS
     )
     click.echo((REPORTS / "leaderboard.md").read_text())
     click.echo((REPORTS / "promotion.md").read_text())

@@ -54,13 +54,21 @@ KEY_METRICS = (
     "coverage",
     "classes_covered",
     "label_agreement",
-    "anomaly_auroc_mean",
+    "anomaly_auroc_mean",  # the anomaly gate's metric: the mean of the next two
+    "suite_auroc_mean",
+    "heldout_auroc_mean",
+    "heldout_auroc_real_mean",
+    "heldout_auroc_min",
+    "degenerate_flagged_min",
+    "test_fpr",
     "anomaly_aupr_mean",
     "anomaly_tpr_at_threshold",
     "nll_nats",
     "elbo_nats",
     "recon_mse",
     "sample_ms_per_image",
+    "score_ms_per_image",
+    "score_images_per_s",
     "params",
 )
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from models.spec import TASKS, rank
+from models.spec import TASKS, competes, rank
 from pipelines.evaluation.anomalies import ANOMALY_KINDS
 from pipelines.evaluation.heldout import HELDOUT_KINDS
 
@@ -44,6 +44,7 @@ _ANOMALY_COLUMNS = [
     ("Recon MSE", "recon_mse", ".3g"),
     ("FD-judge", "fd_judge", ".3g"),
     ("Score ms/img", "score_ms_per_image", ".3g"),
+    ("Score img/s", "score_images_per_s", ".4g"),
 ]
 
 
@@ -101,8 +102,9 @@ def build_leaderboard(
             for name, t in TASKS.items()
         },
     }
-    for name, t in TASKS.items():
-        board[name] = _rank(families, t.metric, t.higher_is_better)
+    for name, t in TASKS.items():  # composites rank only in their tasks (models.spec.competes)
+        entrants = {f: v for f, v in families.items() if competes(f, name)}
+        board[name] = _rank(entrants, t.metric, t.higher_is_better)
     return board
 
 

@@ -86,6 +86,8 @@ def evaluate_family(
         train_metrics = json.loads(train_metrics_file.read_text())
         result |= {k: train_metrics[k] for k in TRAIN_METRICS if k in train_metrics}
     metrics = numeric_metrics(result)
+    if metrics.get("score_ms_per_image", 0) > 0:  # the cost beside the AUROC, as a rate too
+        metrics["score_images_per_s"] = 1000.0 / metrics["score_ms_per_image"]
     atomic_write_json(metrics_path, {"family": family, **metrics})
 
     bundle = out_dir / "bundle"

@@ -15,12 +15,12 @@ from typing import Any
 
 from models.config import ModelConfig, require
 from models.io import atomic_write_json
-from models.spec import TASKS, Tag, family_model_name, rank
+from models.spec import ANOMALY, TASKS, Tag, competes, family_model_name, rank
 from pipelines import registry
 from pipelines.dvc_ops import data_version
 from pipelines.evaluation.paired import Evidence, paired_bootstrap
 from pipelines.jobs.evaluation import RUN_INFO, judge_version, registered_evidence
-from pipelines.jobs.reports import history_markdown, promotion_markdown
+from pipelines.jobs.reports import anomaly_breakdown, history_markdown, promotion_markdown
 from pipelines.model_card import log_model_cards
 from pipelines.params import section
 
@@ -82,7 +82,8 @@ def register_and_promote(
         )
     decisions = []
     for task in TASKS.values():
-        ranked = rank(families, lambda f, m=task.metric: metrics[f].get(m), task.higher_is_better)
+        entrants = [f for f in families if competes(f, task.name)]  # the ensemble: anomaly only
+        ranked = rank(entrants, lambda f, m=task.metric: metrics[f].get(m), task.higher_is_better)
         if not ranked or ranked[0][1] is None:
             continue
         best = ranked[0][0]
@@ -119,6 +120,11 @@ def register_and_promote(
         Tag.JUDGE_VERSION: judge,
         "decisions": decisions,
         "champions": registry.registry_state(),
+        # what the anomaly gate's metric is made of, per candidate: tuned suite and held-out
+        # benchmark means (the metric is their mean), per kind, and the cost per image
+        ANOMALY: anomaly_breakdown(
+            {f: metrics[f] for f in families if competes(f, ANOMALY)}, TASKS[ANOMALY].metric
+        ),
     }
     atomic_write_json(report_dir / "promotion.json", report)
     (report_dir / "promotion.md").write_text(promotion_markdown(report))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from models.spec import ANOMALY, rank
+
 
 def _num(value: Any) -> str:
     try:
@@ -22,6 +24,81 @@ def _interval(d: dict[str, Any]) -> str:
     if not interval:
         return "—"
     return f"{interval['improvement']:+.4g} [{interval['ci_low']:+.4g}, {interval['ci_high']:+.4g}]"
+
+
+# the parts of the anomaly task's metric (the mean of the two means: pipelines.evaluation.paired),
+# then the verdict's behaviour and the cost per image, per candidate
+ANOMALY_COLUMNS = (
+    ("tuned suite mean", "suite_auroc_mean", ".4f"),
+    ("held-out mean", "heldout_auroc_mean", ".4f"),
+    ("held-out real kinds", "heldout_auroc_real_mean", ".4f"),
+    ("held-out worst kind", "heldout_auroc_min", ".4f"),
+    ("degenerate flagged (min)", "degenerate_flagged_min", ".0%"),
+    ("test FPR", "test_fpr", ".3f"),
+    ("score ms/image", "score_ms_per_image", ".3g"),
+    ("score images/s", "score_images_per_s", ".4g"),
+)
+_SETS = (("tuned", "anomaly"), ("held-out", "heldout"))
+
+
+def anomaly_breakdown(metrics: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The anomaly gate's metric of each candidate beside its tuned-suite and held-out means,
+    per kind and per family (best first), with the cost per image: for the promotion report."""
+    from pipelines.evaluation.anomalies import ANOMALY_KINDS
+    from pipelines.evaluation.heldout import HELDOUT_KINDS
+
+    keys = [metric, *(key for _, key, _ in ANOMALY_COLUMNS)]
+    order = rank(metrics, lambda f: metrics[f].get(metric), higher_is_better=True)
+    families = [
+        {"family": f, **{k: metrics[f][k] for k in keys if k in metrics[f]}} for f, _ in order
+    ]
+    kinds: dict[str, dict[str, dict[str, float]]] = {}
+    for label, prefix in _SETS:
+        known = ANOMALY_KINDS if prefix == "anomaly" else HELDOUT_KINDS
+        found = {k.split("/", 1)[1] for m in metrics.values() for k in m
+                 if k.startswith(f"{prefix}_auroc/")}  # fmt: skip
+        kinds[label] = {}
+        for kind in [k for k in known if k in found] + sorted(found - set(known)):
+            key = f"{prefix}_auroc/{kind}"
+            kinds[label][kind] = {f: metrics[f][key] for f, _ in order if key in metrics[f]}
+    return {"metric": metric, "families": families, "kinds": kinds}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return "—"
+
+
+def anomaly_markdown(breakdown: dict[str, Any]) -> list[str]:
+    """Two tables: per family the gate metric beside its two halves and the cost; per kind."""
+    metric, rows = breakdown["metric"], breakdown["families"]
+    if not rows:
+        return []
+    headers = ["family", f"gate metric `{metric}`", *(h for h, _, _ in ANOMALY_COLUMNS)]
+    lines = [
+        "## Anomaly task: what the gate metric is made of",
+        "",
+        f"`{metric}` = mean of the tuned suite's mean AUROC and the held-out benchmark's mean "
+        "AUROC (docs/anomaly.md); nothing was chosen on the held-out images. Cost: model score "
+        "per image in the evaluation's batched scoring.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+    for row in rows:
+        cells = [row["family"], _fmt(row.get(metric), ".4f")]
+        cells += [_fmt(row.get(key), spec) for _, key, spec in ANOMALY_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    families = [row["family"] for row in rows]
+    lines += ["", "AUROC per kind:", "", "| set | kind | " + " | ".join(families) + " |",
+              "|" + "---|" * (len(families) + 2)]  # fmt: skip
+    for label, _ in _SETS:
+        for kind, values in breakdown["kinds"].get(label, {}).items():
+            cells = [_fmt(values.get(f), ".3f") for f in families]
+            lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def promotion_markdown(report: dict[str, Any]) -> str:
@@ -54,6 +131,8 @@ def promotion_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- {task}: " + ("none" if state is None else f"{state['family']} v{state['version']}")
         )
+    if report.get(ANOMALY):
+        lines += ["", *anomaly_markdown(report[ANOMALY])]
     return "\n".join(lines) + "\n"
 
 
