@@ -184,7 +184,8 @@ def train_cmd(ctx, family, data_dir, out, steps, fresh, no_mlflow) -> None:
         fresh=fresh,
         log_mlflow=not no_mlflow,
     )
-    click.echo(json.dumps(summary, indent=2))
+    if "rank" not in summary:  # under torchrun, rank 0 reports for all
+        click.echo(json.dumps(summary, indent=2))
 
 
 @main.command("train-judge")

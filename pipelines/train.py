@@ -5,6 +5,12 @@ batching, validation, checkpoints (model, optimizers, RNG states, step, early-st
 history) written atomically, resume after a kill, early stopping and a wall-clock budget.
 Same seed + same data + same thread count -> bit-identical weights on the CPU, with or without
 a resume. `device` picks where the model and batches live ("auto": CUDA when available).
+
+Under `torchrun` (WORLD_SIZE > 1) the same loop trains data-parallel: each process takes an
+equal share of every global batch (`batch_size` stays the global batch, so steps and images
+seen match a single process), gradients are averaged across processes (pipelines.distributed),
+and only rank 0 writes checkpoints and reports progress; every rank resumes from rank 0's
+checkpoint. Without torchrun nothing changes: a single process trains bit for bit as before.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from tqdm.auto import tqdm
 from models.base import Batch, GenerativeModel, ModelConfig, require
 from models.io import atomic_write_bytes, atomic_write_json, build_model, save_model
 from models.tensors import resolve_device
+from pipelines import distributed
+from pipelines.distributed import SINGLE, Cluster
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -79,6 +87,7 @@ class TrainResult:
     images_per_s: float
     best_val_loss: float | None
     history: list[dict[str, float]] = field(default_factory=list)
+    processes: int = 1  # data-parallel training processes (torchrun's WORLD_SIZE)
 
 
 def available_cores() -> int:
@@ -127,12 +136,24 @@ def _write_checkpoint(payload: dict, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_checkpoint(path: Path, expected: str, device: torch.device) -> dict | None:
-    """The checkpoint of this job on this kind of device, else None (logged)."""
-    if not path.is_file():
+def _load_checkpoint(
+    path: Path, expected: str, device: torch.device, cluster: Cluster = SINGLE
+) -> dict | None:
+    """The checkpoint of this job on this kind of device, else None (logged).
+
+    In data-parallel training rank 0 reads the file and sends its bytes to every rank, so all
+    resume from the same checkpoint (no shared filesystem needed between nodes).
+    """
+    if cluster.active:
+        data = path.read_bytes() if cluster.is_main and path.is_file() else None
+        data = distributed.broadcast_bytes(data, cluster)
+        source = None if data is None else io.BytesIO(data)
+    else:
+        source = path if path.is_file() else None
+    if source is None:
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt checkpoint must not block training
         log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None
@@ -145,8 +166,30 @@ def _load_checkpoint(path: Path, expected: str, device: torch.device) -> dict | 
     return ckpt
 
 
+def _generator_state(ckpt: dict, cluster: Cluster) -> Tensor | None:
+    """This rank's saved noise-generator state; None keeps its fresh seed (another world size)."""
+    if not cluster.active:
+        return ckpt["generator"]
+    states = ckpt.get("generators")
+    if states is not None and len(states) == cluster.world_size:
+        return states[cluster.rank]
+    log.warning("checkpoint written by %d process(es), resumed by %d: noise streams restart",
+                len(states or [None]), cluster.world_size)  # fmt: skip
+    return ckpt["generator"] if cluster.is_main else None
+
+
 @torch.no_grad()
-def validate(model: GenerativeModel, images: Tensor, labels: Tensor, batch_size: int) -> dict:
+def validate(
+    model: GenerativeModel,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    cluster: Cluster = SINGLE,
+) -> dict:
+    """Mean validation metrics over `images`; data-parallel ranks split them and add up."""
+    sharded = cluster.active and len(images) >= cluster.world_size
+    if sharded:
+        images, labels = distributed.shard(images, cluster), distributed.shard(labels, cluster)
     model.eval()
     device = model.device
     totals: dict[str, float] = {}
@@ -156,6 +199,10 @@ def validate(model: GenerativeModel, images: Tensor, labels: Tensor, batch_size:
         for key, value in model.validation_loss(x, y).items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(x)
     model.train()
+    if sharded:
+        names = list(totals)  # the same names, in the same order, on every rank
+        sums = distributed.sum_floats([totals[k] for k in names] + [len(images)], cluster)
+        return {f"val_{k}": v / sums[-1] for k, v in zip(names, sums, strict=False)}
     return {f"val_{k}": v / len(images) for k, v in totals.items()}
 
 
@@ -168,23 +215,30 @@ def train(
     checkpoint_dir: Path,
     data_version: str = "",
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    cluster: Cluster | None = None,
 ) -> TrainResult:
     """Train `family` from its config; resume from a matching checkpoint in `checkpoint_dir`.
 
     The model is initialised on the CPU (the same weights whatever the device), then moved to
-    `cfg.device` with every batch; the training generator lives there too.
+    `cfg.device` with every batch; the training generator lives there too. `cluster` (default:
+    torchrun's environment, else one process) spreads the batches over processes; `on_log`
+    is called on rank 0 only.
     """
-    device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.num_threads or available_cores())
+    cluster = Cluster.from_env() if cluster is None else cluster
+    device = distributed.setup(cluster, resolve_device(cfg.device))
+    threads = max(1, available_cores() // cluster.local_world_size)
+    torch.set_num_threads(cfg.num_threads or threads)
     with _INIT_LOCK:  # the global RNG seeds the init: one job at a time (flows use threads)
         torch.manual_seed(cfg.seed)
         model = build_model(family, model_config)
     model.to(device)
     optimizers = model.configure_optimizers()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(distributed.noise_seed(cfg.seed, cluster))  # rank 0: seed + 1
     images, labels = train_data
     val_images, val_labels = val_data[0][: cfg.val_size], val_data[1][: cfg.val_size]
     batches = _Batches(len(images), cfg.batch_size, cfg.seed)
+    distributed.check_batch_size(batches.batch_size, cluster)
     job = fingerprint(family, model.config.to_dict(), cfg, data_version)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
 
@@ -198,31 +252,42 @@ def train(
         "stopped_early": False,
     }
     resumed_from = None
-    ckpt = _load_checkpoint(ckpt_path, job, device)
+    ckpt = _load_checkpoint(ckpt_path, job, device, cluster)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
-        generator.set_state(ckpt["generator"])
+        if (noise_state := _generator_state(ckpt, cluster)) is not None:
+            generator.set_state(noise_state)
         torch.set_rng_state(ckpt["torch_rng"])
         state.update({k: ckpt[k] for k in state})
         resumed_from = state["step"]
         log.info("resuming %s from step %d (%s)", family, resumed_from, ckpt_path)
+    grad_sync = None
+    if cluster.active:  # one model on every rank, gradients averaged as backward ends
+        distributed.broadcast_module(model)
+        grad_sync = distributed.GradientSync(model, cluster)
 
     def checkpoint() -> None:
-        _write_checkpoint(
-            {
-                "version": CHECKPOINT_VERSION,
-                "fingerprint": job,
-                "device_type": device.type,
-                "model": model.state_dict(),
-                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                **state,
-            },
-            ckpt_path,
-        )
+        noise_states = None
+        if cluster.active:  # a collective: every rank takes part, rank 0 writes
+            distributed.sync_buffers(model, cluster)
+            noise_states = distributed.gather_bytes(generator.get_state(), cluster)
+            if not cluster.is_main:
+                return
+        payload = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": job,
+            "device_type": device.type,
+            "model": model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            **state,
+        }
+        if noise_states is not None:
+            payload |= {"generators": noise_states, "world_size": cluster.world_size}
+        _write_checkpoint(payload, ckpt_path)
 
     model.train()
     started = time.perf_counter()
@@ -233,12 +298,14 @@ def train(
         total=cfg.steps,
         initial=state["step"],
         desc=f"train {family}",
-        disable=not cfg.progress,
+        disable=not cfg.progress or not cluster.is_main,
         dynamic_ncols=True,
     )
     while state["step"] < cfg.steps and not state["stopped_early"]:
         step = state["step"]
         idx = batches.indices(step)
+        if cluster.active:
+            idx = distributed.shard(idx, cluster)
         x, y = images[idx].to(device), labels[idx].to(device)
         logs = model.training_step(Batch(x, y, step, generator), optimizers)
         model.on_train_step_end(step)
@@ -248,19 +315,19 @@ def train(
         bar.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
             means = {k: sum(v) / len(v) for k, v in running.items()}
+            means = distributed.average_floats(means, cluster)
             running.clear()
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:4]})
             state["history"].append({"step": state["step"], **means})
-            if on_log:
+            if on_log and cluster.is_main:
                 on_log(state["step"], means)
         if state["step"] % cfg.val_every == 0 or state["step"] == cfg.steps:
-            _check_validation(model, cfg, state, val_images, val_labels, on_log)
+            _check_validation(model, cfg, state, val_images, val_labels, on_log, cluster)
         state["elapsed"] = elapsed_before + time.perf_counter() - started
-        if (
-            cfg.time_budget_s
-            and state["elapsed"] >= cfg.time_budget_s
-            and state["step"] < cfg.steps
-        ):
+        spent = bool(cfg.time_budget_s) and state["elapsed"] >= cfg.time_budget_s
+        if cfg.time_budget_s and cluster.active:  # ranks stop together: the slowest decides
+            spent = distributed.any_rank(spent, cluster)
+        if spent and state["step"] < cfg.steps:
             out_of_time = True
             log.warning(
                 "%s: wall-clock budget %.0fs spent at step %d",
@@ -273,6 +340,8 @@ def train(
             checkpoint()
     bar.close()
     checkpoint()
+    if grad_sync is not None:
+        grad_sync.close()
     if state["best_state"] is not None and cfg.patience:
         model.load_state_dict(state["best_state"])  # early stopping keeps the best weights
     model.eval()
@@ -288,13 +357,16 @@ def train(
         done * batches.batch_size / max(wall, 1e-9),
         state["best"],
         state["history"],
+        cluster.world_size,
     )
 
 
-def _check_validation(model, cfg, state, val_images, val_labels, on_log) -> None:
-    metrics = validate(model, val_images, val_labels, max(cfg.batch_size, 256))
+def _check_validation(model, cfg, state, val_images, val_labels, on_log, cluster) -> None:
+    if cluster.active:  # validate (and keep as best) the one model all ranks agree on
+        distributed.sync_buffers(model, cluster)
+    metrics = validate(model, val_images, val_labels, max(cfg.batch_size, 256), cluster)
     state["history"].append({"step": state["step"], **metrics})
-    if on_log:
+    if on_log and cluster.is_main:
         on_log(state["step"], metrics)
     loss = metrics["val_loss"]
     if state["best"] is None or loss < state["best"] - cfg.min_delta:
@@ -329,6 +401,7 @@ def save_trained(result: TrainResult, out_dir: Path, extra: dict[str, Any] | Non
             "best_val_loss": result.best_val_loss,
             "params": result.model.num_parameters(),
             "weights_sha256": sha,
-        },
+        }
+        | ({"processes": result.processes} if result.processes > 1 else {}),
     )
     return sha

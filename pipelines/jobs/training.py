@@ -12,6 +12,7 @@ from models.config import ModelConfig
 from models.spec import Tag
 from pipelines import tracking
 from pipelines.data import load_tensors
+from pipelines.distributed import Cluster
 from pipelines.dvc_ops import data_version
 from pipelines.params import section
 from pipelines.train import TrainConfig, save_trained, train
@@ -45,11 +46,16 @@ def train_family(
     fresh: bool = False,
     log_mlflow: bool = True,
 ) -> dict[str, Any]:
-    """Train one family on data/ and write its model folder; log the run to MLflow."""
+    """Train one family on data/ and write its model folder; log the run to MLflow.
+
+    Under torchrun every process trains; only rank 0 writes the model and logs the run (the
+    other ranks return a short summary with their "rank").
+    """
     model_cfg, cfg = family_params(params, family)
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.__dict__, **overrides})
-    if fresh:
+    cluster = Cluster.from_env()
+    if fresh and cluster.is_main:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     version = data_version(data_dir=data_dir)
     result = train(
@@ -60,7 +66,10 @@ def train_family(
         load_tensors(data_dir, "val"),
         checkpoint_dir,
         data_version=version,
+        cluster=cluster,
     )
+    if not cluster.is_main:
+        return {"family": family, "rank": cluster.rank, "steps": result.steps_done}
     sha = save_trained(result, out_dir, extra={"data_version": version})
     summary = {
         "family": family,
@@ -71,6 +80,8 @@ def train_family(
         "best_val_loss": result.best_val_loss,
         "resumed_from": result.resumed_from,
     }
+    if cluster.active:
+        summary["processes"] = cluster.world_size
     if log_mlflow:
         summary["mlflow_run_id"] = tracking.log_run(
             f"train-{family}",
