@@ -79,3 +79,34 @@ browser: ## install Debian's chromium for the browser tests where it is missing 
 bench-serving: install ## serving benchmarks: one-image throughput and overload (docs/serving.md)
 	$(BIN)/python benchmarks/bench_one_image.py
 	$(BIN)/python benchmarks/bench_overload.py
+
+# ---- scale-out stack on loopback (docs/scale-out.md) ----------------------------------------
+# PostgreSQL + S3 (moto) + MLflow server + Prefect server, work pool and workers, all state under
+# STACK_DIR; `make run-stack` runs the pipeline through them (families on the workers).
+STACK_DIR  ?= .genops/stack
+STACK_POOL ?= genops-pool
+.PHONY: stack-deps stack-up stack-down stack-status run-stack
+install: stack-deps
+stack-deps: ## install PostgreSQL's server (Debian's postgresql) for the stack and tests/stack
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "stack-deps: PostgreSQL server is installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
+	  || echo "stack-deps: apt-get could not install postgresql: tests/stack will be skipped"; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
+	  || echo "stack-deps: apt-get could not install postgresql: tests/stack will be skipped"; \
+	else echo "stack-deps: no PostgreSQL server and no usable apt-get: tests/stack will be skipped"; fi
+
+stack-up: install ## start the stack on loopback (URLs, pids: STACK_DIR/stack.json)
+	$(BIN)/python -m pipelines.stack up --state-dir $(STACK_DIR) --pool $(STACK_POOL)
+
+stack-down: ## stop the stack and remove its state
+	$(BIN)/python -m pipelines.stack down --state-dir $(STACK_DIR)
+
+stack-status: ## is every part of the stack answering?
+	$(BIN)/python -m pipelines.stack status --state-dir $(STACK_DIR)
+
+run-stack: data ## the pipeline through the stack (MLflow server, S3, families on the workers)
+	@test -f $(STACK_DIR)/stack.env || $(MAKE) stack-up
+	set -a && . $(STACK_DIR)/stack.env && set +a && \
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.flows run --pool $(STACK_POOL)

@@ -12,6 +12,17 @@ failure fails the flow before any training with the GX summary as its message.
 
     python -m pipelines.flows run                 # one run now, against the current Prefect API
     python -m pipelines.flows serve               # register the deployments and serve them
+
+On a work pool (docs/scale-out.md): `deploy --pool NAME` registers the nightly deployment and a
+per-family deployment on a process work pool, with the code taken from this checkout (no image,
+no network). A run with a pool fans the per-family stages (`train@f`, `evaluate@f`) out as one
+child flow run per family on the pool's `families` queue, so different workers train different
+families at once; DVC releases its repository lock while a stage's command runs, and a stage
+waits for the lock (`dvc --wait-for-lock`) while another one records its outputs. A child run
+that crashed (its worker or machine died) is submitted once more; one that failed fails the run.
+
+    python -m pipelines.flows deploy --pool genops-pool   # nightly + family deployments on a pool
+    python -m pipelines.flows run --pool genops-pool      # one run now, families on the workers
 """
 
 from __future__ import annotations
@@ -30,13 +41,17 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.spec import FAMILIES, ROOT_ENV
+from models.spec import FAMILIES, ROOT_ENV, check_family
 from pipelines.jobs.reports import promotion_markdown
 
 DEPLOYMENT = "nightly"
 NIGHTLY_CRON = "0 2 * * *"
 ON_DATA_DEPLOYMENT = "on-data-change"
 ON_DATA_INTERVAL_S = 900
+FAMILY_FLOW = "genops-family"
+FAMILY_DEPLOYMENT = "family"
+FAMILY_QUEUE = "families"  # family runs; the nightly parent runs from the pool's default queue
+CHILD_POLL_S = 2.0
 VALIDATE_STAGE = "validate"
 BENTO_STAGE = "bento"
 _TRANSIENT_OUTPUT = re.compile(
@@ -109,7 +124,7 @@ def run_stage(root: str, stage: str) -> dict[str, Any]:
     """`dvc repro --single-item <stage>`: runs the stage only when its deps or params changed."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+        [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
         cwd=root,
         env=_stage_env(Path(root)),
         capture_output=True,
@@ -182,6 +197,86 @@ def _publish(root: Path, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return report
 
 
+def split_stages(stages: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(before, per-family, after): the per-family stages (`name@family`) must be contiguous in
+    dvc.yaml order for the families to run side by side."""
+    at = [i for i, s in enumerate(stages) if "@" in s]
+    if not at:
+        return stages, [], []
+    first, last = at[0], at[-1]
+    if any("@" not in s for s in stages[first : last + 1]):
+        raise ValueError(f"per-family stages are not contiguous in dvc.yaml: {stages}")
+    return stages[:first], stages[first : last + 1], stages[last + 1 :]
+
+
+@flow(name=FAMILY_FLOW, log_prints=True)
+def family_pipeline(root: str, family: str) -> dict[str, Any]:
+    """One family's stages (`train@family`, `evaluate@family`, ...), in dvc.yaml order."""
+    check_family(family)
+    path = Path(root).resolve()
+    stages = [s for s in stage_names(path, [family]) if s.endswith(f"@{family}")]
+    results = [run_stage(str(path), stage) for stage in stages]
+    return {"family": family, "stages": results, "pid": os.getpid()}
+
+
+def _wait_child_runs(run_ids: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+    """Poll the API until every child flow run is final; family -> its last FlowRun."""
+    from prefect.client.orchestration import get_client
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    done: dict[str, Any] = {}
+    with get_client(sync_client=True) as client:
+        while len(done) < len(run_ids):
+            for family, run_id in run_ids.items():
+                if family not in done:
+                    run = client.read_flow_run(run_id)
+                    if run.state is not None and run.state.is_final():
+                        done[family] = run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"family runs not finished: {sorted(set(run_ids) - set(done))}")
+            if len(done) < len(run_ids):
+                time.sleep(CHILD_POLL_S)
+    return done
+
+
+def fan_out_families(
+    root: str, families: list[str], timeout_s: float | None = None, resubmit_crashed: int = 1
+) -> list[dict[str, Any]]:
+    """One child flow run of the family deployment per family, on the pool's workers; wait for
+    all. A crashed child (worker or machine gone) is submitted again `resubmit_crashed` times;
+    a failed one fails the parent with each failure's message."""
+    from prefect.deployments import run_deployment
+
+    def submit(family: str) -> Any:
+        return run_deployment(
+            f"{FAMILY_FLOW}/{FAMILY_DEPLOYMENT}",
+            parameters={"root": root, "family": family},
+            timeout=0,  # submit only: the families run at once, on whichever workers are free
+            as_subflow=True,
+            flow_run_name=f"{family}",
+        ).id
+
+    attempts = {f: 1 for f in families}
+    runs = _wait_child_runs({f: submit(f) for f in families}, timeout_s)
+    for _ in range(resubmit_crashed):
+        crashed = [f for f, run in runs.items() if run.state.is_crashed()]
+        if not crashed:
+            break
+        get_run_logger().warning("family runs crashed, submitting again: %s", crashed)
+        for f in crashed:
+            attempts[f] += 1
+        runs |= _wait_child_runs({f: submit(f) for f in crashed}, timeout_s)
+    results = [
+        {"family": f, "flow_run_id": str(run.id), "state": run.state.type.value,
+         "attempts": attempts[f], "seconds": round(run.total_run_time.total_seconds(), 1)}
+        for f, run in runs.items()
+    ]  # fmt: skip
+    failed = {f: run.state.message for f, run in runs.items() if not run.state.is_completed()}
+    if failed:
+        raise StageFailed(f"family runs did not complete: {failed}")
+    return results
+
+
 @flow(name="genops-pipeline", log_prints=True)
 def pipeline(
     root: str = ".",
@@ -189,18 +284,30 @@ def pipeline(
     rev: str | None = None,
     remote: str | None = None,
     build_bento: bool = True,
+    pool: bool = False,
 ) -> dict[str, Any]:
-    """Data -> the dvc.yaml stages in order (GX gate, judge, train, evaluate, register, Bento)."""
+    """Data -> the dvc.yaml stages in order (GX gate, judge, train, evaluate, register, Bento).
+
+    With `pool`, the per-family stages run as child flow runs of the family deployment (which
+    `deploy()` put on a work pool), one per family, side by side on the pool's workers."""
     path = Path(root).resolve()
     version = prepare_data(str(path), rev, remote)
     stages = [s for s in stage_names(path, families) if build_bento or s != BENTO_STAGE]
+    before, per_family, after = split_stages(stages) if pool else (stages, [], [])
     results = []
-    for stage in stages:  # dvc.yaml order is dependency order; DVC locks the repo per run
+    for stage in before:  # dvc.yaml order is dependency order; DVC locks the repo per run
+        results.append(run_stage(str(path), stage))
+    children = []
+    if per_family:
+        names = list(dict.fromkeys(s.split("@", 1)[1] for s in per_family))
+        children = fan_out_families(str(path), names)
+    for stage in after:
         results.append(run_stage(str(path), stage))
     report = _publish(path, results)
     return {
         "data_version": version,
         "stages": results,
+        "family_runs": children,
         "ran": [r["stage"] for r in results if r["ran"]],
         "promotion": report,
     }
@@ -229,6 +336,31 @@ def data_change_deployment(root: str = ".", interval_s: int = ON_DATA_INTERVAL_S
     )
 
 
+def deploy(pool: str, root: str = ".", cron: str = NIGHTLY_CRON) -> dict[str, str]:
+    """Register the nightly deployment (pool's default queue) and the family deployment (its
+    `families` queue) on work pool `pool`, code from this checkout; return their ids."""
+    source = str(Path(root).resolve())
+    common = {"work_pool_name": pool, "build": False, "push": False, "print_next_steps": False,
+              "ignore_warnings": True, "tags": ["genops"]}  # fmt: skip
+    family_id = family_pipeline.from_source(
+        source=source, entrypoint="pipelines/flows.py:family_pipeline"
+    ).deploy(
+        name=FAMILY_DEPLOYMENT,
+        work_queue_name=FAMILY_QUEUE,
+        description="One family's training and evaluation stages (a child of the pipeline run)",
+        **common,
+    )
+    nightly = pipeline.from_source(source=source, entrypoint="pipelines/flows.py:pipeline")
+    nightly_id = nightly.deploy(
+        name=DEPLOYMENT,
+        cron=cron,
+        parameters={"root": source, "pool": True},
+        description="Nightly genops run on the work pool: families train side by side on workers",
+        **common,
+    )
+    return {"nightly": str(nightly_id), "family": str(family_id)}
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -241,16 +373,29 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--rev", help="git revision whose data.dvc to pull")
     run.add_argument("--remote", help="DVC remote to pull from")
     run.add_argument("--no-bento", action="store_true")
+    run.add_argument("--pool", help="run the per-family stages as flow runs on this work pool")
     serve = sub.add_parser("serve", help="register the nightly + on-data-change deployments, serve")
     serve.add_argument("--cron", default=NIGHTLY_CRON)
     serve.add_argument("--interval", type=int, default=ON_DATA_INTERVAL_S)
     sub.add_parser("register", help="register the deployments with the API without serving")
+    dep = sub.add_parser("deploy", help="nightly + per-family deployments on a process work pool")
+    dep.add_argument("--pool", required=True)
+    dep.add_argument("--cron", default=NIGHTLY_CRON)
     args = parser.parse_args(argv)
     if args.command == "run":
+        if args.pool:
+            deploy(args.pool)  # the family deployment the run fans out to (an upsert)
         result = pipeline(
-            families=args.family, rev=args.rev, remote=args.remote, build_bento=not args.no_bento
+            families=args.family,
+            rev=args.rev,
+            remote=args.remote,
+            build_bento=not args.no_bento,
+            pool=bool(args.pool),
         )
-        print(json.dumps({k: result[k] for k in ("data_version", "ran", "stages")}, indent=2))
+        keys = ("data_version", "ran", "stages", "family_runs")
+        print(json.dumps({k: result[k] for k in keys}, indent=2))
+    elif args.command == "deploy":
+        print(json.dumps(deploy(args.pool, cron=args.cron), indent=2))
     elif args.command == "serve":
         from prefect import serve as prefect_serve
 
