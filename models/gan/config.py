@@ -39,6 +39,8 @@ class GANConfig(ModelConfig):
     d_collapse_gap: float = 0.95  # dcgan: warn when mean D(real) - D(fake) exceeds this
     wgan_gap_limit: float = 10.0  # wgan-gp: warn when the critic gap exceeds this
     mode_collapse_ratio: float = 0.5  # warn when sample/real pairwise distance falls below
+    oscillation_swing: float = 0.2  # warn when the D gap's swing amplitude exceeds this
+    oscillation_warmup: int = 200  # D steps before the oscillation monitor may warn
     seed: int = 0  # seeds the fixed monitoring noise
     bf16_autocast: bool = True  # training forward passes only; ~1.6x on AVX512-BF16
     channels_last: bool = True
@@ -96,6 +98,14 @@ class GANConfig(ModelConfig):
         )
         require(
             self.wgan_gap_limit > 0.0, f"wgan_gap_limit must be > 0, got {self.wgan_gap_limit!r}"
+        )
+        require(
+            self.oscillation_swing > 0.0,
+            f"oscillation_swing must be > 0, got {self.oscillation_swing!r}",
+        )
+        require(
+            isinstance(self.oscillation_warmup, int) and self.oscillation_warmup >= 0,
+            f"oscillation_warmup must be an int >= 0, got {self.oscillation_warmup!r}",
         )
         require(
             0.0 <= self.mode_collapse_ratio <= 1.0,

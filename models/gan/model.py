@@ -24,7 +24,13 @@ from models import rng
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.ema import ema_update, warmup_decay
 from models.gan.config import GANConfig
-from models.gan.monitors import d_collapse_warning, diversity_ratio, mode_collapse_warning
+from models.gan.monitors import (
+    SwingTracker,
+    d_collapse_warning,
+    diversity_ratio,
+    mode_collapse_warning,
+    oscillation_warning,
+)
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -75,6 +81,9 @@ class GAN(GenerativeModel):
         self.register_buffer("monitor_z", monitor_z)
         self.register_buffer("monitor_labels", torch.arange(config.monitor_batch) % NUM_CLASSES)
         self.register_buffer("diversity", torch.tensor(1.0))  # last measured diversity ratio
+        # oscillation monitor state [fast, slow, swing, count]: not saved with the weights
+        # (weights from before the monitor still load); after a resume it warms up again
+        self.register_buffer("gap_swing", torch.zeros(4, dtype=torch.float64), persistent=False)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -178,10 +187,17 @@ class GAN(GenerativeModel):
             wgan_gap_limit=cfg.wgan_gap_limit,
         )
         m_warn = mode_collapse_warning(diversity, cfg.mode_collapse_ratio)
+        scale = cfg.wgan_gap_limit if cfg.objective == "wgan-gp" else 1.0
+        swing = SwingTracker.update(self.gap_swing, logs["d_gap"] / scale)
+        o_warn = oscillation_warning(
+            swing, int(self.gap_swing[3]), cfg.oscillation_swing, cfg.oscillation_warmup
+        )
         return {
             "diversity": diversity,
+            "d_gap_swing": swing,
             "warn_d_collapse": float(d_warn),
             "warn_mode_collapse": float(m_warn),
+            "warn_oscillation": float(o_warn),
         }
 
     def _encoder_step(

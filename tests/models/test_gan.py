@@ -11,10 +11,12 @@ import torch
 
 from models.gan import GAN, GANConfig
 from models.gan.monitors import (
+    SwingTracker,
     d_collapse_warning,
     diversity_ratio,
     mean_pairwise_distance,
     mode_collapse_warning,
+    oscillation_warning,
 )
 from models.io import build_model
 from models.tensors import NUM_CLASSES
@@ -23,7 +25,7 @@ from tests.models.contract import make, run_steps
 # the contract suite's tiny GAN, with the family's default learning rate and E from step 4
 GAN_TINY = {"lr": GANConfig().lr, "encoder_start_step": 4}
 LOG_KEYS = {"loss", "d_loss", "g_loss", "d_real", "d_fake", "diversity"}
-FLAG_KEYS = {"warn_d_collapse", "warn_mode_collapse"}
+FLAG_KEYS = {"warn_d_collapse", "warn_mode_collapse", "warn_oscillation"}
 GAN_STEPS, ENCODER_STEPS = 150, 60  # the short real-digit run shared by the last tests
 
 
@@ -145,6 +147,35 @@ def test_monitor_functions():
     assert not d_collapse_warning("dcgan", 1.2, 0.6, 0.4, **kw)
     assert not d_collapse_warning("wgan-gp", -3.0, 2.0, -1.0, **kw)
     assert d_collapse_warning("wgan-gp", -15.0, 5.0, -10.0, **kw)
+
+
+def _swing_of(signal: list[float]) -> float:
+    state = torch.zeros(4, dtype=torch.float64)
+    return [SwingTracker.update(state, v) for v in signal][-1]
+
+
+def test_oscillation_monitor_separates_swings_from_noise_and_drift():
+    noise = torch.randn(600, generator=torch.Generator().manual_seed(0)) * 0.15
+    steady = [0.5 + float(v) for v in noise]  # batch noise around a steady D gap
+    drift = [0.2 + 0.6 * i / 600 + float(v) for i, v in enumerate(noise)]  # slow learning
+    swings = [0.5 + (0.4 if (i // 30) % 2 else -0.4) + float(v) for i, v in enumerate(noise)]
+    limit = GANConfig().oscillation_swing
+    assert _swing_of(steady) < limit / 2 and _swing_of(drift) < limit / 2
+    assert _swing_of(swings) > limit
+    assert not oscillation_warning(1.0, 10, limit, warmup=200)  # warming up: never
+    assert oscillation_warning(1.0, 201, limit, warmup=200)
+
+
+def test_oscillation_state_is_not_saved_with_the_weights():
+    model = tiny_gan()
+    assert "gap_swing" in dict(model.named_buffers())
+    assert "gap_swing" not in model.state_dict()  # weights from before the monitor still load
+
+
+@pytest.mark.parametrize(("key", "value"), [("oscillation_swing", 0.0), ("oscillation_warmup", -1)])
+def test_oscillation_config_is_validated(key, value):
+    with pytest.raises(ValueError, match=key):
+        GANConfig.from_dict({key: value})
 
 
 # ---- a short real training run ------------------------------------------------------------
