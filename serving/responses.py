@@ -1,0 +1,41 @@
+"""What every API answer shares: the headers naming the model, and JSON refusals."""
+
+from __future__ import annotations
+
+import os
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from serving.bundle import ServedModel
+
+# Response headers naming the registered model version that produced the result.
+MODEL_HEADER, VERSION_HEADER = "X-Genops-Model", "X-Genops-Model-Version"
+# ... and the worker process that answered (GENOPS_WORKERS > 1 serves from several).
+WORKER_HEADER = "X-Genops-Worker"
+
+
+def refusal(
+    ctx: bentoml.Context, status: int, reason: str, retry_after_s: int | None = None
+) -> JSONResponse:
+    """A JSON error response with our reason (BentoML would blank 403/5xx bodies)."""
+    ctx.response.status_code = status
+    if retry_after_s is not None:
+        ctx.response.headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def name_the_model(ctx: bentoml.Context, served: ServedModel) -> None:
+    """Response headers with the registered name and version that answer this request."""
+    ctx.response.headers[MODEL_HEADER] = served.meta.name
+    ctx.response.headers[VERSION_HEADER] = served.meta.version
+    ctx.response.headers[WORKER_HEADER] = str(os.getpid())
+
+
+def model_headers(served: ServedModel) -> dict[str, str]:
+    """The same headers for the raw ASGI paths."""
+    return {
+        MODEL_HEADER: served.meta.name,
+        VERSION_HEADER: served.meta.version,
+        WORKER_HEADER: str(os.getpid()),
+    }

@@ -1,0 +1,134 @@
+"""Scoring requests: read the images of a request, score them on the scoring lane, answer.
+
+Shared by `/score`, `/reconstruct` (through `read_images` and `scores`) and the one-image
+fast path `/score/image` (`score_body`, called by serving.fastpath without BentoML's API
+layer). The scores come from the adaptive batcher on the scoring lane's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+
+from serving import imaging
+from serving.admission import Lane, Shed
+from serving.batching import ScoreBatcher
+from serving.bundle import SCORE_UNIT, ServedModel
+from serving.responses import model_headers
+from serving.runtime import score_metrics
+from serving.schemas import MAX_SCORE
+
+
+class Scoring:
+    """The scoring lane's side of the service: inputs in, scores and verdicts out."""
+
+    def __init__(
+        self,
+        lane: Lane,
+        batcher: ScoreBatcher,
+        resolve: Callable[[str, str | None], ServedModel],
+    ) -> None:
+        self.lane = lane
+        self.batcher = batcher
+        self.resolve = resolve
+
+    async def read_images(
+        self,
+        images: list | None,
+        files: list[Path],
+        scale: str,
+        limit: int,
+        pixels: str | None = None,
+    ) -> np.ndarray:
+        """The request's images as (N, 1, 28, 28) float32 in [0, 1], or a 400."""
+        inputs = {"images": images, "files": files, "pixels": pixels}
+        given = [name for name, value in inputs.items() if value]
+        if len(given) > 1:
+            raise InvalidArgument(f"send one of `images`, `files` or `pixels`, not {given}")
+        try:
+            if pixels:
+                return imaging.parse_pixels(pixels, limit)[:, None, :, :]
+            count = len(images or files)
+            if count == 0:
+                raise InvalidArgument(
+                    "no images given: send `images` (JSON arrays), `pixels` (base64) or `files`"
+                )
+            if count > limit:
+                raise InvalidArgument(f"too many images: {count} > {limit} per request")
+            if files:
+                decoded = await anyio.to_thread.run_sync(decode_files, files)
+            else:
+                decoded = imaging.parse_arrays(images, scale)  # type: ignore[arg-type]
+        except imaging.BadImage as exc:
+            raise InvalidArgument(str(exc)) from None
+        return decoded[:, None, :, :]
+
+    async def scores(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
+        """Scores of a validated batch, queued on the scoring lane (may raise Shed)."""
+        estimate = served.estimate_s(SCORE_UNIT, len(batch))
+        return await self.lane.hold(estimate, self.batcher.score(served, batch))
+
+    @staticmethod
+    def payload(served: ServedModel, scores: np.ndarray, images: np.ndarray) -> dict[str, Any]:
+        """The /score answer as plain JSON-ready data; records the score metrics.
+
+        The verdict gets each image too, so a calibration with an input-energy test applies it
+        exactly as the pipeline's evaluation does.
+        """
+        meta, calibration = served.meta, served.calibration
+        histogram, anomalies = score_metrics()
+        family_version = (meta.family, meta.version)
+        results = []
+        for value, image in zip(scores.tolist(), images, strict=True):
+            flagged = calibration.is_anomaly(value, image)
+            histogram.labels(*family_version).observe(value)
+            if flagged:
+                anomalies.labels(*family_version).inc()
+            results.append(
+                {
+                    "score": value,
+                    "threshold": calibration.threshold,
+                    "is_anomaly": flagged,
+                    "percentile": calibration.percentile(value),
+                    "model": meta.name,
+                    "family": meta.family,
+                    "version": meta.version,
+                }
+            )
+        return {
+            "model": {"name": meta.name, "version": meta.version, "family": meta.family},
+            "threshold": calibration.threshold,
+            "target_fpr": calibration.target_fpr,
+            "results": results,
+        }
+
+    async def score_body(
+        self, body: bytes, content_type: str, model: str | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """POST /score/image: (status, JSON payload, headers) for a raw body (the fast path)."""
+        try:
+            served = self.resolve("anomaly", model)
+        except ServiceUnavailable as exc:
+            return 503, {"error": str(exc)}, {}
+        except InvalidArgument as exc:
+            return 400, [{"error": str(exc)}], {}
+        try:
+            batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
+        except imaging.BadImage as exc:
+            return 400, [{"error": str(exc)}], {}
+        try:
+            scores = await self.scores(served, batch)
+        except Shed as exc:
+            return 503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)}
+        return 200, self.payload(served, scores, batch), model_headers(served)
+
+
+def decode_files(files: list[Path]) -> np.ndarray:
+    return np.stack(
+        [imaging.decode_upload(Path(f).read_bytes(), f"file {i}") for i, f in enumerate(files)]
+    )

@@ -1,0 +1,96 @@
+"""Several serving workers (GENOPS_WORKERS=2): a real `bentoml serve`, both workers answer alike."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.responses import VERSION_HEADER, WORKER_HEADER
+from tests.serving.conftest import Server
+
+HELD_OUT = slice(4500, 4508)
+WORKERS = 2
+
+
+def _fresh(url: str, method: str, path: str, **kwargs) -> httpx.Response:
+    """One request on a new connection, so that any worker may accept it."""
+    with httpx.Client(base_url=url, timeout=60, headers={"Connection": "close"}) as client:
+        return client.request(method, path, **kwargs)
+
+
+def _until_every_worker_answered(url: str, method: str, path: str, **kwargs) -> dict:
+    """{worker pid: [responses]} from concurrent fresh connections, until WORKERS pids answered.
+
+    The kernel hands a new connection to whichever worker accepts first; an idle worker that
+    keeps winning is kept busy by the concurrent requests, so the other one gets some too.
+    """
+    seen: dict[str, list[httpx.Response]] = {}
+    deadline = time.monotonic() + 90
+    with ThreadPoolExecutor(8) as pool:
+        while len(seen) < WORKERS or min(len(v) for v in seen.values()) < 2:
+            assert time.monotonic() < deadline, f"only workers {sorted(seen)} answered"
+            for response in pool.map(lambda _: _fresh(url, method, path, **kwargs), range(16)):
+                assert response.status_code == 200, response.text
+                pid = response.headers.get(WORKER_HEADER) or str(response.json()["worker"]["pid"])
+                seen.setdefault(pid, []).append(response)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, source_dir):
+    srv = Server(
+        f"dir:{source_dir}", tmp_path_factory.mktemp("workers"), {"GENOPS_WORKERS": str(WORKERS)}
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_every_worker_is_ready_with_the_same_verified_models(two_workers):
+    assert two_workers.client.get("/readyz").status_code == 200
+    by_worker = _until_every_worker_answered(two_workers.url, "GET", "/metadata")
+    described = {pid: responses[0].json() for pid, responses in by_worker.items()}
+    assert len(described) == WORKERS
+    for pid, meta in described.items():
+        assert meta["ready"], f"worker {pid} answered before its models were ready"
+        assert meta["worker"]["pid"] == int(pid) and meta["worker"]["workers"] == WORKERS
+        assert meta["lanes"]["scoring"]["capacity"] == 16  # each worker has its own lanes
+    first, *others = described.values()
+    assert {m["worker"]["index"] for m in described.values()} == set(range(1, WORKERS + 1))
+    for meta in others:
+        assert meta["fingerprint"] == first["fingerprint"]
+        assert meta["versions"] == first["versions"]
+        sha = {role: m["weights_sha256"] for role, m in meta["models"].items()}
+        assert sha == {role: m["weights_sha256"] for role, m in first["models"].items()}
+
+
+def test_scores_and_samples_are_identical_across_workers(two_workers, real_digits):
+    images = real_digits[0][HELD_OUT].reshape(-1, 784).numpy()
+    pixels = np.round(images * 255).astype(np.uint8).tobytes()
+    scored = _until_every_worker_answered(
+        two_workers.url,
+        "POST",
+        "/score/image",
+        content=pixels,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    scores = {
+        pid: np.array([[r["score"] for r in resp.json()["results"]] for resp in responses])
+        for pid, responses in scored.items()
+    }
+    reference = next(iter(scores.values()))[0]
+    for pid, runs in scores.items():
+        # batching may put a request beside others; a batch scores as one by one (1e-6)
+        np.testing.assert_allclose(runs, np.broadcast_to(reference, runs.shape), rtol=1e-6)
+        assert all(r.headers[VERSION_HEADER] == "2" for r in scored[pid])
+    generated = _until_every_worker_answered(
+        two_workers.url, "POST", "/generate", json={"n": 4, "seed": 7, "format": "pngs"}
+    )
+    images_seen = {tuple(r.json()["pngs"]) for responses in generated.values() for r in responses}
+    assert len(images_seen) == 1, "same seed, different images across workers"
