@@ -103,7 +103,8 @@ def setup(cluster: Cluster, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=cluster.rank, world_size=cluster.world_size)
+        bound = {"device_id": device} if backend == "nccl" else {}  # NCCL: one GPU per rank
+        dist.init_process_group(backend, rank=cluster.rank, world_size=cluster.world_size, **bound)
         atexit.register(_shutdown)
         log.info("rank %d/%d joined the %s process group on %s",
                  cluster.rank, cluster.world_size, backend, device)  # fmt: skip
