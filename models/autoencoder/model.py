@@ -11,9 +11,9 @@ from torch import Tensor
 
 from models import rng
 from models.autoencoder.config import AutoencoderConfig
-from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.networks import build_networks
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
+from models.layers import LatentGaussianMixture
 from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
 
 

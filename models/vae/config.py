@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Self
 
 from models.base import ModelConfig, require
 
 DECODERS = ("bernoulli", "gaussian")
+ARCHES = ("conv", "mlp")
+SAMPLING_PRIORS = ("normal", "gaussian", "class_gaussians")
+# Every key a VAE config had before `arch` and the fitted sampling prior existed. A dict holding
+# all of them is a saved config of that version: keys it lacks take their old behaviour
+# (`LEGACY_VALUES`), so its weights load and sample as before. Partial dicts (params.yaml) get
+# the current defaults.
+V1_KEYS = frozenset({
+    "latent_dim", "channels", "hidden_dim", "decoder", "gaussian_std", "beta", "kl_warmup_steps",
+    "lr", "elbo_samples", "max_iwae_k", "eval_seed", "bf16_autocast", "channels_last",
+})  # fmt: skip
+LEGACY_VALUES: dict[str, Any] = {
+    "arch": "conv",
+    "sampling_prior": "normal",
+    "prior_momentum": 0.05,
+    "free_bits": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -16,7 +33,15 @@ class VAEConfig(ModelConfig):
     The encoder is two stride-2 convolutions (`channels`, 28 -> 14 -> 7) and a hidden
     layer of `hidden_dim` units; the decoder mirrors it. `decoder="bernoulli"` reads the
     outputs as pixel logits (BCE); `"gaussian"` as means of N(mean, gaussian_std^2).
-    The KL weight ramps linearly from 0 to `beta` over `kl_warmup_steps` (0 = no ramp).
+    The KL weight ramps linearly from 0 to `beta` over `kl_warmup_steps` (0 = no ramp);
+    `free_bits` (nats per latent dimension, 0 = off) floors each dimension's batch-mean KL in
+    the training loss only. `arch="mlp"` is the pytorch/examples network instead
+    (784 -> `hidden_dim` -> `latent_dim`, ReLU; `channels` unused).
+    `sampling_prior` is what `sample` draws latents from: "normal" is the N(0, I) prior;
+    "gaussian" / "class_gaussians" is ex-post density estimation - one full-covariance
+    Gaussian, or one per digit class (mixed by class frequency), fitted to the posterior
+    means of the training images with running moments (EMA rate `prior_momentum`) and saved
+    with the weights. The ELBO, IWAE bound and anomaly score always use the N(0, I) prior.
     Evaluation bounds use fixed noise drawn once from `eval_seed`: the ELBO averages
     `elbo_samples` draws, `iwae_bound` accepts up to `max_iwae_k` importance samples.
     `bf16_autocast` runs the training forward pass in bfloat16 (bounds, scores and samples
@@ -24,6 +49,7 @@ class VAEConfig(ModelConfig):
     AVX512-BF16 CPU here - turn both off on CPUs without native bf16.
     """
 
+    arch: str = "conv"
     latent_dim: int = 8
     channels: tuple[int, ...] = (32, 64)
     hidden_dim: int = 256
@@ -31,6 +57,9 @@ class VAEConfig(ModelConfig):
     gaussian_std: float = 0.1
     beta: float = 1.0
     kl_warmup_steps: int = 500
+    free_bits: float = 0.0
+    sampling_prior: str = "normal"
+    prior_momentum: float = 0.05
     lr: float = 1e-3
     elbo_samples: int = 4
     max_iwae_k: int = 256
@@ -38,7 +67,16 @@ class VAEConfig(ModelConfig):
     bf16_autocast: bool = True
     channels_last: bool = True
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Self:
+        """As `ModelConfig.from_dict`; a complete version-1 dict keeps its old behaviour."""
+        values = dict(values or {})
+        if set(values) >= V1_KEYS:
+            values = LEGACY_VALUES | values
+        return super().from_dict(values)
+
     def validate(self) -> None:
+        require(self.arch in ARCHES, f"arch must be one of {ARCHES}, got {self.arch!r}")
         require(
             isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 512,
             f"latent_dim must be an int in 1..512, got {self.latent_dim!r}",
@@ -63,6 +101,17 @@ class VAEConfig(ModelConfig):
         require(
             isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
             f"kl_warmup_steps must be an int >= 0, got {self.kl_warmup_steps!r}",
+        )
+        require(
+            0.0 <= self.free_bits <= 10.0, f"free_bits must be in [0, 10], got {self.free_bits!r}"
+        )
+        require(
+            self.sampling_prior in SAMPLING_PRIORS,
+            f"sampling_prior must be one of {SAMPLING_PRIORS}, got {self.sampling_prior!r}",
+        )
+        require(
+            0.0 < self.prior_momentum <= 1.0,
+            f"prior_momentum must be in (0, 1], got {self.prior_momentum!r}",
         )
         require(0.0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr!r}")
         require(

@@ -11,12 +11,14 @@ from torch import Tensor
 
 from models import rng
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
-from models.tensors import bf16_autocast, check_images, to_channels_last
+from models.layers import LatentGaussianMixture
+from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
 from models.vae.config import VAEConfig
-from models.vae.networks import Decoder, GaussianEncoder, Posterior
+from models.vae.networks import Posterior, build_networks
 from models.vae.objective import (
     ElboTerms,
     decoder_mean,
+    free_bits_kl,
     gaussian_kl,
     kl_weight,
     log_likelihood,
@@ -30,14 +32,19 @@ class VAE(GenerativeModel):
     """Variational autoencoder with a diagonal-Gaussian encoder and a N(0, I) prior.
 
     * Training maximises the beta-weighted ELBO with one reparameterised sample per image
-      (noise from the trainer's generator); the KL weight warms up linearly to `beta`.
+      (noise from the trainer's generator); the KL weight warms up linearly to `beta`
+      (with `free_bits`, each latent dimension's batch-mean KL is floored in the loss).
     * `elbo` is deterministic: the analytic KL plus the reconstruction term averaged over
       the first `elbo_samples` rows of a fixed noise buffer (`eval_eps`, drawn once from
       `eval_seed` and saved with the weights), identical for every image, so values do not
       depend on batch composition. `iwae_bound(images, k)` uses the first k rows likewise.
     * `anomaly_score` is the negative ELBO in nats per image (higher = less likely).
-    * `sample` decodes prior draws and returns the decoder mean (sigmoid of the logits),
-      not binarised pixels. The model is unconditional: labels are ignored.
+    * `sample` decodes latent draws and returns the decoder mean (sigmoid of the logits),
+      not binarised pixels. The latents come from N(0, I) (`sampling_prior="normal"`) or
+      from Gaussians fitted to the training posterior means (ex-post density estimation:
+      `latent_prior`, running moments updated deterministically in every training step and
+      saved as buffers; one per digit class for "class_gaussians", drawn by class
+      frequency). The model is unconditional: labels are ignored.
     """
 
     family: ClassVar[str] = "vae"
@@ -46,13 +53,19 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
-        channels = (config.channels[0], config.channels[1])
-        self.encoder = GaussianEncoder(channels, config.hidden_dim, config.latent_dim)
-        self.decoder = Decoder(channels, config.hidden_dim, config.latent_dim)
+        self.encoder, self.decoder = build_networks(
+            config.arch, config.channels, config.hidden_dim, config.latent_dim
+        )
         seeded = torch.Generator().manual_seed(config.eval_seed)
         eps = torch.randn(config.max_iwae_k, config.latent_dim, generator=seeded)
         self.register_buffer("eval_eps", eps)
-        if config.channels_last:
+        self.latent_prior: LatentGaussianMixture | None = None
+        if config.sampling_prior != "normal":
+            components = NUM_CLASSES if config.sampling_prior == "class_gaussians" else 1
+            self.latent_prior = LatentGaussianMixture(
+                components, config.latent_dim, config.prior_momentum
+            )
+        if self._use_channels_last:
             self.to(memory_format=torch.channels_last)
 
     @property
@@ -60,8 +73,12 @@ class VAE(GenerativeModel):
         return Capabilities(reconstruction=True, likelihood=True, encoder=True, interpolation=True)
 
     # ---- networks ---------------------------------------------------------------------
+    @property
+    def _use_channels_last(self) -> bool:
+        return self.config.channels_last and self.config.arch == "conv"
+
     def _prepare(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images).to(self.device), self.config.channels_last)
+        return to_channels_last(check_images(images).to(self.device), self._use_channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return bf16_autocast(self.config.bf16_autocast, self.device)
@@ -105,13 +122,26 @@ class VAE(GenerativeModel):
         recon = -self._log_likelihood(logits, x).mean()
         kl = gaussian_kl(posterior).mean()
         weight = kl_weight(batch.step, self.config.beta, self.config.kl_warmup_steps)
-        loss = recon + weight * kl
+        kl_loss = free_bits_kl(posterior, self.config.free_bits) if self.config.free_bits else kl
+        loss = recon + weight * kl_loss
         opt = optimizers["adam"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if self.latent_prior is not None:  # fitted to this step's posterior means
+            self.latent_prior.update(posterior.mean.detach(), self._components(batch))
         recon_v, kl_v = float(recon.detach()), float(kl.detach())
         return {"loss": float(loss.detach()), "recon": recon_v, "kl": kl_v, "kl_weight": weight}
+
+    def _components(self, batch: Batch) -> Tensor:
+        """Which fitted Gaussian each training image updates: its class, or the only one."""
+        n = batch.images.shape[0]
+        if self.config.sampling_prior != "class_gaussians":
+            return torch.zeros(n, dtype=torch.long, device=self.device)
+        labels = check_labels(batch.labels, n)
+        if labels is None:
+            raise ValueError("sampling_prior='class_gaussians' needs labels in training_step")
+        return labels.to(self.device)
 
     @torch.no_grad()
     def validation_loss(self, images: Tensor, labels: Tensor) -> dict[str, float]:
@@ -173,7 +203,9 @@ class VAE(GenerativeModel):
     def _sample(
         self, n: int, generator: torch.Generator | None, labels: Tensor | None, steps: int | None
     ) -> Tensor:
-        """Decoder means of `n` draws z ~ N(0, I) from `generator`."""
+        """Decoder means of `n` latents from `generator`: N(0, I) or the fitted Gaussians."""
+        if self.latent_prior is not None:
+            return self.decode(self.latent_prior.sample(n, generator))
         return self.decode(rng.randn((n, self.config.latent_dim), generator, self.device))
 
     @torch.no_grad()

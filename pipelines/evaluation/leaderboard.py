@@ -6,12 +6,19 @@ Rankings: generation by `fd_judge` ascending, anomaly detection by `anomaly_auro
 mean of the tuned suite's and the held-out benchmark's mean AUROC) descending; families lacking
 the metric (or with NaN) come last with rank None. The Markdown also puts the tuned suite and the
 held-out benchmark side by side per kind and family (AUROC and share flagged).
+
+Baselines (the textbook references of `benchmarks/bench_baselines.py`, stored in
+metrics/baselines.json with the data version they were measured on) are shown beside the family
+they are a baseline of, marked as baselines and never ranked: the task rankings, which the
+promotion gate shares, hold families only. Only rows measured on the current data are shown.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from models.spec import TASKS, competes, rank
@@ -83,10 +90,43 @@ def _rank(families: Mapping[str, Mapping[str, Any]], metric: str, higher: bool) 
     return rows
 
 
+def baseline_runs(
+    results: Mapping[str, Any], data_version: str | None
+) -> dict[str, dict[str, Any]]:
+    """Baseline name -> {"family", "runs": [metrics per seed], "capped"} from a baselines
+    results payload (metrics/baselines.json), keeping rows of `data_version` (all when None)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in results.get("rows", []):
+        if not row.get("is_baseline"):
+            continue
+        if data_version is not None and row.get("data_version") != data_version:
+            continue
+        entry = out.setdefault(row["name"], {"family": row["family"], "runs": [], "capped": False})
+        run = {**row.get("metrics", {})}
+        run |= {k: row[k] for k in ("train_cpu_seconds", "steps") if row.get(k) is not None}
+        entry["runs"].append(run)
+        entry["capped"] = entry["capped"] or bool(row.get("capped"))
+    return out
+
+
+def load_baselines(path: Path, data_version: str | None) -> dict[str, dict[str, Any]]:
+    """`baseline_runs` of the results file at `path`; {} when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return baseline_runs(json.loads(path.read_text()), data_version)
+
+
 def build_leaderboard(
     metrics_by_family: Mapping[str, Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """{"families": {name: {"n_runs", "metrics": summaries}}, "<task>": ranked rows, "tasks"}."""
+    """{"families": {name: {"n_runs", "metrics": summaries}}, "<task>": ranked rows, "tasks",
+    "baselines": {name: {"family", "is_baseline", "n_runs", "capped", "metrics"}}}.
+
+    `baselines` (from `baseline_runs` / `load_baselines`) are summarised like families but
+    never enter the task rankings: nothing reads a baseline as a candidate.
+    """
     if not metrics_by_family:
         raise ValueError("build_leaderboard needs metrics for at least one family")
     families: dict[str, dict[str, Any]] = {}
@@ -95,11 +135,25 @@ def build_leaderboard(
         if not runs:
             raise ValueError(f"family {name!r} has an empty list of runs")
         families[name] = {"n_runs": len(runs), "metrics": summarise_runs(runs)}
+    clash = sorted(set(baselines or {}) & set(families))
+    if clash:
+        raise ValueError(f"baseline name(s) {clash} clash with family names")
     board: dict[str, Any] = {
         "families": families,
         "tasks": {
             name: {"metric": t.metric, "higher_is_better": t.higher_is_better}
             for name, t in TASKS.items()
+        },
+        "baselines": {
+            name: {
+                "family": entry["family"],
+                "is_baseline": True,
+                "n_runs": len(entry["runs"]),
+                "capped": bool(entry.get("capped")),
+                "metrics": summarise_runs(entry["runs"]),
+            }
+            for name, entry in (baselines or {}).items()
+            if entry["runs"]
         },
     }
     for name, t in TASKS.items():  # composites rank only in their tasks (models.spec.competes)
@@ -122,20 +176,50 @@ def _params(stat: Mapping[str, float] | None) -> str:
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
 
 
-def _table(board: Mapping[str, Any], task: str, columns: list[tuple[str, str, str]]) -> list[str]:
+def _row_cells(rank: str, name: str, entry: Mapping[str, Any], columns: list) -> list[str]:
+    stats = entry["metrics"]
+    return [
+        rank,
+        name,
+        *[_cell(stats.get(key), fmt) for _, key, fmt in columns],
+        _params(stats.get("params")),
+        str(entry["n_runs"]),
+    ]
+
+
+def _baselines_of(board: Mapping[str, Any], families: Sequence[str] | None) -> list[str]:
+    """Baselines of `families` (a one-name list), or with None those of no listed family."""
+    found = board.get("baselines", {})
+    if families is None:
+        listed = {row["family"] for row in board["generation"]}
+        return sorted(n for n, b in found.items() if b["family"] not in listed)
+    return sorted(n for n, b in found.items() if b["family"] in families)
+
+
+def _baseline_line(board: Mapping[str, Any], name: str, columns: list) -> str:
+    entry = board["baselines"][name]
+    label = f"↳ baseline: {name}{' (capped)' if entry.get('capped') else ''}"
+    return "| " + " | ".join(_row_cells("—", label, entry, columns)) + " |"
+
+
+def _table(
+    board: Mapping[str, Any],
+    task: str,
+    columns: list[tuple[str, str, str]],
+    with_baselines: bool = False,
+) -> list[str]:
+    """The task's ranked rows; with_baselines puts each family's baselines under it."""
     headers = ["Rank", "Family", *[c[0] for c in columns], "Params", "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in board[task]:
+        rank = str(row["rank"]) if row["rank"] is not None else "—"
         fam = board["families"][row["family"]]
-        stats = fam["metrics"]
-        cells = [
-            str(row["rank"]) if row["rank"] is not None else "—",
-            row["family"],
-            *[_cell(stats.get(key), fmt) for _, key, fmt in columns],
-            _params(stats.get("params")),
-            str(fam["n_runs"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_row_cells(rank, row["family"], fam, columns)) + " |")
+        if with_baselines:
+            names = _baselines_of(board, [row["family"]])
+            lines += [_baseline_line(board, n, columns) for n in names]
+    if with_baselines:
+        lines += [_baseline_line(board, n, columns) for n in _baselines_of(board, None)]
     return lines
 
 
@@ -164,6 +248,18 @@ def _per_kind_table(board: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _baseline_note(board: Mapping[str, Any]) -> list[str]:
+    if not board.get("baselines"):
+        return []
+    return [
+        "",
+        "↳ rows are textbook baselines (pipelines/baselines.py), each trained by "
+        "benchmarks/bench_baselines.py at one CPU budget and evaluated with this evaluation on "
+        "this data; shown under the family they are a baseline of, never ranked and never "
+        "candidates for promotion. Capped: trained fewer steps than its config asks.",
+    ]
+
+
 def render_markdown(leaderboard: Mapping[str, Any]) -> str:
     """Two ranked tables (generation, anomaly detection); multi-seed cells read mean ± std."""
     lines = [
@@ -173,7 +269,8 @@ def render_markdown(leaderboard: Mapping[str, Any]) -> str:
         "",
         "## Generation (ranked by FD-judge, lower is better)",
         "",
-        *_table(leaderboard, "generation", _GENERATION_COLUMNS),
+        *_table(leaderboard, "generation", _GENERATION_COLUMNS, with_baselines=True),
+        *_baseline_note(leaderboard),
         "",
         "## Anomaly detection (ranked by the task AUROC, higher is better)",
         "",

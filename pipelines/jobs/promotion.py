@@ -24,6 +24,7 @@ from pipelines.jobs.reports import anomaly_breakdown, history_markdown, promotio
 from pipelines.model_card import log_model_cards
 from pipelines.params import section
 
+BASELINES_FILE = "baselines.json"  # benchmarks/bench_baselines.py writes it into metrics/
 REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promotion.md")
 
 
@@ -61,11 +62,13 @@ def register_and_promote(
     judge_dir: Path = Path("artifacts/judge"),
 ) -> dict[str, Any]:
     """Leaderboard -> register every candidate -> gate each task's best against its champion."""
-    from pipelines.evaluation.leaderboard import build_leaderboard, render_markdown
+    from pipelines.evaluation.leaderboard import build_leaderboard, load_baselines, render_markdown
 
     settings = GateConfig.from_dict(section(params, "registry"))
     metrics = {f: json.loads((Path(metrics_root) / f"{f}.json").read_text()) for f in families}
-    board = build_leaderboard(metrics)
+    # textbook baselines measured on this data are shown, never candidates (only `families` are)
+    baselines = load_baselines(Path(metrics_root) / BASELINES_FILE, data_version(data_dir=data_dir))
+    board = build_leaderboard(metrics, baselines)
     report_dir = Path(report_dir)
     atomic_write_json(report_dir / "leaderboard.json", board)
     (report_dir / "leaderboard.md").write_text(render_markdown(board))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.autoencoder.latent_prior import LatentGaussianMixture
 from models.autoencoder.model import Autoencoder, AutoencoderConfig
+from models.layers import LatentGaussianMixture
 from tests.models.contract import make, run_steps
 
 # the contract suite's tiny autoencoder corrupts its inputs; these tests train on clean ones
