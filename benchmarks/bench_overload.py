@@ -16,6 +16,12 @@ anomaly champion and families/autoencoder = the tests' tiny trained MLP autoenco
    `--overload` x that rate for `--seconds`: admitted p50/p99, counts per status, 5xx other
    than 503, peak RSS of the server's process tree, and the recovery time (from the last
    request sent until a fresh `/score` answers in under 50 ms again).
+`--baseline PATH` runs everything twice, first serving the checkout at PATH (e.g.
+`git archive <commit> serving models | tar -x -C PATH`), then this one, back to back with the
+same bundles and settings: on a shared machine only such pairs compare. `--pin 0:1` pins the
+load generator to CPU 0 and the server (all its processes and threads) to CPU 1, so the two do
+not take each other's core; without it both float over all CPUs. The load average is printed
+before and after each server's run.
 Not a test: numbers depend on the machine and on what else runs on it.
 """
 
@@ -180,24 +186,46 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=2.0, help="x the measured capacity")
     parser.add_argument("--env", nargs="*", default=[], help="server settings, e.g. KEY=VALUE")
     parser.add_argument("--skip-isolation", action="store_true")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="first serve the checkout at this path"
+    )
+    parser.add_argument(
+        "--pin", default=None, metavar="CLIENT:SERVER", help="CPU lists, e.g. 0:1 or 0:1,2,3"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    client_cpus = server_cpus = None
+    if args.pin:
+        client_part, _, server_part = args.pin.partition(":")
+        client_cpus = {int(c) for c in client_part.split(",")}
+        server_cpus = {int(c) for c in server_part.split(",")}
+        os.sched_setaffinity(0, client_cpus)
+    checkouts = [("this checkout", REPO)]
+    if args.baseline is not None:
+        checkouts.insert(0, ("baseline " + str(args.baseline), args.baseline.resolve()))
     with tempfile.TemporaryDirectory(prefix="genops-overload-") as tmp:
         root = Path(args.source.removeprefix("dir:")) if args.source else bundles(Path(tmp) / "m")
         images = digits(1)
         env = dict(item.split("=", 1) for item in args.env)
-        server = Server(f"dir:{root}", True, Path(tmp), extra_env=env)
-        try:
-            iso = None if args.skip_isolation else asyncio.run(isolation(server, args, images))
-            over = asyncio.run(overload(server, args, images))
-            worker, tree = server.peak_rss_mb()
-            lanes = httpx.get(f"{server.url}/metadata").json()["lanes"]
-        finally:
-            server.stop()
-    print(f"- server settings: {env or 'defaults'}")
-    if iso is not None:
-        print_isolation(iso, args)
-    print_overload(over, args, worker, tree, lanes)
+        for label, repo in checkouts:
+            before = os.getloadavg()[0]
+            server = Server(
+                f"dir:{root}", True, Path(tmp), repo=repo, extra_env=env, cpus=server_cpus
+            )
+            try:
+                iso = None if args.skip_isolation else asyncio.run(isolation(server, args, images))
+                over = asyncio.run(overload(server, args, images))
+                worker, tree = server.peak_rss_mb()
+                lanes = httpx.get(f"{server.url}/metadata").json()["lanes"]
+            finally:
+                server.stop()
+            print(f"\n### {label}\n")
+            print(f"- server settings: {env or 'defaults'}; pinned (client:server): {args.pin}")
+            print(f"- load average before: {before:.1f}")
+            if iso is not None:
+                print_isolation(iso, args)
+            print_overload(over, args, worker, tree, lanes)
+            sys.stdout.flush()
 
 
 def print_isolation(iso: dict, args) -> None:

@@ -129,7 +129,9 @@ class Server:
         home: Path,
         repo: Path = REPO,
         extra_env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
+        """`cpus`: pin the server's process tree to these CPUs (inherited by its workers)."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -162,6 +164,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 180

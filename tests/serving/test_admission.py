@@ -296,3 +296,46 @@ def test_score_image_fast_path_matches_score(app_env, real_digits):
         spec = client.get("/docs.json").json()["paths"]["/score/image"]["post"]
         assert "image/png" in spec["requestBody"]["content"]
         assert "octet-stream" in spec["description"]
+
+
+# ---- BentoML's request timer: released once the request is answered ----------------------------
+def test_request_timeout_timer_is_released_once_answered():
+    """An answered request leaves no armed 60 s timer behind; a slow one still gets its 504."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serving.http import release_request_timers
+
+    release_request_timers()
+    release_request_timers()  # idempotent
+    delay = {"s": 0.0}
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(delay["s"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call(middleware) -> list[int]:
+        statuses: list[int] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await middleware({"type": "http", "path": "/score"}, receive, send)
+        return statuses
+
+    async def scenario() -> tuple[int, list[int]]:
+        loop = asyncio.get_running_loop()
+        middleware = TimeoutMiddleware(app, timeout=60)
+        for _ in range(200):
+            assert await call(middleware) == [200]
+        armed = sum(1 for handle in loop._scheduled if not handle.cancelled())
+        delay["s"] = 1.0
+        return armed, await call(TimeoutMiddleware(app, timeout=0.05))
+
+    armed, slow = asyncio.run(scenario())
+    assert armed == 0, f"{armed} timers of answered requests still armed"
+    assert slow == [504]
