@@ -45,6 +45,9 @@ class EnsembleConfig(ModelConfig):
     calibrations: dict[str, dict[str, Any]] = field(default_factory=dict)
     combine: str = "mean"  # of the members' atypicalities: "mean" or "max"
     sampler: str = "gan"  # the member that draws samples (the contract's `sample`)
+    # scores below it are raised to it: the median of the combined atypicalities of the
+    # validation normals (`fit_ensemble`; None = no floor). Why: models.ensemble.model
+    floor: float | None = None
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
@@ -60,6 +63,8 @@ class EnsembleConfig(ModelConfig):
             calibration_from_dict(dict(values))  # ValueError when malformed
         require(self.combine in COMBINES, f"ensemble.combine must be one of {COMBINES}, "
                                           f"got {self.combine!r}")  # fmt: skip
+        require(self.floor is None or self.floor >= 0, f"ensemble.floor must be >= 0, "
+                                                       f"got {self.floor}")  # fmt: skip
         require(self.sampler in self.members, f"ensemble.sampler {self.sampler!r} is not a "
                                               f"member ({sorted(self.members)})")  # fmt: skip
 

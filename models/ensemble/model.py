@@ -10,6 +10,14 @@ calibrates it on validation normals like any family's score.
 Nothing here is fitted on anomalies or test images: `fit_ensemble` sees validation normals
 only (each member's calibration, fitted exactly as evaluation fits a family's).
 
+The floor. A member's atypicality is already two-sided (too hard *and* too easy, input energy
+included), so a *low* combined score only says "typical on every side". Evaluation calibrates
+every model's score with the same two-sided rule (`Calibration.fit`), whose low side would flag
+the most typical validation digits and rank very typical test digits as anomalous. Raising
+every score below the validation normals' median to that median makes that side exactly
+neutral: the low threshold is the floor (nothing lies strictly below it) and the floored
+scores sit at the median, atypicality 0. Ranks above the median are untouched.
+
 Capabilities are the members', declared not invented: `sample` delegates to one member
 (`config.sampler`, the GAN by default: the ensemble competes in the anomaly task only,
 `models.spec.COMPOSITE_TASKS`), `reconstruct` to the autoencoder (or the first member that
@@ -30,6 +38,7 @@ from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.calibration import Calibration
 from models.ensemble.config import EnsembleConfig, calibration_from_dict, calibration_to_dict
 from models.io import build_model
+from models.spec import FAMILIES
 from models.tensors import check_images
 
 
@@ -92,15 +101,22 @@ class Ensemble(GenerativeModel):
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
-        """The mean (or max, `config.combine`) of the members' atypicalities (N,)."""
+        """The mean (or max, `config.combine`) of the members' atypicalities (N,), floored."""
         stats = np.stack(list(self.member_statistics(images).values()), axis=1)
-        combined = stats.mean(axis=1) if self.config.combine == "mean" else stats.max(axis=1)
+        combined = combine_statistics(stats, self.config.combine)
+        if self.config.floor is not None:
+            combined = np.maximum(combined, self.config.floor)
         return torch.as_tensor(combined, dtype=torch.float32, device=self.device)
 
     def reconstruct(self, images: Tensor) -> Tensor:
         if self._reconstructor is None:
             return super().reconstruct(images)
         return self.members[self._reconstructor].reconstruct(images)
+
+
+def combine_statistics(stats: np.ndarray, how: str) -> np.ndarray:
+    """(N, members) atypicalities -> (N,): their mean or their max."""
+    return stats.mean(axis=1) if how == "mean" else stats.max(axis=1)
 
 
 def fit_ensemble(
@@ -118,8 +134,9 @@ def fit_ensemble(
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     calibrations: dict[str, dict[str, Any]] = {}
-    for name, member in members.items():
-        member.eval()
+    stats = []
+    for name in [f for f in FAMILIES if f in members]:  # the order anomaly_score sums in
+        member = members[name].eval()
         chunks = []
         with torch.no_grad():
             for start in range(0, len(val_images), batch_size):
@@ -128,11 +145,17 @@ def fit_ensemble(
         scores = torch.cat(chunks).numpy()
         calibration = Calibration.fit(scores, target_fpr, low_fpr, pixels, energy_fpr)
         calibrations[name] = calibration_to_dict(calibration)
+        stats.append(calibration.statistic(scores, pixels))
+    # the floor: the validation median ("higher" and float32, so that at least half of the
+    # validation scores equal it exactly and their median is the floor itself)
+    combined = combine_statistics(np.stack(stats, axis=1), combine)
+    floor = float(np.float32(np.quantile(combined, 0.5, method="higher")))
     config = EnsembleConfig(  # plain JSON values: the config equals itself after save -> load
         members={name: json.loads(json.dumps(m.config.to_dict())) for name, m in members.items()},
         calibrations=calibrations,
         combine=combine,
         sampler=sampler,
+        floor=floor,
     )
     ensemble = Ensemble(config)
     for name, member in members.items():

@@ -54,7 +54,25 @@ def test_score_is_the_mean_of_the_members_calibrated_atypicalities(members, ense
             stats.append(calibration.statistic(member.anomaly_score(images).numpy(), images))
         score = ensemble.anomaly_score(images)
     assert score.shape == (len(images),) and score.dtype == torch.float32
-    np.testing.assert_allclose(score.numpy(), np.mean(stats, axis=0), rtol=1e-6)
+    expected = np.maximum(np.mean(stats, axis=0), ensemble.config.floor)
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-6)
+
+
+def test_the_floor_neutralises_the_low_side_of_the_evaluation_calibration(ensemble, real_digits):
+    """Evaluation calibrates every model's score two-sided; the ensemble's score is already an
+    atypicality, so its floor (the validation median) must leave that low side nothing."""
+    val = real_digits[0][VAL]
+    with torch.no_grad():
+        scores = ensemble.anomaly_score(val).numpy()
+    floor = ensemble.config.floor
+    assert scores.min() == np.float32(floor) and np.median(scores) == np.float32(floor)
+    calibration = Calibration.fit(scores, 0.05, 0.01, val.numpy(), 0.01)  # as evaluation does
+    assert calibration.low_threshold == np.float32(floor)
+    score_side = calibration.statistic(scores)  # the score's two sides, without the energy test
+    assert (score_side[scores == np.float32(floor)] == 0).all()  # the most typical: atypicality 0
+    assert (score_side >= 0).all() and not (scores < calibration.low_threshold).any()
+    stats = calibration.statistic(scores, val.numpy())
+    assert np.mean(stats > 1) <= 0.04 + 1e-9  # the high side and the energy test only
 
 
 def test_the_fit_sees_validation_normals_only(members, ensemble, real_digits):
@@ -135,7 +153,8 @@ def test_max_combination(members, real_digits):
     with torch.no_grad():
         per_member = ens.member_statistics(images)
         score = ens.anomaly_score(images)
-    np.testing.assert_allclose(score.numpy(), np.max(list(per_member.values()), 0), rtol=1e-6)
+    expected = np.maximum(np.max(list(per_member.values()), 0), ens.config.floor)
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-6)
 
 
 def test_config_is_validated(ensemble):
@@ -145,6 +164,7 @@ def test_config_is_validated(ensemble):
         ({"members": {**values["members"], "ensemble": {}}}, "unknown famil"),
         ({"calibrations": {"vae": values["calibrations"]["vae"]}}, "cover exactly"),
         ({"combine": "median"}, "combine"),
+        ({"floor": -1.0}, "floor"),
         ({"sampler": "nope"}, "not a member"),
         ({"calibrations": {**values["calibrations"], "gan": {"thresh": 1}}}, "unknown key"),
     ]:
