@@ -89,7 +89,8 @@ def train_family(
                 "family": family,
                 "model": result.model.config.to_dict(),
                 "train": cfg.__dict__,
-            },
+            }
+            | ({"processes": cluster.world_size} if cluster.active else {}),
             tags={
                 "stage": "train",
                 Tag.FAMILY: family,
