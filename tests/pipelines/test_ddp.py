@@ -1,8 +1,9 @@
 """Data-parallel training under torchrun: 2 gloo processes on loopback.
 
-One launch (module fixture) runs the all-reduce contract checks and trains every family's tiny
-config, recording per rank what it wrote; two more launches go through the real CLI, SIGKILL
-the launcher and both ranks right after a checkpoint, and resume.
+The first launch (module fixture) runs the all-reduce contract checks, trains every family's
+tiny config and an uninterrupted reference of the CLI's job, recording per rank what it wrote;
+then it starts that same job through the real CLI and SIGKILLs the launcher and both ranks right
+after a checkpoint. The second launch resumes it through the CLI.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def _audit(event, args):
             WRITES.append(p)
 
 sys.addaudithook(_audit)
+if os.environ.get("DDP_TEST_DUMP_WRITES"):  # at a normal exit
+    import atexit
+    atexit.register(lambda: (ROOT / f"writes{RANK}.json").write_text(json.dumps(sorted(WRITES))))
 """
 
 _WORKER = (
@@ -136,14 +140,10 @@ out["summary"] = summary
 writes = sorted(set(WRITES))
 out["writes"] = writes
 (ROOT / f"rank{cluster.rank}.json").write_text(json.dumps(out))
-"""
-)
 
-# The real CLI; rank 0 SIGKILLs the launcher, the other rank and itself right after writing
-# the checkpoint of step KILL_AT_STEP (the kill cannot miss, however slow the machine).
-_KILLED_CLI = (
-    _PRELUDE
-    + """
+# 5. the same job through the real CLI; rank 0 SIGKILLs the launcher, the other rank and itself
+# right after writing the checkpoint of step KILL_AT_STEP (the kill cannot miss, however slow
+# the machine). Rank 1 has written its results: the checkpoint needs its part.
 import signal
 import pipelines.train
 write = pipelines.train._write_checkpoint
@@ -162,6 +162,9 @@ from pipelines.cli import main
 main()
 """
 )
+
+
+_CLI = _PRELUDE + "from pipelines.cli import main\nmain()\n"
 
 
 def _torchrun(script: Path, args: list[str], root: Path, cwd: Path, **env: str):
@@ -193,17 +196,19 @@ def _project(root: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory, real_digits):
-    """One 2-process launch of _WORKER; returns (root, [rank 0 result, rank 1 result])."""
+    """One 2-process launch of _WORKER, killed in the end; (root, [rank 0, rank 1 results])."""
     root = tmp_path_factory.mktemp("ddp")
     images, labels = real_digits
     idx = torch.arange(0, 5000, 5000 // 96)[:96]
     torch.save((images[idx].clone(), labels[idx].clone()), root / "tiny.pt")
     build_default(root / "data")
     _project(root, "project")
+    killed = _project(root, "killed")
     script = root / "worker.py"
     script.write_text(_WORKER)
-    proc = _torchrun(script, [], root, root)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = _torchrun(script, _cli_args(killed, root / "data"), root, killed,
+                     DDP_TEST_KILL_AT_STEP=str(KILL_AT_STEP))  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
     results = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
     return root, results
 
@@ -251,28 +256,23 @@ def test_only_rank_0_writes(launch):
 
 def test_sigkill_of_launcher_and_ranks_then_resume_matches_uninterrupted(launch):
     root, _ = launch
-    run = _project(root, "killed")
-    (root / "pids").mkdir(exist_ok=True)
-    for stale in (root / "pids").iterdir():
-        stale.unlink()
-    script = root / "killed_cli.py"
-    script.write_text(_KILLED_CLI)
-    killed = _torchrun(script, _cli_args(run, root / "data"), root, run,
-                       DDP_TEST_KILL_AT_STEP=str(KILL_AT_STEP))  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = root / "killed"
     ckpt = run / ".genops" / "checkpoints" / "autoencoder" / CHECKPOINT_FILE
     assert int(torch.load(ckpt, weights_only=True)["step"]) == KILL_AT_STEP
     assert not (run / "model" / "model.safetensors").exists()
-
+    for stale in (root / "pids").iterdir():
+        stale.unlink()
     cli = root / "cli.py"
-    cli.write_text("from pipelines.cli import main\nmain()\n")
-    resumed = _torchrun(cli, _cli_args(run, root / "data"), root, run)
+    cli.write_text(_CLI)
+    resumed = _torchrun(cli, _cli_args(run, root / "data"), root, run, DDP_TEST_DUMP_WRITES="1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout[resumed.stdout.index("{") :])  # rank 0 alone prints
     assert summary["resumed_from"] == KILL_AT_STEP and summary["steps"] == STEPS
     assert summary["processes"] == 2
     reference = (root / "reference" / "model.safetensors").read_bytes()
     assert (run / "model" / "model.safetensors").read_bytes() == reference
+    assert json.loads((root / "writes1.json").read_text()) == []  # the CLI's rank 1 too
+    assert any("model.safetensors" in p for p in json.loads((root / "writes0.json").read_text()))
 
 
 def test_cluster_from_torchrun_environment():
