@@ -128,8 +128,9 @@ class VAE(GenerativeModel):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if self.latent_prior is not None:  # fitted to this step's posterior means
-            self.latent_prior.update(posterior.mean.detach(), self._components(batch))
+        if self.latent_prior is not None:  # fitted to this step's posterior means or samples
+            fitted = posterior.mean if self.config.prior_fit == "means" else z.float()
+            self.latent_prior.update(fitted.detach(), self._components(batch))
         recon_v, kl_v = float(recon.detach()), float(kl.detach())
         return {"loss": float(loss.detach()), "recon": recon_v, "kl": kl_v, "kl_weight": weight}
 

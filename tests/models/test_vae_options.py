@@ -85,6 +85,20 @@ def test_fitted_prior_is_the_moments_of_each_class_posterior_means(small_batch):
     torch.testing.assert_close(prior.weights, shares.float())
 
 
+def test_a_prior_fitted_to_posterior_samples_is_wider_than_one_fitted_to_means(small_batch):
+    from models.base import Batch
+
+    images, labels = small_batch
+    covs = {}
+    for fit in ("means", "samples"):
+        model = make("vae", sampling_prior="gaussian", prior_momentum=1.0, prior_fit=fit)
+        model.train()
+        model.training_step(Batch(images, labels, 0, _gen(0)), model.configure_optimizers())
+        covs[fit] = model.latent_prior.covs[0].diagonal()
+    # samples add the posterior variance (about 1 per dimension at initialisation)
+    assert bool((covs["samples"] > covs["means"] + 0.5).all())
+
+
 def test_gaussian_prior_is_one_component_and_labels_not_needed(small_batch):
     images, _ = small_batch
     model = make("vae", sampling_prior="gaussian")
@@ -139,7 +153,13 @@ def test_the_committed_default_run_still_loads():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("arch", "resnet"), ("sampling_prior", "flow"), ("prior_momentum", 0.0), ("free_bits", -1.0)],
+    [
+        ("arch", "resnet"),
+        ("sampling_prior", "flow"),
+        ("prior_momentum", 0.0),
+        ("prior_fit", "modes"),
+        ("free_bits", -1.0),
+    ],
 )
 def test_invalid_new_options_raise(field, value):
     with pytest.raises(ValueError, match=field):
