@@ -36,7 +36,7 @@ ANOMALY_COLUMNS = (
     ("degenerate flagged (min)", "degenerate_flagged_min", ".0%"),
     ("test FPR", "test_fpr", ".3f"),
     ("score ms/image", "score_ms_per_image", ".3g"),
-    ("score images/s", "score_images_per_s", ".4g"),
+    ("score images/s", "score_images_per_s", "rate"),
 )
 _SETS = (("tuned", "anomaly"), ("held-out", "heldout"))
 
@@ -66,9 +66,12 @@ def anomaly_breakdown(metrics: dict[str, dict[str, Any]], metric: str) -> dict[s
 
 def _fmt(value: Any, spec: str) -> str:
     try:
-        return format(float(value), spec)
+        value = float(value)
     except (TypeError, ValueError):
         return "—"
+    if spec == "rate":  # 14,050 or 5.54: whole numbers once there are many
+        return format(value, ",.0f") if value >= 100 else format(value, ".3g")
+    return format(value, spec)
 
 
 def anomaly_markdown(breakdown: dict[str, Any]) -> list[str]:
