@@ -40,7 +40,7 @@ class GANConfig(ModelConfig):
     wgan_gap_limit: float = 10.0  # wgan-gp: warn when the critic gap exceeds this
     mode_collapse_ratio: float = 0.5  # warn when sample/real pairwise distance falls below
     oscillation_swing: float = 0.2  # warn when the D gap's swing amplitude exceeds this
-    oscillation_warmup: int = 200  # D steps before the oscillation monitor may warn
+    monitor_warmup: int = 100  # steps before any monitor may warn (G starts as one blob)
     seed: int = 0  # seeds the fixed monitoring noise
     bf16_autocast: bool = True  # training forward passes only; ~1.6x on AVX512-BF16
     channels_last: bool = True
@@ -104,8 +104,8 @@ class GANConfig(ModelConfig):
             f"oscillation_swing must be > 0, got {self.oscillation_swing!r}",
         )
         require(
-            isinstance(self.oscillation_warmup, int) and self.oscillation_warmup >= 0,
-            f"oscillation_warmup must be an int >= 0, got {self.oscillation_warmup!r}",
+            isinstance(self.monitor_warmup, int) and self.monitor_warmup >= 0,
+            f"monitor_warmup must be an int >= 0, got {self.monitor_warmup!r}",
         )
         require(
             0.0 <= self.mode_collapse_ratio <= 1.0,

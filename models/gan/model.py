@@ -189,9 +189,9 @@ class GAN(GenerativeModel):
         m_warn = mode_collapse_warning(diversity, cfg.mode_collapse_ratio)
         scale = cfg.wgan_gap_limit if cfg.objective == "wgan-gp" else 1.0
         swing = SwingTracker.update(self.gap_swing, logs["d_gap"] / scale)
-        o_warn = oscillation_warning(
-            swing, int(self.gap_swing[3]), cfg.oscillation_swing, cfg.oscillation_warmup
-        )
+        o_warn = oscillation_warning(swing, cfg.oscillation_swing)
+        if step < cfg.monitor_warmup:  # G starts as one blob: early flags would be noise
+            d_warn = m_warn = o_warn = False
         return {
             "diversity": diversity,
             "d_gap_swing": swing,

@@ -73,9 +73,9 @@ class SwingTracker:
         return swing / (1 - cls.SWING**count)
 
 
-def oscillation_warning(amplitude: float, steps: int, limit: float, warmup: int) -> bool:
-    """True once past `warmup` D steps when the swing amplitude exceeds `limit`."""
-    return steps > warmup and amplitude > limit
+def oscillation_warning(amplitude: float, limit: float) -> bool:
+    """True when the swing amplitude exceeds `limit`."""
+    return amplitude > limit
 
 
 def mode_collapse_warning(diversity: float, min_ratio: float) -> bool:

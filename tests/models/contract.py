@@ -39,6 +39,7 @@ TINY: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "monitor_every": 2,
         "monitor_batch": 8,
+        "monitor_warmup": 0,  # tiny runs: flag from the first step
         "encoder_start_step": 10,
         "ema_decay": 0.9,
     },
