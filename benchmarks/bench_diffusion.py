@@ -43,7 +43,7 @@ from pipelines.evaluation.evaluate import EvalConfig, draw_samples, load_referen
 from pipelines.evaluation.judge import judge_outputs, load_judge
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD_DEFAULT = {"sampler": "ddim", "timestep_spacing": "trailing", "steps": 15, "guidance": 2.0}
+OLD_DEFAULT = {"sampler": "ddim", "spacing": "trailing", "steps": 15, "guidance": 2.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +204,22 @@ def report(results: dict[str, dict], img_dir: Path, fixed_steps: int, fixed_guid
         print(f"\nwrote {img_dir / name}")
 
 
+def grids(base: Diffusion, img_dir: Path, seed: int) -> None:
+    """Sample grids (4 per digit, same seed) of the old default and today's default."""
+    from pipelines.evaluation import plots
+
+    c = DiffusionConfig()
+    for name, s in (
+        ("old", Setting(**OLD_DEFAULT)),
+        ("default", Setting(c.sampler, c.timestep_spacing, c.sample_steps, c.guidance_scale)),
+    ):
+        images = variant(base, s).sample(40, torch.Generator().manual_seed(seed),
+                                         labels=torch.arange(40) % 10)  # fmt: skip
+        path = img_dir / f"diffusion_samples_{name}.png"
+        plots.sample_grid(images, path, nrow=10, title=f"{s.key} ({name})")
+        print(f"wrote {path}")
+
+
 # ---- timing ---------------------------------------------------------------------------------
 def timing(args, base: Diffusion, judge, reference: dict) -> None:
     """Interleaved timing of the default sampler, its speed variants and DDIM-15 (guidance 2)."""
@@ -211,8 +227,7 @@ def timing(args, base: Diffusion, judge, reference: dict) -> None:
                      sample_batch_size=args.batch_size)  # fmt: skip
     c = DiffusionConfig()  # today's defaults (models/diffusion/config.py)
     default = Setting(c.sampler, c.timestep_spacing, c.sample_steps, c.guidance_scale)
-    old = Setting(OLD_DEFAULT["sampler"], OLD_DEFAULT["timestep_spacing"], OLD_DEFAULT["steps"],
-                  OLD_DEFAULT["guidance"])  # fmt: skip
+    old = Setting(**OLD_DEFAULT)
     # name -> (setting, speed options, chunk, inference_mode)
     variants: dict[str, tuple] = {"DDIM-15 g2 (old default)": (old, {}, None, False),
                                   f"default {default.key}": (default, {}, None, False)}  # fmt: skip
@@ -289,6 +304,7 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the default vs DDIM-15 (no sweep, no plots)")  # fmt: skip
     parser.add_argument("--timing", action="store_true", help="also time after the sweep")
+    parser.add_argument("--grids", action="store_true", help="old vs new default sample grids")
     parser.add_argument("--timing-n", type=int, default=1000, help="images per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     parser.add_argument(
@@ -318,6 +334,8 @@ def main() -> None:
     if not args.report_only:
         sweep(args, base, judge, reference, args.results)
     report(load_results(args.results), args.img_dir, args.plot_steps, args.plot_guidance)
+    if args.grids:
+        grids(base, args.img_dir, args.seed)
     if args.timing:
         timing(args, base, judge, reference)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s", flush=True)

@@ -19,7 +19,7 @@ LEGACY_VALUES: dict[str, Any] = {"sampler": "ddim", "timestep_spacing": "trailin
 
 @dataclass(frozen=True)
 class DiffusionConfig(ModelConfig):
-    """DDPM training, DDIM sampling and the scoring rule, all in one typed place.
+    """DDPM training, sampling (DDIM / DPM-Solver++ / UniPC) and the scoring rule, typed.
 
     Network: a small UNet (28 -> 14 -> 7 for three `channel_mults`), optional attention
     at the lowest resolution. Process: `timesteps` discrete noise levels on a `schedule`,
@@ -37,16 +37,19 @@ class DiffusionConfig(ModelConfig):
     schedule: str = "cosine"
     objective: str = "v"
     min_snr_gamma: float = 5.0
-    # class conditioning with classifier-free guidance
+    # class conditioning with classifier-free guidance: label dropout p_uncond trains the
+    # null label (the anomaly score uses it); guidance 1 = the conditional prediction alone
+    # (one network call per step), > 1 sharpens at two calls per step
     conditional: bool = True
     p_uncond: float = 0.1
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.25
     # sampling: `sampler` in SAMPLERS makes `sample_steps` network evaluations (x2 with
     # guidance, see Diffusion) on levels spaced by `timestep_spacing`; `sample(steps=...)`
-    # overrides sample_steps; ddim_eta applies to DDIM only (docs/diffusion.md: the sweep)
-    sample_steps: int = 15
+    # overrides sample_steps; ddim_eta applies to DDIM only. Defaults chosen by the sweep in
+    # docs/diffusion.md (benchmarks/bench_diffusion.py): UniPC, 6 steps, guidance 1.25
+    sample_steps: int = 6
     ddim_eta: float = 0.0
-    sampler: str = "ddim"
+    sampler: str = "unipc"
     timestep_spacing: str = "trailing"
     # optimisation
     lr: float = 2e-3

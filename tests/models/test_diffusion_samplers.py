@@ -179,8 +179,8 @@ def test_a_config_saved_before_the_sampler_keys_loads_with_ddim(tmp_path) -> Non
         cfg = DiffusionConfig.from_dict(partial)
         assert (cfg.sampler, cfg.timestep_spacing) == (new.sampler, new.timestep_spacing)
     # a saved config that names the keys keeps them
-    full = dataclasses.asdict(DiffusionConfig(sampler="unipc"))
-    assert DiffusionConfig.from_dict(full).sampler == "unipc"
+    full = dataclasses.asdict(DiffusionConfig(sampler="dpmpp2m"))
+    assert DiffusionConfig.from_dict(full).sampler == "dpmpp2m"
 
 
 # ---- the textbook baseline ------------------------------------------------------------------
