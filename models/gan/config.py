@@ -39,7 +39,7 @@ class GANConfig(ModelConfig):
     d_collapse_gap: float = 0.95  # dcgan: warn when mean D(real) - D(fake) exceeds this
     wgan_gap_limit: float = 10.0  # wgan-gp: warn when the critic gap exceeds this
     mode_collapse_ratio: float = 0.5  # warn when sample/real pairwise distance falls below
-    oscillation_swing: float = 0.2  # warn when the D gap's swing amplitude exceeds this
+    oscillation_swing: float = 0.15  # warn above this swing amplitude of the D gap
     monitor_warmup: int = 100  # steps before any monitor may warn (G starts as one blob)
     seed: int = 0  # seeds the fixed monitoring noise
     bf16_autocast: bool = True  # training forward passes only; ~1.6x on AVX512-BF16

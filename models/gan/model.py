@@ -81,9 +81,9 @@ class GAN(GenerativeModel):
         self.register_buffer("monitor_z", monitor_z)
         self.register_buffer("monitor_labels", torch.arange(config.monitor_batch) % NUM_CLASSES)
         self.register_buffer("diversity", torch.tensor(1.0))  # last measured diversity ratio
-        # oscillation monitor state [fast, slow, swing, count]: not saved with the weights
+        # oscillation monitor state (SwingTracker): not saved with the weights
         # (weights from before the monitor still load); after a resume it warms up again
-        self.register_buffer("gap_swing", torch.zeros(4, dtype=torch.float64), persistent=False)
+        self.register_buffer("gap_swing", torch.zeros(6, dtype=torch.float64), persistent=False)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 

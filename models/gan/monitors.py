@@ -6,10 +6,10 @@
 - Mode collapse: G maps many z to the same few images. Measured as the mean pairwise L2
   distance of a fixed batch of samples divided by that of real images (~1 healthy, ->0
   collapsed).
-- Oscillation: neither player settles; D's advantage swings back and forth over tens of
-  steps instead of drifting slowly. Measured as the running mean of |fast EMA - slow EMA| of
-  the D gap (mean D(real) - D(fake)): batch noise averages out in both EMAs, a slow drift
-  moves them together, and only a swing with a period of tens of steps pulls them apart.
+- Oscillation: neither player settles; D's advantage (the D gap, mean D(real) - D(fake))
+  swings back and forth over tens of steps instead of drifting slowly. Measured by
+  `SwingTracker`: how far a fast EMA of the gap gets from a slow one between two of their
+  crossings.
 """
 
 from __future__ import annotations
@@ -52,25 +52,32 @@ def d_collapse_warning(
 class SwingTracker:
     """Running oscillation amplitude of a logged signal (see the module docstring).
 
-    State is three floats and a count, kept by the caller (the GAN keeps them in
-    buffers); `update` returns the new state and the amplitude, bias-corrected for the
-    EMAs' start-up.
+    A fast and a slow EMA of the signal cross each time it turns; the amplitude is a
+    running mean (weight `CROSS` per crossing) of the largest |fast - slow| seen between
+    two crossings. Batch noise crosses often but never far; a slow drift keeps the fast
+    EMA on one side (no crossing, no growth); a swing with a period of tens of steps
+    crosses far from the slow EMA every half period. The state (six floats) is kept by
+    the caller, the GAN in a buffer: [fast, slow, amplitude, count, peak, side].
     """
 
-    FAST, SLOW, SWING = 0.9, 0.99, 0.98  # EMA decays: ~10, ~100 and ~50 steps
+    FAST, SLOW, CROSS = 0.9, 0.99, 0.5
 
     @classmethod
     def update(cls, state: Tensor, value: float) -> float:
-        """Fold `value` into `state` = [fast, slow, swing, count] in place; the amplitude."""
-        fast, slow, swing, count = (float(v) for v in state)
+        """Fold `value` into `state` in place; the current amplitude."""
+        fast, slow, amplitude, count, peak, side = (float(v) for v in state)
         count += 1
         fast = cls.FAST * fast + (1 - cls.FAST) * value
         slow = cls.SLOW * slow + (1 - cls.SLOW) * value
-        fast_hat = fast / (1 - cls.FAST**count)
-        slow_hat = slow / (1 - cls.SLOW**count)
-        swing = cls.SWING * swing + (1 - cls.SWING) * abs(fast_hat - slow_hat)
-        state.copy_(torch.tensor([fast, slow, swing, count], dtype=state.dtype))
-        return swing / (1 - cls.SWING**count)
+        diff = fast / (1 - cls.FAST**count) - slow / (1 - cls.SLOW**count)  # bias-corrected
+        peak = max(peak, abs(diff))
+        now = float((diff > 0) - (diff < 0))
+        if side and now and now != side:  # the signal turned: fold in this half-swing's peak
+            amplitude = (1 - cls.CROSS) * amplitude + cls.CROSS * peak
+            peak = abs(diff)
+        side = now or side
+        state.copy_(torch.tensor([fast, slow, amplitude, count, peak, side], dtype=state.dtype))
+        return amplitude
 
 
 def oscillation_warning(amplitude: float, limit: float) -> bool:
