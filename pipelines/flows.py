@@ -52,6 +52,7 @@ FAMILY_FLOW = "genops-family"
 FAMILY_DEPLOYMENT = "family"
 FAMILY_QUEUE = "families"  # family runs; the nightly parent runs from the pool's default queue
 CHILD_POLL_S = 2.0
+PENDING_TIMEOUT_S = 300.0  # a claimed child that has not started by then is declared crashed
 VALIDATE_STAGE = "validate"
 BENTO_STAGE = "bento"
 _TRANSIENT_OUTPUT = re.compile(
@@ -219,19 +220,37 @@ def family_pipeline(root: str, family: str) -> dict[str, Any]:
     return {"family": family, "stages": results, "pid": os.getpid()}
 
 
-def _wait_child_runs(run_ids: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
-    """Poll the API until every child flow run is final; family -> its last FlowRun."""
+def _wait_child_runs(
+    run_ids: dict[str, Any], timeout_s: float | None, pending_timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Poll the API until every child flow run is final; family -> its last FlowRun.
+
+    A run still Pending `pending_timeout_s` after it was first seen Pending is marked Crashed
+    (so it is resubmitted): a worker killed after claiming a run but before the run reached
+    Running leaves it Pending for ever, and Prefect's heartbeats only start at Running.
+    """
     from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending_since: dict[str, float] = {}
     done: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
         while len(done) < len(run_ids):
             for family, run_id in run_ids.items():
-                if family not in done:
-                    run = client.read_flow_run(run_id)
-                    if run.state is not None and run.state.is_final():
-                        done[family] = run
+                if family in done:
+                    continue
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    done[family] = run
+                elif run.state is not None and run.state.is_pending() and pending_timeout_s:
+                    first = pending_since.setdefault(family, time.monotonic())
+                    if time.monotonic() - first > pending_timeout_s:
+                        message = f"still Pending after {pending_timeout_s:.0f} s (worker gone?)"
+                        client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+                        done[family] = client.read_flow_run(run_id)
+                else:
+                    pending_since.pop(family, None)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"family runs not finished: {sorted(set(run_ids) - set(done))}")
             if len(done) < len(run_ids):
@@ -240,11 +259,16 @@ def _wait_child_runs(run_ids: dict[str, Any], timeout_s: float | None) -> dict[s
 
 
 def fan_out_families(
-    root: str, families: list[str], timeout_s: float | None = None, resubmit_crashed: int = 1
+    root: str,
+    families: list[str],
+    timeout_s: float | None = None,
+    resubmit_crashed: int = 1,
+    pending_timeout_s: float | None = PENDING_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """One child flow run of the family deployment per family, on the pool's workers; wait for
-    all. A crashed child (worker or machine gone) is submitted again `resubmit_crashed` times;
-    a failed one fails the parent with each failure's message."""
+    all. A crashed child (worker or machine gone, or Pending past `pending_timeout_s`) is
+    submitted again `resubmit_crashed` times; a failed one fails the parent with each
+    failure's message."""
     from prefect.deployments import run_deployment
 
     def submit(family: str) -> Any:
@@ -257,7 +281,7 @@ def fan_out_families(
         ).id
 
     attempts = {f: 1 for f in families}
-    runs = _wait_child_runs({f: submit(f) for f in families}, timeout_s)
+    runs = _wait_child_runs({f: submit(f) for f in families}, timeout_s, pending_timeout_s)
     for _ in range(resubmit_crashed):
         crashed = [f for f, run in runs.items() if run.state.is_crashed()]
         if not crashed:
@@ -265,7 +289,7 @@ def fan_out_families(
         get_run_logger().warning("family runs crashed, submitting again: %s", crashed)
         for f in crashed:
             attempts[f] += 1
-        runs |= _wait_child_runs({f: submit(f) for f in crashed}, timeout_s)
+        runs |= _wait_child_runs({f: submit(f) for f in crashed}, timeout_s, pending_timeout_s)
     results = [
         {"family": f, "flow_run_id": str(run.id), "state": run.state.type.value,
          "attempts": attempts[f], "seconds": round(run.total_run_time.total_seconds(), 1)}
