@@ -67,14 +67,7 @@ drift: install ## one drift check of the service at SERVICE_URL (TRIGGER=1: retr
 .PHONY: browser bench-serving
 install: browser
 browser: ## install Debian's chromium for the browser tests where it is missing (apt-get)
-	@if [ -x /usr/bin/chromium ]; then echo "browser: /usr/bin/chromium is installed"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
-	  || echo "browser: apt-get could not install chromium: the browser tests will be skipped"; \
-	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
-	  (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
-	  || echo "browser: apt-get could not install chromium: the browser tests will be skipped"; \
-	else echo "browser: no chromium and no usable apt-get: the browser tests will be skipped"; fi
+	@bash .ci/ensure-apt browser chromium '[ -x /usr/bin/chromium ]'
 
 bench-serving: install ## serving benchmarks: one-image throughput and overload (docs/serving.md)
 	$(BIN)/python benchmarks/bench_one_image.py
@@ -88,14 +81,7 @@ STACK_POOL ?= genops-pool
 .PHONY: stack-deps stack-up stack-down stack-status run-stack
 install: stack-deps
 stack-deps: ## install PostgreSQL's server (Debian's postgresql) for the stack and tests/stack
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "stack-deps: PostgreSQL server is installed"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
-	  || echo "stack-deps: apt-get could not install postgresql: tests/stack will be skipped"; \
-	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
-	  (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
-	  || echo "stack-deps: apt-get could not install postgresql: tests/stack will be skipped"; \
-	else echo "stack-deps: no PostgreSQL server and no usable apt-get: tests/stack will be skipped"; fi
+	@bash .ci/ensure-apt stack-deps postgresql 'ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1'
 
 stack-up: install ## start the stack on loopback (URLs, pids: STACK_DIR/stack.json)
 	$(BIN)/python -m pipelines.stack up --state-dir $(STACK_DIR) --pool $(STACK_POOL)
