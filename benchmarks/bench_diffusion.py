@@ -153,7 +153,7 @@ def table(rows: list[dict], gan: dict | None) -> str:
     if gan:
         lines.append(f"| *GAN (leaderboard)* | | | | 1 | {gan['fd_judge']:.2f} | "
                      f"{gan['precision']:.3f} | {gan['recall']:.3f} | "
-                     f"{gan['classes_covered']} | | |")  # fmt: skip
+                     f"{int(gan['classes_covered'])} | | |")  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['sampler']} | {r['spacing']} | {r['steps']} | {r['guidance']:g} | {r['nfe']} | "
