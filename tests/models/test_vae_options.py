@@ -72,7 +72,13 @@ def test_fitted_prior_is_the_moments_of_each_class_posterior_means(small_batch):
     from models.base import Batch
 
     images, labels = small_batch
-    model = make("vae", sampling_prior="class_gaussians", prior_momentum=1.0, bf16_autocast=False)
+    model = make(
+        "vae",
+        sampling_prior="class_gaussians",
+        prior_fit="means",
+        prior_momentum=1.0,
+        bf16_autocast=False,
+    )
     means = model.encode(images)
     model.train()
     model.training_step(Batch(images, labels, 0, _gen(0)), model.configure_optimizers())
