@@ -9,10 +9,14 @@ as if it had written the layers itself (weights saved before the helper existed 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
 from models import rng
+from models.config import require
+from models.tensors import bf16_autocast, check_images, to_channels_last
 
 
 def act() -> nn.Module:
@@ -108,3 +112,33 @@ class LatentGaussianMixture(nn.Module):
             return means + (scales @ eps.unsqueeze(-1)).squeeze(-1)
         stds = self.covs.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()[components]
         return means + eps * stds
+
+
+class ImageModelOptions:
+    """Input preparation and precision for a family whose config has `arch` ("conv" or "mlp"),
+    `channels_last` and `bf16_autocast` (the autoencoder and the VAE); mixed into the model."""
+
+    @property
+    def _use_channels_last(self) -> bool:
+        return self.config.channels_last and self.config.arch == "conv"  # type: ignore[attr-defined]
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        images = check_images(images).to(self.device)  # type: ignore[attr-defined]
+        return to_channels_last(images, self._use_channels_last)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return bf16_autocast(self.config.bf16_autocast, self.device)  # type: ignore[attr-defined]
+
+
+def check_image_model_config(config, arches: tuple[str, ...]) -> None:
+    """The `arch`, `latent_dim` and `channels` rules the autoencoder and VAE configs share."""
+    require(config.arch in arches, f"arch must be one of {arches}, got {config.arch!r}")
+    require(
+        isinstance(config.latent_dim, int) and 1 <= config.latent_dim <= 512,
+        f"latent_dim must be an int in 1..512, got {config.latent_dim!r}",
+    )
+    require(
+        len(config.channels) == 2
+        and all(isinstance(c, int) and 1 <= c <= 512 for c in config.channels),
+        f"channels must be two ints in 1..512 (28->14->7), got {config.channels!r}",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.base import ModelConfig, require
+from models.layers import check_image_model_config
 
 ARCHES = ("conv", "mlp")
 LOSSES = ("bce", "mse")
@@ -44,20 +45,11 @@ class AutoencoderConfig(ModelConfig):
     channels_last: bool = True
 
     def validate(self) -> None:
-        require(self.arch in ARCHES, f"arch must be one of {ARCHES}, got {self.arch!r}")
-        require(
-            isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 512,
-            f"latent_dim must be an int in 1..512, got {self.latent_dim!r}",
-        )
+        check_image_model_config(self, ARCHES)
         require(
             len(self.hidden_dims) >= 1
             and all(isinstance(h, int) and 1 <= h <= 4096 for h in self.hidden_dims),
             f"hidden_dims must be a non-empty tuple of ints in 1..4096, got {self.hidden_dims!r}",
-        )
-        require(
-            len(self.channels) == 2
-            and all(isinstance(c, int) and 1 <= c <= 512 for c in self.channels),
-            f"channels must be two ints in 1..512 (28->14->7), got {self.channels!r}",
         )
         require(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
         require(

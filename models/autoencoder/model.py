@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import ClassVar
 
 import torch
@@ -13,11 +12,11 @@ from models import rng
 from models.autoencoder.config import AutoencoderConfig
 from models.autoencoder.networks import build_networks
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
-from models.layers import LatentGaussianMixture
-from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
+from models.layers import ImageModelOptions, LatentGaussianMixture
+from models.tensors import NUM_CLASSES, check_images, check_labels
 
 
-class Autoencoder(GenerativeModel):
+class Autoencoder(ImageModelOptions, GenerativeModel):
     """Classic bottleneck autoencoder (optionally denoising) on 28x28 digits.
 
     * Training minimises a per-pixel BCE (on logits) or MSE reconstruction loss. With
@@ -58,16 +57,6 @@ class Autoencoder(GenerativeModel):
         return Capabilities(conditional=self.config.conditional, reconstruction=True, encoder=True)
 
     # ---- networks ---------------------------------------------------------------------
-    @property
-    def _use_channels_last(self) -> bool:
-        return self.config.channels_last and self.config.arch == "conv"
-
-    def _prepare(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images).to(self.device), self._use_channels_last)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return bf16_autocast(self.config.bf16_autocast, self.device)
-
     def _logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(latents, pixel logits) for prepared images, both float32."""
         z = self.encoder(images)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from models.base import ModelConfig, require
+from models.layers import check_image_model_config
 
 DECODERS = ("bernoulli", "gaussian")
 ARCHES = ("conv", "mlp")
@@ -81,16 +82,7 @@ class VAEConfig(ModelConfig):
         return super().from_dict(values)
 
     def validate(self) -> None:
-        require(self.arch in ARCHES, f"arch must be one of {ARCHES}, got {self.arch!r}")
-        require(
-            isinstance(self.latent_dim, int) and 1 <= self.latent_dim <= 512,
-            f"latent_dim must be an int in 1..512, got {self.latent_dim!r}",
-        )
-        require(
-            len(self.channels) == 2
-            and all(isinstance(c, int) and 1 <= c <= 512 for c in self.channels),
-            f"channels must be two ints in 1..512 (28->14->7), got {self.channels!r}",
-        )
+        check_image_model_config(self, ARCHES)
         require(
             isinstance(self.hidden_dim, int) and 1 <= self.hidden_dim <= 4096,
             f"hidden_dim must be an int in 1..4096, got {self.hidden_dim!r}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import ClassVar
 
@@ -11,8 +10,8 @@ from torch import Tensor
 
 from models import rng
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
-from models.layers import LatentGaussianMixture
-from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
+from models.layers import ImageModelOptions, LatentGaussianMixture
+from models.tensors import NUM_CLASSES, check_labels
 from models.vae.config import VAEConfig
 from models.vae.networks import Posterior, build_networks
 from models.vae.objective import (
@@ -28,7 +27,7 @@ from models.vae.objective import (
 MAX_DECODE_BATCH = 8192  # images decoded at once by the multi-sample bounds
 
 
-class VAE(GenerativeModel):
+class VAE(ImageModelOptions, GenerativeModel):
     """Variational autoencoder with a diagonal-Gaussian encoder and a N(0, I) prior.
 
     * Training maximises the beta-weighted ELBO with one reparameterised sample per image
@@ -73,16 +72,6 @@ class VAE(GenerativeModel):
         return Capabilities(reconstruction=True, likelihood=True, encoder=True, interpolation=True)
 
     # ---- networks ---------------------------------------------------------------------
-    @property
-    def _use_channels_last(self) -> bool:
-        return self.config.channels_last and self.config.arch == "conv"
-
-    def _prepare(self, images: Tensor) -> Tensor:
-        return to_channels_last(check_images(images).to(self.device), self._use_channels_last)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return bf16_autocast(self.config.bf16_autocast, self.device)
-
     def _posterior(self, images: Tensor) -> Posterior:
         mean, logvar = self.encoder(images)
         return Posterior(mean.float(), logvar.float())

@@ -65,6 +65,22 @@ def measure(
     return evaluate_model(model, load_judge(judge_dir), splits, cfg, Path(out_dir), reference)
 
 
+def training_warnings(history: list[dict[str, Any]]) -> dict[str, float]:
+    """How often a family's failure monitors (`warn_<name>` logs) fired while it trained.
+
+    Per monitor, the logging windows in which it fired (`train_warn_<name>_windows`), and any
+    (`train_warning_windows`) out of `train_log_windows`; {} for a family without monitors.
+    """
+    rows = [row for row in history if any(k.startswith("warn_") for k in row)]
+    keys = sorted({k for row in rows for k in row if k.startswith("warn_")})
+    if not keys:
+        return {}
+    out = {f"train_{k}_windows": float(sum(row.get(k, 0) > 0 for row in rows)) for k in keys}
+    out["train_warning_windows"] = float(sum(any(row.get(k, 0) > 0 for k in keys) for row in rows))
+    out["train_log_windows"] = float(len(rows))
+    return out
+
+
 def evaluate_family(
     params: dict[str, Any],
     family: str,
@@ -85,6 +101,9 @@ def evaluate_family(
     if train_metrics_file.is_file():
         train_metrics = json.loads(train_metrics_file.read_text())
         result |= {k: train_metrics[k] for k in TRAIN_METRICS if k in train_metrics}
+    history_file = model_dir / "history.json"
+    if history_file.is_file():
+        result |= training_warnings(json.loads(history_file.read_text()))
     metrics = numeric_metrics(result)
     if metrics.get("score_ms_per_image", 0) > 0:  # the cost beside the AUROC, as a rate too
         metrics["score_images_per_s"] = 1000.0 / metrics["score_ms_per_image"]

@@ -143,20 +143,6 @@ def test_a_config_saved_before_the_options_loads_with_its_old_behaviour(small_ba
     assert VAEConfig.from_dict({"latent_dim": 8}).sampling_prior == VAEConfig().sampling_prior
 
 
-def test_the_committed_default_run_still_loads():
-    """The VAE saved by the last full pipeline run (before these options) loads strictly."""
-    from pathlib import Path
-
-    directory = Path("artifacts/models/vae")
-    if not (directory / CONFIG_FILE).is_file():
-        pytest.skip("no trained VAE in artifacts/")
-    saved = json.loads((directory / CONFIG_FILE).read_text())["config"]
-    if "sampling_prior" in saved:
-        pytest.skip("artifacts/ holds a VAE saved with the new options")
-    model = load_model(directory)
-    assert model.config.sampling_prior == "normal" and model.config.arch == "conv"
-
-
 @pytest.mark.parametrize(
     ("field", "value"),
     [
