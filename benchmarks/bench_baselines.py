@@ -65,19 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )  # fmt: skip
+    pick = "no names: all; default: all baselines unless --families"
+    parser.add_argument("--baselines", nargs="*", choices=list(BASELINES), help=pick)
     parser.add_argument(
-        "--baselines",
-        nargs="*",
-        choices=list(BASELINES),
-        default=None,
-        help="baselines to run (no names: all); default all unless --families",
-    )
-    parser.add_argument(
-        "--families",
-        nargs="*",
-        choices=list(FAMILIES),
-        default=None,
-        help="our families' params.yaml configs to run (no names: all four)",
+        "--families", nargs="*", choices=list(FAMILIES), help="params.yaml rows; " + pick
     )
     parser.add_argument(
         "--set",

@@ -32,8 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_serving import Server, bench_parser, digits, tiny_bundle  # noqa: E402
-from benchmarks.loadgen import closed_loop  # noqa: E402
+from benchmarks.bench_serving import Server, bench_parser, digits, source_or_tiny  # noqa: E402
+from benchmarks.loadgen import closed_loop, markdown_table  # noqa: E402
 from serving.bundle import load_bundle  # noqa: E402
 
 
@@ -123,16 +123,11 @@ def drive(server: Server, label: str, formats: dict, args) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| server | input | concurrency | p50 ms | p99 ms | images/s | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['server']} | {r['input']} | {r['concurrency']} | {r['p50']:.2f} | "
-            f"{r['p99']:.2f} | {r['images_s']:.0f} | {r['errors']} |"
-        )
-    return "\n".join(lines)
+    header = "server | input | concurrency:r | p50 ms:r | p99 ms:r | images/s:r | errors:r"
+    return markdown_table(header, [
+        [r["server"], r["input"], r["concurrency"], f"{r['p50']:.2f}", f"{r['p99']:.2f}",
+         f"{r['images_s']:.0f}", r["errors"]] for r in rows
+    ])  # fmt: skip
 
 
 def main() -> None:
@@ -151,11 +146,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("GENOPS_TORCH_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="genops-bench-") as tmp:
         tmp_path = Path(tmp)
-        bundle = (
-            Path(args.source.removeprefix("dir:"))
-            if args.source
-            else tiny_bundle(tmp_path / "models", args.arch)
-        )
+        bundle = source_or_tiny(args, tmp_path)
         images = digits(64)
         rows = raw_rows(bundle, images, args.duration)
         formats = payloads(images[0, 0])

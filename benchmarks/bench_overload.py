@@ -272,6 +272,9 @@ def print_overload(over: dict, args, worker: float, tree: float, lanes: dict) ->
         f"- 503 answered in p50 {run.percentile_ms(50, 503):.1f} ms, "
         f"p99 {run.percentile_ms(99, 503):.1f} ms"
     )
+    if run.start_lag:  # latency counts from the schedule: how much of it is the client's own
+        lag = 1e3 * np.percentile(run.start_lag, [50, 99])
+        print(f"- load generator started requests late by p50 {lag[0]:.1f} ms, p99 {lag[1]:.1f} ms")
     print(f"- recovery: /score under 50 ms again {over['recovery_s']:.3f} s after the load stopped")
     print(f"- peak RSS: largest process {worker:.0f} MiB, server process tree {tree:.0f} MiB")
     print(f"- lanes at the end: {json.dumps(lanes)}")

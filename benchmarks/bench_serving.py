@@ -147,18 +147,9 @@ class Server:
         }
         self.log_path = home / f"server-{self.port}.log"
         self.log = open(home / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        serve = [sys.executable, "-m", "bentoml", "serve", "serving.service:GenOps"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "serving.service:GenOps",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            [*serve, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=repo,
             env=env,
             stdout=self.log,
@@ -256,16 +247,14 @@ def bench_server(server: Server, batching: str, images: np.ndarray, args) -> lis
 
 
 def markdown(rows: list[Result]) -> str:
-    lines = [
-        "| scenario | batching | concurrency | p50 ms | p99 ms | req/s | images/s | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.scenario} | {r.batching} | {r.concurrency} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.rps:.1f} | {r.images_per_s:.0f} | {r.errors} |"
-        )
-    return "\n".join(lines)
+    from benchmarks.loadgen import markdown_table
+
+    header = "scenario | batching | concurrency:r | p50 ms:r | p99 ms:r | req/s:r | images/s:r"
+    header += " | errors:r"
+    return markdown_table(header, [
+        [r.scenario, r.batching, r.concurrency, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+         f"{r.rps:.1f}", f"{r.images_per_s:.0f}", r.errors] for r in rows
+    ])  # fmt: skip
 
 
 def bench_parser(
@@ -287,16 +276,19 @@ def bench_parser(
     return parser
 
 
+def source_or_tiny(args, tmp_path: Path) -> Path:
+    """The bundles of `--source dir:PATH`, else a tiny trained one (`--arch`) under tmp_path."""
+    if args.source:
+        return Path(args.source.removeprefix("dir:"))
+    return tiny_bundle(tmp_path / "models", args.arch)
+
+
 def main() -> None:
     args = bench_parser(__doc__, 3.0, [1, 8, 32]).parse_args()
     torch.set_num_threads(int(os.environ.get("GENOPS_TORCH_THREADS", "1")))
     with tempfile.TemporaryDirectory(prefix="genops-bench-") as tmp:
         tmp_path = Path(tmp)
-        bundle = (
-            Path(args.source.removeprefix("dir:"))
-            if args.source
-            else tiny_bundle(tmp_path / "models", args.arch)
-        )
+        bundle = source_or_tiny(args, tmp_path)
         images = digits(64)
         model = load_bundle(bundle / "anomaly").model
         print(

@@ -94,6 +94,7 @@ class Run:
     latencies: dict[int, list[float]] = field(default_factory=dict)
     failures: Counter = field(default_factory=Counter)  # transport errors by type
     retry_after: list[str] = field(default_factory=list)
+    start_lag: list[float] = field(default_factory=list)  # open loop: late start (s), client-side
     elapsed: float = 0.0
 
     def add(self, status: int, seconds: float, reply: Reply | None = None) -> None:
@@ -175,6 +176,7 @@ async def open_loop(
     tasks: list[asyncio.Task] = []
 
     async def one(scheduled: float) -> None:
+        run.start_lag.append(time.perf_counter() - scheduled)  # the client's own lateness
         conn = idle.pop() if idle else Connection(host, port)
         try:
             reply = await asyncio.wait_for(conn.request("POST", path, body, content_type), timeout)
@@ -204,3 +206,11 @@ async def open_loop(
     for conn in idle:
         conn.close()
     return run
+
+
+def markdown_table(header: str, rows: list[list[Any]]) -> str:
+    """A Markdown table: `header` as 'name | name:r | ...' (':r' = right-aligned), then rows."""
+    names = [h.strip() for h in header.split("|")]
+    head = "| " + " | ".join(n.removesuffix(":r") for n in names) + " |"
+    rule = "|" + "|".join("---:" if n.endswith(":r") else "---" for n in names) + "|"
+    return "\n".join([head, rule, *("| " + " | ".join(map(str, r)) + " |" for r in rows)])

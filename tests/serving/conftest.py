@@ -151,18 +151,9 @@ class Server:
             **(extra_env or {}),
         }
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        serve = [sys.executable, "-m", "bentoml", "serve", target]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                target,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            [*serve, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=cwd,
             env=env,
             stdout=self._log,
@@ -187,6 +178,18 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    def __enter__(self) -> Server:
+        """Ready to serve (stopped again if it never gets ready)."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.client.close()
         if self.proc.poll() is None:
@@ -209,16 +212,9 @@ def served_dir(tmp_path_factory, source_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, served_dir):
-    srv = Server(
-        f"dir:{served_dir}",
-        tmp_path_factory.mktemp("server"),
-        extra_env={"GENOPS_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-    try:
-        srv.wait_ready()
+    env = {"GENOPS_ADMIN_TOKEN": ADMIN_TOKEN}
+    with Server(f"dir:{served_dir}", tmp_path_factory.mktemp("server"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def digits_as_lists(images: torch.Tensor) -> list[list[float]]:

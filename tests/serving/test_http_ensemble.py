@@ -30,12 +30,8 @@ def ensemble_server(tmp_path_factory, ensemble, real_digits):
     write_role(root, "anomaly", ensemble, calib, "genops-anomaly", "4", ["anomaly"])
     generator = make("autoencoder").eval()
     write_role(root, "generation", generator, calib, "genops-generation", "1", ["generation"])
-    srv = Server(f"dir:{root}", tmp_path_factory.mktemp("ensemble-server"))
-    try:
-        srv.wait_ready()
+    with Server(f"dir:{root}", tmp_path_factory.mktemp("ensemble-server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_metadata_lists_the_ensemble_as_the_anomaly_champion(ensemble_server, ensemble):

@@ -37,12 +37,8 @@ def family_server(tmp_path_factory, family_models, real_digits):
     champions = {"generation": "diffusion", "anomaly": "autoencoder"}
     for task, family in champions.items():
         write_role(root, task, family_models[family], calib, f"genops-{task}", "1", [task])
-    srv = Server(f"dir:{root}", tmp_path_factory.mktemp("family-server"))
-    try:
-        srv.wait_ready()
+    with Server(f"dir:{root}", tmp_path_factory.mktemp("family-server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_metadata_shows_each_family_and_its_capabilities(family_server, family_models):

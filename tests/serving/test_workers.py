@@ -42,14 +42,9 @@ def _until_every_worker_answered(url: str, method: str, path: str, **kwargs) -> 
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory, source_dir):
-    srv = Server(
-        f"dir:{source_dir}", tmp_path_factory.mktemp("workers"), {"GENOPS_WORKERS": str(WORKERS)}
-    )
-    try:
-        srv.wait_ready()
+    env = {"GENOPS_WORKERS": str(WORKERS)}
+    with Server(f"dir:{source_dir}", tmp_path_factory.mktemp("workers"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_every_worker_is_ready_with_the_same_verified_models(two_workers):
