@@ -347,6 +347,8 @@ def train(
     model.eval()
     done = state["step"] - (resumed_from or 0)
     wall = time.perf_counter() - started
+    if done == 0 and state["elapsed"] > 0:  # resumed a finished run: its recorded throughput
+        done, wall = state["step"], state["elapsed"]
     return TrainResult(
         model,
         state["step"],

@@ -44,6 +44,21 @@ def test_same_seed_gives_identical_weights(real_digits, tmp_path):
     assert losses, "history records training losses"
 
 
+def test_rerun_of_a_finished_run_keeps_its_weights_and_throughput(real_digits, tmp_path):
+    """`dvc repro` after a code-only change resumes the final checkpoint: same weights, and the
+    recorded throughput of the run that did the work (not 0 images/s)."""
+    tr, va = _tiny_data(real_digits)
+    cfg = TrainConfig(steps=8, batch_size=32, val_every=4, checkpoint_every=4, num_threads=1,
+                      progress=False)  # fmt: skip
+    first = train("autoencoder", TINY_AE, cfg, tr, va, tmp_path)
+    again = train("autoencoder", TINY_AE, cfg, tr, va, tmp_path)
+    assert again.resumed_from == 8 and again.steps_done == 8
+    assert again.images_per_s > 0
+    assert again.images_per_s == pytest.approx(8 * 32 / again.wall_time_s)
+    for key, value in _state(first.model).items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+
+
 def test_checkpoint_resume_matches_uninterrupted(real_digits, tmp_path):
     tr, va = _tiny_data(real_digits)
     full = TrainConfig(
