@@ -81,7 +81,7 @@ def run_one(
             log_mlflow=False,
         )
     elif not (model_dir / "config.json").is_file():
-        raise SystemExit(f"{model_dir}: no trained model; run `dvc repro` first (seed 0 is its run)")
+        raise SystemExit(f"{model_dir}: no trained model; run `dvc repro` (seed 0 is its run)")
     metrics = evaluate_family(
         params,
         family,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="TASK=FAMILY",
-        help="the family holding each task's champion (default generation=gan, anomaly=autoencoder)",
+        help="the family holding a task's champion (default generation=gan anomaly=autoencoder)",
     )
     parser.add_argument("--fresh", action="store_true", help="forget results already in --out")
     parser.add_argument(
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{family} seed {seed}: done before, kept", flush=True)
                 continue
             t0 = time.perf_counter()
-            metrics = run_one(
-                params, family, seed, args.data, args.judge, args.work, args.threads
-            )
+            metrics = run_one(params, family, seed, args.data, args.judge, args.work, args.threads)
             metrics["bench_seconds"] = time.perf_counter() - t0
             results.setdefault(family, {})[str(seed)] = metrics
             atomic_write_json(args.out, {"seeds": args.seeds, "results": results})
