@@ -64,6 +64,11 @@ class StackConfig:
     mlflow_workers: int = 2
     prefect_ui: bool = False
     startup_timeout_s: float = 120.0
+    # family workers on one machine split its cores (worker i: cores[i::workers]), so two
+    # trainings side by side do not each start a thread per core: on 2 cores, two 2-thread
+    # trainings ran many times slower than two 1-thread ones (OpenMP threads waiting on a
+    # descheduled peer). Off where each worker has a machine of its own.
+    share_cores: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 0 or self.mlflow_workers < 1:
@@ -136,12 +141,31 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """Start `cmd` in its own process group (so `down` stops it and its children)."""
+def _spawn(
+    cmd: list[str], log: Path, env: dict[str, str], cwd: Path, cores: set[int] | None = None
+) -> subprocess.Popen:
+    """Start `cmd` in its own process group (so `down` stops it and its children), on `cores`
+    when given (inherited by its children: a worker's flow runs train on its share)."""
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # in the child, pre-exec
     with open(log, "wb") as out:
         return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=pin,
         )
+
+
+def core_shares(workers: int) -> list[set[int] | None]:
+    """Worker i's share of this process's cores, cores[i::workers]; None (all) where the
+    cores are fewer than the workers or there is one worker."""
+    cores = sorted(os.sched_getaffinity(0))
+    if workers < 2 or len(cores) < workers:
+        return [None] * workers
+    return [set(cores[i::workers]) for i in range(workers)]
 
 
 def _base_env() -> dict[str, str]:
@@ -274,13 +298,16 @@ def start_workers(
     specs = [(f"worker-{i + 1}", FAMILY_QUEUE) for i in range(cfg.workers)]
     if cfg.orchestrator:
         specs.append(("orchestrator", "default"))
+    shares = core_shares(cfg.workers) if cfg.share_cores else [None] * cfg.workers
     workers = []
     for i, (name, queue) in enumerate(specs):
         log = folder / f"{name}.log"
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", cfg.pool,
                "--type", "process", "--name", name, "-q", queue, "--limit", "1"]  # fmt: skip
-        proc = _spawn(cmd, log, env, cwd)
-        workers.append({"name": name, "pid": proc.pid, "queue": queue, "log": str(log)})
+        cores = shares[i] if i < len(shares) else None  # the orchestrator keeps every core
+        proc = _spawn(cmd, log, env, cwd, cores)
+        workers.append({"name": name, "pid": proc.pid, "queue": queue, "log": str(log),
+                        "cores": sorted(cores) if cores else "all"})  # fmt: skip
         if i == 0:  # let the first create the pool before the others race to
             _wait_http(f"{api_url}/work_pools/{cfg.pool}", proc, log, cfg.startup_timeout_s)
     _wait_workers_online(api_url, cfg.pool, [w["name"] for w in workers], cfg.startup_timeout_s)
@@ -490,11 +517,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", default=POOL)
     parser.add_argument("--no-prefect", action="store_true", help="PostgreSQL, S3, MLflow only")
     parser.add_argument("--ui", action="store_true", help="serve Prefect's web UI too")
+    parser.add_argument(
+        "--no-share-cores",
+        action="store_true",
+        help="let every family worker use all cores (default: worker i gets cores[i::workers])",
+    )
     parser.add_argument("--keep-data", action="store_true", help="down: keep the databases")
     args = parser.parse_args(argv)
     if args.command == "up":
         cfg = StackConfig(state_dir=args.state_dir, prefect=not args.no_prefect,
-                          workers=args.workers, pool=args.pool, prefect_ui=args.ui)  # fmt: skip
+                          workers=args.workers, pool=args.pool, prefect_ui=args.ui,
+                          share_cores=not args.no_share_cores)  # fmt: skip
         state = up(cfg)
         print(json.dumps({k: state[k] for k in ("env", "startup_s")}, indent=2))
         print(f"client settings: set -a; . {Path(args.state_dir) / ENV_FILE}; set +a")
