@@ -15,7 +15,6 @@ Not a test: numbers depend on the machine and on what else runs on it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_serving import Server, bench_parser, digits, source_or_tiny  # noqa: E402
-from benchmarks.loadgen import closed_loop, markdown_table  # noqa: E402
+from benchmarks.loadgen import closed_loop, markdown_table, run_client  # noqa: E402
 from serving.bundle import load_bundle  # noqa: E402
 
 
@@ -103,7 +102,7 @@ def drive(server: Server, label: str, formats: dict, args) -> list[dict]:
     rows = []
     for name, (path, body, ctype) in formats.items():
         for concurrency in args.concurrency:
-            run = asyncio.run(
+            run = run_client(
                 closed_loop("127.0.0.1", server.port, path, body, concurrency, args.duration, ctype)
             )
             ok = run.count(200)

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_serving import Server, digits, tiny_bundle  # noqa: E402
-from benchmarks.loadgen import Connection, Run, closed_loop, open_loop  # noqa: E402
+from benchmarks.loadgen import Connection, Run, closed_loop, open_loop, run_client  # noqa: E402
 from models.calibration import Calibration  # noqa: E402
 from models.io import build_model  # noqa: E402
 from serving.bundle import write_bundle  # noqa: E402
@@ -213,8 +213,8 @@ def main() -> None:
                 f"dir:{root}", True, Path(tmp), repo=repo, extra_env=env, cpus=server_cpus
             )
             try:
-                iso = None if args.skip_isolation else asyncio.run(isolation(server, args, images))
-                over = asyncio.run(overload(server, args, images))
+                iso = None if args.skip_isolation else run_client(isolation(server, args, images))
+                over = run_client(overload(server, args, images))
                 worker, tree = server.peak_rss_mb()
                 lanes = httpx.get(f"{server.url}/metadata").json()["lanes"]
             finally:
