@@ -92,7 +92,26 @@ def run_one(
         root / "metrics.json",
         log_mlflow=False,
     )
-    return {k: float(metrics[k]) for k in HEADLINE if k in metrics}
+    return _numbers(metrics)
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def leaderboard_markdown(results: dict[str, dict[str, dict[str, float]]], data: Path) -> str:
+    """The pipeline's own leaderboard (tables, per-kind, the measured comparison table), fed
+    every seed's metrics: cells read mean ± std, beside the textbook baselines' rows."""
+    from pipelines.dvc_ops import data_version
+    from pipelines.evaluation.leaderboard import build_leaderboard, load_baselines, render_markdown
+
+    runs = {family: list(by_seed.values()) for family, by_seed in results.items()}
+    baselines = load_baselines(REPO / "metrics" / "baselines.json", data_version(data_dir=data))
+    return render_markdown(build_leaderboard(runs, baselines))
 
 
 def summarize(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
@@ -153,6 +172,18 @@ def markdown(summary: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- bench_seeds:begin -->", "<!-- bench_seeds:end -->"
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between the markers in `path` (the whole file when it has none)."""
+    body = f"{BEGIN}\n{text.replace('# Leaderboard', '## Leaderboard over seeds', 1)}{END}\n"
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        body = old[: old.index(BEGIN)] + body + old[old.index(END) + len(END) + 1 :]
+    path.write_text(body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", choices=FAMILIES, help="default: all")
@@ -168,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="TASK=FAMILY",
         help="the family holding a task's champion (default generation=gan anomaly=autoencoder)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=REPO / "docs" / "seeds.md",
+        help="where the multi-seed leaderboard goes (between the markers of an existing file)",
     )
     parser.add_argument("--fresh", action="store_true", help="forget results already in --out")
     parser.add_argument(
@@ -205,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 + f" ({metrics['bench_seconds']:.0f} s)",
                 flush=True,
             )
+    for family in families:  # runs stored by an older version of this script: full metrics
+        for seed, metrics in results[family].items():
+            full = args.work / family / f"seed{seed}" / "metrics.json"
+            if full.is_file():
+                metrics |= {k: v for k, v in _numbers(json.loads(full.read_text())).items()
+                            if k not in metrics}  # fmt: skip
     wanted = {f: {s: m for s, m in results[f].items() if int(s) in args.seeds} for f in families}
     summary = summarize(wanted)
     margins = suggested_margins(summary, champions)
@@ -214,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         {"seeds": args.seeds, "results": results, "summary": summary, "suggested_margins": margins},
     )
     print(markdown(summary, args.seeds))
+    write_between_markers(args.markdown, leaderboard_markdown(wanted, args.data))
     print("\nsuggested registry.margin (one std over seeds of the champion family's metric):")
     for task, m in margins.items():
         print(f"  {task}: {m['std']:.4g}  ({m['family']} {m['metric']})")
