@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +33,7 @@ from models.base import Batch  # noqa: E402
 from models.calibration import Calibration  # noqa: E402
 from models.io import build_model  # noqa: E402
 from serving.bundle import load_bundle, write_bundle  # noqa: E402
+from serving.devserver import ServeProcess  # noqa: E402
 
 
 @dataclass
@@ -121,7 +118,9 @@ def raw_floor(bundle: Path, images: np.ndarray, seconds: float) -> list[Result]:
     return rows
 
 
-class Server:
+class Server(ServeProcess):
+    """serving.devserver.ServeProcess, ready when constructed (stopped again if it never is)."""
+
     def __init__(
         self,
         source: str,
@@ -132,64 +131,12 @@ class Server:
         cpus: set[int] | None = None,
     ) -> None:
         """`cpus`: pin the server's process tree to these CPUs (inherited by its workers)."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        env = {
-            **os.environ,
-            "GENOPS_MODEL_SOURCE": source,
-            "BENTOML_HOME": str(home),
-            "GENOPS_BATCHING": "1" if batching else "0",
-            "BENTOML_DO_NOT_TRACK": "True",
-            "GENOPS_TORCH_THREADS": os.environ.get("GENOPS_TORCH_THREADS", "1"),
-            "PYTHONPATH": str(repo),
-            **(extra_env or {}),
-        }
-        self.log_path = home / f"server-{self.port}.log"
-        self.log = open(home / f"server-{self.port}.log", "wb")  # noqa: SIM115
-        serve = [sys.executable, "-m", "bentoml", "serve", "serving.service:GenOps"]
-        self.proc = subprocess.Popen(
-            [*serve, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=repo,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server did not become ready")
-
-    def peak_rss_mb(self) -> tuple[float, float]:
-        """(largest single process, whole tree) peak resident set size, MiB (Linux VmHWM)."""
-        peaks = []
-        root = psutil.Process(self.proc.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                kb = next(
-                    int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
-                )
-            except (OSError, StopIteration):
-                kb = proc.memory_info().rss // 1024
-            peaks.append(kb / 1024)
-        return max(peaks), sum(peaks)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        super().__init__(source, home, extra_env, repo=repo, batching=batching, cpus=cpus)
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
 
 async def drive(

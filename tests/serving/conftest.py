@@ -1,18 +1,12 @@
-"""Serving fixtures: a tiny trained autoencoder bundle and a real `bentoml serve` subprocess."""
+"""Serving fixtures: a tiny trained autoencoder bundle and a real `bentoml serve` subprocess
+(serving.devserver.ServeProcess, re-exported here as `Server`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -21,11 +15,11 @@ from models.base import Batch
 from models.calibration import Calibration
 from models.io import build_model
 from serving.bundle import write_bundle
+from serving.devserver import ServeProcess as Server
 
 REPO = Path(__file__).resolve().parents[2]
 AE_CONFIG = {"arch": "mlp", "hidden_dims": [64], "latent_dim": 8}
 TRAIN, CALIB = slice(0, 2000), slice(4000, 4500)
-READY_TIMEOUT_S = 180
 ADMIN_TOKEN = "test-admin-token-0123456789"  # the session server's GENOPS_ADMIN_TOKEN
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
 
@@ -119,87 +113,6 @@ def tiny_models(real_digits):
 def source_dir(tmp_path_factory, tiny_models, real_digits) -> Path:
     images, _ = real_digits
     return make_source_dir(tmp_path_factory.mktemp("models"), *tiny_models, images[CALIB])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A `bentoml serve` subprocess and an httpx client pointed at it."""
-
-    def __init__(
-        self,
-        source: str | None,
-        home: Path,
-        extra_env: dict[str, str] | None = None,
-        target: str = "serving.service:GenOps",
-        cwd: Path = REPO,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "server.log"
-        env = {
-            **{k: v for k, v in os.environ.items() if k != "GENOPS_MODEL_SOURCE"},
-            **({} if source is None else {"GENOPS_MODEL_SOURCE": source}),
-            "BENTOML_HOME": str(home / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "True",
-            "GENOPS_TORCH_THREADS": "1",
-            "PYTHONPATH": str(REPO),
-            **(extra_env or {}),
-        }
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        serve = [sys.executable, "-m", "bentoml", "serve", target]
-        self.proc = subprocess.Popen(
-            [*serve, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def __enter__(self) -> Server:
-        """Ready to serve (stopped again if it never gets ready)."""
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
