@@ -46,6 +46,9 @@ def run_client(coro: Any) -> Any:
         gc.unfreeze()
 
 
+KEEPALIVE_S = 4.0  # reuse an idle connection only this long (the server keeps it 5 s)
+
+
 @dataclass
 class Reply:
     status: int
@@ -195,12 +198,24 @@ async def open_loop(
     has been started (before the answers are in).
     """
     run = Run()
-    idle: list[Connection] = []
+    idle: list[tuple[Connection, float]] = []  # (connection, when it was freed)
     tasks: list[asyncio.Task] = []
+
+    def connection() -> Connection:
+        """The most recently freed connection still inside the keep-alive window, else a new
+        one (what httpx and urllib3 do: the server closes idle connections after its
+        keep-alive timeout, uvicorn's 5 s, and a request sent on one of those fails)."""
+        now = time.perf_counter()
+        while idle:
+            conn, freed = idle.pop()
+            if now - freed < KEEPALIVE_S:
+                return conn
+            conn.close()
+        return Connection(host, port)
 
     async def one(scheduled: float) -> None:
         run.start_lag.append(time.perf_counter() - scheduled)  # the client's own lateness
-        conn = idle.pop() if idle else Connection(host, port)
+        conn = connection()
         try:
             reply = await asyncio.wait_for(conn.request("POST", path, body, content_type), timeout)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -209,7 +224,7 @@ async def open_loop(
             run.add(0, time.perf_counter() - scheduled)
             return
         run.add(reply.status, time.perf_counter() - scheduled, reply)
-        idle.append(conn)
+        idle.append((conn, time.perf_counter()))
 
     start = time.perf_counter()
     interval, i = 1.0 / rate, 0
@@ -226,7 +241,7 @@ async def open_loop(
         sent["t"] = time.perf_counter()
     await asyncio.gather(*tasks)
     run.elapsed = seconds
-    for conn in idle:
+    for conn, _ in idle:
         conn.close()
     return run
 
