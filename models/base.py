@@ -35,6 +35,7 @@ class Capabilities:
     likelihood: bool = False  # `elbo(images)` and `iwae_bound(images, k)`, nats per image
     encoder: bool = False  # `encode(images)` -> latent codes (N, D)
     interpolation: bool = False  # `interpolate(a, b, steps)` between two images
+    denoising: bool = False  # `denoise(images, strength, generator=...)`: cleans corrupted images
 
     def __post_init__(self) -> None:
         if self.max_sampling_steps is not None and not self.sampling_steps:
@@ -176,15 +177,7 @@ class GenerativeModel(nn.Module, ABC):
         caps = self.capabilities
         n = _check_count(n)
         labels = check_labels(labels, n)
-        if steps is not None:
-            if not caps.sampling_steps:
-                raise ValueError(f"{self.family} has no sampling steps: steps must be None")
-            limit = caps.max_sampling_steps
-            if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-                raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-            if limit is not None and steps > limit:
-                raise ValueError(f"steps must be an int in 1..{limit}, got {steps!r}")
-            steps = int(steps)
+        steps = self.check_steps(steps)
         if not caps.conditional:
             labels = None
         elif labels is None:
@@ -192,6 +185,20 @@ class GenerativeModel(nn.Module, ABC):
         else:
             labels = labels.to(self.device)
         return n, generator, labels, steps
+
+    def check_steps(self, steps: int | None) -> int | None:
+        """`steps` validated as `sample` documents it (None passes through), else ValueError."""
+        if steps is None:
+            return None
+        caps = self.capabilities
+        if not caps.sampling_steps:
+            raise ValueError(f"{self.family} has no sampling steps: steps must be None")
+        limit = caps.max_sampling_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if limit is not None and steps > limit:
+            raise ValueError(f"steps must be an int in 1..{limit}, got {steps!r}")
+        return int(steps)
 
     @abstractmethod
     def _sample(
@@ -216,6 +223,20 @@ class GenerativeModel(nn.Module, ABC):
     def reconstruct(self, images: Tensor) -> Tensor:
         """Reconstruction (N, 1, 28, 28) in [0, 1] (`capabilities.reconstruction`)."""
         raise NotImplementedError(f"{self.family} has no reconstruction")
+
+    def denoise(
+        self,
+        images: Tensor,
+        strength: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Cleaned images (N, 1, 28, 28) in [0, 1] from corrupted ones (`capabilities.denoising`).
+
+        `strength` in [0, 1] says how much of the input to forget (the family documents its
+        meaning; None = the family's default); all randomness comes from `generator`. Families
+        without it denoise, if at all, through `reconstruct`.
+        """
+        raise NotImplementedError(f"{self.family} has no strength-controlled denoising")
 
     def encode(self, images: Tensor) -> Tensor:
         """Latent codes (N, D) of images (`capabilities.encoder`)."""

@@ -104,10 +104,21 @@ class ServedModel:
             self.costs.observe(SCORE_UNIT, len(batch), time.perf_counter() - started)
         return scores.detach().double().cpu().numpy()
 
-    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+    def reconstruct(
+        self, images: np.ndarray, strength: float | None = None, seed: int = 0
+    ) -> np.ndarray:
+        """Reconstructions (N, 1, 28, 28) float32; with `strength`, the model's `denoise`
+        at that strength, its noise from a generator seeded with `seed` (ValueError if the
+        model declares no denoising)."""
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        if strength is not None and not self.model.capabilities.denoising:
+            raise ValueError(f"{self.meta.family} model has no strength-controlled denoising")
         with self.lock, torch.no_grad():
-            out = self.model.reconstruct(batch)
+            if strength is None:
+                out = self.model.reconstruct(batch)
+            else:
+                generator = torch.Generator(device="cpu").manual_seed(int(seed))
+                out = self.model.denoise(batch, strength, generator)
         return out.detach().float().cpu().numpy()
 
     def sample(

@@ -20,6 +20,8 @@ N = Annotated[int, Ge(1), Le(MAX_GENERATE)]
 Seed = Annotated[int, Ge(0), Le(MAX_SEED)]
 Label = Annotated[int, Ge(0), Le(9)]
 Steps = Annotated[int, Ge(1), Le(MAX_STEPS)]
+# /reconstruct's denoising strength: the share of the noise schedule (models with `denoising`)
+DenoiseStrength = Annotated[float, Ge(0), Le(1)]
 # "champion" (the task's champion) or a family name; families come from models.spec.FAMILIES
 ModelName = Literal[(ALIAS, *FAMILIES)]  # type: ignore[valid-type]
 OutputFormat = Literal["png_grid", "pngs", "array"]

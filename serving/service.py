@@ -61,6 +61,7 @@ from serving.runtime import Settings, freeze_heap, setup_logging, worker_count, 
 from serving.schemas import (
     MAX_RECONSTRUCT,
     MAX_SCORE,
+    DenoiseStrength,
     GenerateResponse,
     ImageArray,
     ImageScore,
@@ -314,23 +315,37 @@ class GenOps:
         model: ModelName | None = None,
         scale: PixelScale = "auto",
         pixels: Pixels | None = None,
+        denoise_strength: DenoiseStrength | None = None,
+        seed: Seed = 0,
     ) -> ReconstructResponse:
         """Reconstruction and per-pixel squared-error map (models with a reconstruction only).
 
-        Inputs as for `/score` (`images`, `pixels` or `files`), at most 64 images.
+        Inputs as for `/score` (`images`, `pixels` or `files`), at most 64 images. A corrupted
+        digit (noise, speckles) comes back cleaned: the reconstruction is the model's idea of
+        the digit. `denoise_strength` in [0, 1], only for models that declare denoising
+        (diffusion), cleans by partial noising and sampling back instead (SDEdit; the share
+        of the noise schedule, docs/denoising.md), its noise drawn from `seed`; the same
+        (model, images, strength, seed) always gives the same images.
         """
         served = self.models.resolve("anomaly", model)
         name_the_model(ctx, served)
         if not served.has_reconstruction:
             raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
+        if denoise_strength is not None and not served.model.capabilities.denoising:
+            raise InvalidArgument(
+                f"{served.meta.family} model has no strength-controlled denoising: "
+                "omit `denoise_strength`"
+            )
         batch = await self.scoring.read_images(images, files, scale, MAX_RECONSTRUCT, pixels)
         lane = self.lanes[SCORING_LANE]
         try:
             estimate = served.estimate_s(SCORE_UNIT, 2 * len(batch))
-            recon = await lane.run(estimate, served.reconstruct, batch)
+            recon = await lane.run(estimate, served.reconstruct, batch, denoise_strength, seed)
             scores = await self.scoring.scores(served, batch)
         except Shed as exc:
             return refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         errors = np.square(recon - batch)
         return ReconstructResponse(
             model=model_ref(served.meta),

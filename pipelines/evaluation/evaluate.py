@@ -11,6 +11,9 @@ Metric keys (all floats unless noted; "where defined" keys are absent otherwise)
               label_agreement (conditional models: share judged as the requested label)
   likelihood  elbo_nats, elbo_bits_per_dim, iwae_nats (models with `capabilities.likelihood`)
   recon       recon_mse, recon_mae (test split, where has_reconstruction)
+  denoise     denoise_input_mse/<kind>, denoise_mse/<kind> for kind in gaussian, salt_pepper,
+              block: one test digit per class corrupted, then cleaned by `denoise` (where
+              declared) or `reconstruct` (pipelines.evaluation.denoising; plot denoising.png)
   anomaly     every AUROC ranks by the calibrated atypicality the verdict thresholds (two-sided
               score + input energy, models.calibration; docs/anomaly.md):
               tuned suite: anomaly_auroc/<kind>, anomaly_aupr/<kind>, anomaly_tpr/<kind>
@@ -50,6 +53,7 @@ from models.tensors import check_images
 from pipelines.evaluation import metrics as M
 from pipelines.evaluation import plots
 from pipelines.evaluation.anomalies import build_anomaly_suite
+from pipelines.evaluation.denoising import Denoised, run_denoising, write_figure
 from pipelines.evaluation.heldout import DEGENERATE_KINDS, REAL_KINDS, build_heldout_benchmark
 from pipelines.evaluation.judge import JudgeNet, judge_outputs
 from pipelines.evaluation.paired import HELDOUT_PREFIX, Evidence, anomaly_task_metric
@@ -376,6 +380,7 @@ def _plots(
     raw: Mapping[str, Any],
     cfg: EvalConfig,
     plot_dir: Path,
+    denoised: Denoised | None = None,
 ) -> list[str]:
     """Write the figures; optional extras that fail are logged and listed, not fatal."""
     test_x, test_y = splits["test"]
@@ -389,6 +394,8 @@ def _plots(
             recon = model.reconstruct(test_x[:16].to(device)).cpu()
             path = plot_dir / "reconstructions.png"
             written.append(plots.reconstructions(test_x[:16], recon, path))
+        if denoised is not None:
+            written.append(write_figure(model, denoised, plot_dir / "denoising.png"))
         extras = {
             "encode": lambda: plots.latent_scatter(
                 _first_tensor(model.encode(test_x[:1000].to(device))).cpu().numpy(),
@@ -458,6 +465,10 @@ def evaluate_model(
             result |= _reconstruction(model, test_x, cfg)
         anomaly, raw = _anomaly(model, splits, cfg, out_dir)
         result |= anomaly
+        denoised = None
+        if model.has_reconstruction or model.capabilities.denoising:
+            denoised = run_denoising(model, test_x, splits["test"][1])
+            result |= denoised.metrics()
         Evidence(  # what a paired comparison with another model needs (the promotion gate)
             sample_features=np.asarray(feats, dtype=np.float32),
             reference_features=np.asarray(reference["test_features"], dtype=np.float32),
@@ -465,7 +476,9 @@ def evaluate_model(
             suite_scores=raw["suite"],
             suite_kinds=raw["kinds"],
         ).save(out_dir)
-        result["plots"] = _plots(model, splits, samples, labels, raw, cfg, out_dir / "plots")
+        result["plots"] = _plots(
+            model, splits, samples, labels, raw, cfg, out_dir / "plots", denoised
+        )
     finally:
         model.train(was_training)
     result["eval_seconds"] = time.perf_counter() - t_start

@@ -84,6 +84,32 @@ def reconstructions(originals: Any, recons: Any, path: Path, nrow: int = 8) -> P
     return _save(fig, path)
 
 
+def denoising(
+    clean: Any, rows: Sequence[tuple[str, Any, Sequence[float]]], path: Path, title: str = ""
+) -> Path:
+    """Clean digits on top, then one row per (name, images, per-image MSE to the clean digit).
+
+    Each image of a row gets its MSE written under it, and the row's mean beside its name.
+    """
+    top = _np_images(clean)
+    n = top.shape[0]
+    fig, axes = plt.subplots(len(rows) + 1, 1, figsize=(n * 0.62 + 1.6, (len(rows) + 1) * 0.95))
+    axes = np.atleast_1d(axes)
+    _imshow(axes[0], _tile(top, n), title or None)
+    axes[0].set_ylim(_tile(top, n).shape[0] + 10, 0)  # every row the same height
+    axes[0].text(-3, 15, "clean", ha="right", va="center", fontsize=8)
+    for ax, (name, images, mse) in zip(axes[1:], rows, strict=True):
+        canvas = _tile(_np_images(images)[:n], n)
+        _imshow(ax, canvas)
+        ax.set_ylim(canvas.shape[0] + 10, 0)  # room for the numbers under the images
+        mse = np.asarray(mse, dtype=np.float64).reshape(-1)
+        ax.text(-3, 15, f"{name}\nMSE {mse.mean():.4f}", ha="right", va="center", fontsize=7)
+        for i, value in enumerate(mse[:n]):
+            ax.text(2 + i * 30 + 14, canvas.shape[0] + 6, f"{value:.3f}", ha="center",
+                    va="center", fontsize=5.5)  # fmt: skip
+    return _save(fig, path)
+
+
 def project_2d(latents: Any) -> np.ndarray:
     """(N, D) -> (N, 2): identity for D <= 2 (zero-padded), else PCA via SVD."""
     z = np.asarray(latents, dtype=np.float64).reshape(len(latents), -1)

@@ -103,6 +103,17 @@ def test_capabilities_are_declared_and_truthful(trained, batch) -> None:
     else:
         with pytest.raises(NotImplementedError):
             model.interpolate(images[:1], images[1:2], 5)
+    if caps.denoising:
+        cleaned = model.denoise(images, 0.3, _gen(4))
+        assert cleaned.shape == images.shape and cleaned.min() >= 0 and cleaned.max() <= 1
+        assert torch.equal(cleaned, model.denoise(images, 0.3, _gen(4)))  # seeded
+        assert model.denoise(images, None, _gen(4)).shape == images.shape  # family default
+        for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+            with pytest.raises(ValueError, match="strength"):
+                model.denoise(images, bad, _gen(4))
+    else:
+        with pytest.raises(NotImplementedError):
+            model.denoise(images, 0.3, _gen(4))
     if caps.sampling_steps:
         one, three = (model.sample(2, _gen(1), steps=k) for k in (1, 3))
         assert one.shape == three.shape == (2, 1, 28, 28) and not torch.equal(one, three)

@@ -158,6 +158,36 @@ def test_reconstruct_shape_range_and_fidelity(trained, small_batch) -> None:
     assert (recon - images).pow(2).mean() < (images - images.mean()).pow(2).mean()
 
 
+def test_denoise_strength_sets_how_much_of_the_input_survives(trained, small_batch) -> None:
+    images = small_batch[0][:6]
+
+    def error(strength: float) -> float:
+        out = trained.denoise(images, strength, torch.Generator().manual_seed(0))
+        return float((out - images).pow(2).mean())
+
+    assert error(0.0) < 1e-3  # level 0: the input back
+    assert error(0.0) < error(0.5) < error(1.0)
+
+
+def test_denoise_options_are_checked_and_used(trained, small_batch) -> None:
+    images, labels = small_batch[0][:4], small_batch[1][:4]
+    calls: list[int] = []
+    forward = trained.ema.shadow.forward
+    trained.ema.shadow.forward = lambda *a: calls.append(1) or forward(*a)
+    try:
+        trained.denoise(images, 0.5, torch.Generator().manual_seed(0), steps=3)
+    finally:
+        del trained.ema.shadow.forward
+    assert len(calls) == 3  # one network call per step (unguided: no labels)
+    gen = torch.Generator
+    guided = trained.denoise(images, 0.5, gen().manual_seed(0), labels=labels)
+    assert not torch.equal(guided, trained.denoise(images, 0.5, gen().manual_seed(0)))
+    with pytest.raises(ValueError, match="steps"):
+        trained.denoise(images, 0.5, steps=trained.config.timesteps + 1)
+    with pytest.raises(ValueError, match="labels"):
+        trained.denoise(images, 0.5, labels=labels[:2])
+
+
 @pytest.mark.parametrize("option", ["bf16_autocast", "channels_last"])
 def test_speed_options_keep_the_model_equivalent(trained, small_batch, option: str) -> None:
     model = trained

@@ -14,6 +14,7 @@ from models.base import Capabilities, GenerativeModel, ModelConfig
 from models.calibration import Calibration
 from models.tensors import check_images
 from pipelines.evaluation import metrics as M
+from pipelines.evaluation.denoising import CORRUPTIONS
 from pipelines.evaluation.evaluate import (
     EvalConfig,
     evaluate_model,
@@ -258,8 +259,10 @@ def test_evaluate_model_full_extras(eval_setup, tmp_path):
     assert {kw["steps"] for kw in model.sample_kwargs} == {7}  # sample_steps passed through
     plots = {p.name for p in (tmp_path / "plots").iterdir()}
     assert {"samples.png", "reconstructions.png", "latent_scatter.png", "interpolation.png",
-            "roc.png", "score_histograms.png"} <= plots  # fmt: skip
+            "roc.png", "score_histograms.png", "denoising.png"} <= plots  # fmt: skip
     assert "class_grid.png" not in plots
+    for kind in CORRUPTIONS:  # the denoising demonstration's numbers (reconstruct here)
+        assert result[f"denoise_input_mse/{kind}"] > 0 and result[f"denoise_mse/{kind}"] > 0
     # the saved per-image test scores and calibration are what the model/threshold give
     saved = np.load(tmp_path / "test_scores.npy")
     np.testing.assert_array_equal(saved, score_images(model, splits["test"][0], 32))
@@ -282,7 +285,8 @@ def test_evaluate_model_minimal_conditional_with_cached_reference(eval_setup, tm
         float(reference["fd_judge_real_reference"])
     )
     plots = {p.name for p in (tmp_path / "out" / "plots").iterdir()}
-    assert "class_grid.png" in plots and "reconstructions.png" not in plots
+    assert "class_grid.png" in plots and not {"reconstructions.png", "denoising.png"} & plots
+    assert not any(key.startswith("denoise") for key in result)
     stale = EvalConfig(**{**cfg.to_dict(), "n_samples": 30})
     with pytest.raises(ValueError, match="recompute"):
         evaluate_model(model, judge, splits, stale, tmp_path / "stale", reference=cached)

@@ -142,6 +142,23 @@ def test_reconstruct_returns_reconstruction_and_error_map(server, digits):
         assert error.mean() == pytest.approx(score, abs=1e-6) == pytest.approx(result["score"])
 
 
+def test_reconstruct_cleans_a_corrupted_digit(server, digits):
+    """Gaussian noise (sigma 0.5) in, a digit closer to the clean one out (docs/denoising.md)."""
+    clean = digits[:4].reshape(4, 784).numpy()
+    noise = np.random.default_rng(0).normal(0.0, 0.5, clean.shape)
+    noisy = np.clip(clean + noise, 0.0, 1.0).astype(np.float32)
+    for model in ("autoencoder", None):  # the unconditional family and the anomaly champion
+        payload = {"images": noisy.astype(np.float64).tolist()} | (
+            {"model": model} if model else {}
+        )
+        response = server.client.post("/reconstruct", json=payload)
+        assert response.status_code == 200, response.text
+        cleaned = np.asarray([r["reconstruction"] for r in response.json()["results"]])
+        before = np.square(noisy - clean).mean(axis=1)
+        after = np.square(cleaned.reshape(4, 784) - clean).mean(axis=1)
+        assert (after < before).all(), (model, before, after)
+
+
 def _nan_body() -> bytes:
     return b'{"images": [[' + b",".join([b"NaN"] + [b"0.5"] * 783) + b"]]}"
 
@@ -168,6 +185,9 @@ BAD_JSON = [
     ("/score", {"images": [[0.5] * 784], "model": "nope"}),
     ("/score", {"images": [[0.5] * 784], "files": ["x"]}),
     ("/reconstruct", {"images": [[0.5] * 784] * 65}),
+    ("/reconstruct", {"images": [[0.5] * 784], "denoise_strength": 0.5}),  # no denoising
+    ("/reconstruct", {"images": [[0.5] * 784], "denoise_strength": 1.5}),
+    ("/reconstruct", {"images": [[0.5] * 784], "denoise_strength": -0.1}),
     ("/admin/reload", {"force": "maybe"}),
 ]
 

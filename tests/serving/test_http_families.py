@@ -2,8 +2,9 @@
 
 test_http.py covers the API in depth with autoencoders; this file checks that each family's
 declared capabilities reach the service: `/generate` takes `label` exactly where the family is
-conditional and `steps` exactly where it declares sampling steps, and `/score` serves the
-scores the bundle computes in process.
+conditional and `steps` exactly where it declares sampling steps, `/reconstruct` takes
+`denoise_strength` exactly where it declares denoising, and `/score` serves the scores the
+bundle computes in process.
 """
 
 from __future__ import annotations
@@ -100,3 +101,26 @@ def test_score_serves_the_bundles_scores(family_server, family_models, family, r
     with torch.no_grad():
         local = family_models[family].anomaly_score(digits).double().numpy()
     np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reconstruct_takes_denoise_strength_where_declared(
+    family_server, family_models, family, real_digits
+):
+    model = family_models[family]
+    digits = real_digits[0][HELD_OUT][:3]
+    payload = {"images": digits_as_lists(digits), "model": family, "denoise_strength": 0.3}
+    response = family_server.client.post("/reconstruct", json=payload | {"seed": 7})
+    if not model.capabilities.denoising:
+        assert response.status_code == 400, response.text
+        assert "denoise_strength" in response.text
+        return
+    assert response.status_code == 200, response.text
+    served = np.asarray([r["reconstruction"] for r in response.json()["results"]])
+    local = model.denoise(digits, 0.3, torch.Generator().manual_seed(7))
+    np.testing.assert_allclose(served, local[:, 0].numpy(), rtol=0, atol=1e-6)
+    for strength in (1.01, -0.5):
+        refused = family_server.client.post(
+            "/reconstruct", json=payload | {"denoise_strength": strength}
+        )
+        assert refused.status_code == 400 and "denoise_strength" in refused.text, refused.text
