@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="torch threads per training (train.num_threads; 0 = the params' value). On a busy "
-        "host 1 avoids OpenMP threads waiting on each other; float results then differ from a "
-        "2-thread run at the last bits only, far below the seed spread",
+        "host 1 avoids OpenMP threads waiting on each other. GAN and diffusion runs then differ "
+        "from 2-thread ones about as much as another seed (docs/seeds.md)",
     )
     args = parser.parse_args(argv)
     families = args.family or list(FAMILIES)
