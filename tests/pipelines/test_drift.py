@@ -411,7 +411,7 @@ def test_missing_champion_and_unreachable_service_fail_clearly(
     prefect_api, project, real_digits, drift_model
 ):
     from pipelines.drift_flow import ChampionMissing, ServiceUnreachable, drift_watch
-    from tests.serving.conftest import free_port
+    from serving.devserver import free_port
 
     with pytest.raises(ChampionMissing, match="not a served bundle"):
         drift_watch(bundle=str(project / "nowhere"), root=str(project), fetch_retries=0)
