@@ -27,6 +27,9 @@ from pipelines import tracking
 log = logging.getLogger(__name__)
 P = Tag.PROMOTION_PREFIX
 ROLLBACK_PREFIX = "rollback."
+# what a decision records of its interval: both gates' CI, the sequential gate's cost and rounds
+INTERVAL_TAGS = ("improvement", "ci_low", "ci_high", "rounds", "n_per_model", "p_value",
+                 "seconds", "candidate", "champion")  # fmt: skip
 
 
 @dataclass
@@ -109,7 +112,10 @@ def gate(
 ) -> Decision:
     """Move the champion alias to the candidate only if it beats the champion by `margin`.
 
-    With `compare`, the decision is the paired bootstrap interval's lower end > margin. Without
+    A copy of the champion's weights is never promoted. With `compare`, the decision is the
+    comparison's own (`clears(margin)`): the sequential KID test on fresh samples for generation
+    (pipelines.evaluation.sequential), the paired bootstrap interval's lower end > margin for the
+    anomaly task (pipelines.evaluation.paired). Without
     it, the recorded point estimates are compared, and only on the same data version (a
     champion measured on other data is kept and the candidate rejected as not comparable).
     """
@@ -127,19 +133,21 @@ def gate(
         d.champion_version = str(current.version)
         d.champion_family = tags.get(Tag.FAMILY)
         d.champion_data_version = tags.get(Tag.DATA_VERSION)
+        mine = client.get_model_version(task.registered_model, str(candidate_version))
+        same_weights = (mine.tags or {}).get(Tag.WEIGHTS_SHA256)
         if d.champion_version == str(candidate_version):
             d.reason, d.method = "candidate is already the champion", "same-version"
+        elif same_weights and same_weights == tags.get(Tag.WEIGHTS_SHA256):
+            d.method = "same-weights"
+            d.reason = "the candidate has the champion's very weights (a copy): nothing to gain"
         elif compare is not None:
             interval, d.champion_evidence = compare(current)
-            d.method, d.interval = "paired-bootstrap", interval.to_dict()
-            d.champion_metric = float(interval.champion)
-            d.promoted = interval.ci_low > margin
-            d.reason = (
-                f"{task.metric} {interval.candidate:.4g} vs champion {interval.champion:.4g} "
-                f"({direction} is better, paired on data {data_version}): improvement "
-                f"{interval.improvement:+.4g}, {interval.confidence:.0%} CI "
-                f"[{interval.ci_low:+.4g}, {interval.ci_high:+.4g}] "
-                f"{'clears' if d.promoted else 'does not clear'} margin {margin:g}"
+            d.method, d.interval = interval.method, interval.to_dict()
+            if interval.metric == task.metric:  # the sequential test's values are KIDs
+                d.champion_metric = float(interval.champion)
+            d.promoted = interval.clears(margin)
+            d.reason = f"({direction} is better, on data {data_version}) " + interval.summary(
+                margin
             )
         elif d.champion_data_version == data_version:
             d.champion_metric = float(tags[metric_tag(task.metric)])
@@ -176,8 +184,10 @@ def _record(client: Any, task: Task, d: Decision) -> None:
         "judge_version": d.judge_version or "none",
         "margin": f"{d.margin:g}",
         "decided_at": f"{d.decided_at:.3f}",
-        **{k: f"{interval[k]:.6g}" for k in ("improvement", "ci_low", "ci_high") if k in interval},
+        **{k: f"{interval[k]:.6g}" for k in INTERVAL_TAGS if k in interval},
         **({"confidence": f"{interval['confidence']:g}"} if interval else {}),
+        **({"interval_metric": str(interval["metric"])} if interval else {}),
+        **({"stop": str(interval["decision"])} if "decision" in interval else {}),
     }
     with tracking.write_lock():
         if d.promoted:

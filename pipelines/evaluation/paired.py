@@ -107,9 +107,22 @@ class PairedInterval:
     ci_high: float
     confidence: float
     n_bootstrap: int
+    method: str = "paired-bootstrap"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def clears(self, margin: float) -> bool:
+        """The decision: the interval's lower end clears the margin (metric units)."""
+        return self.ci_low > margin
+
+    def summary(self, margin: float) -> str:
+        return (
+            f"{self.metric} {self.candidate:.4g} vs champion {self.champion:.4g}: improvement "
+            f"{self.improvement:+.4g}, {self.confidence:.0%} CI [{self.ci_low:+.4g}, "
+            f"{self.ci_high:+.4g}] {'clears' if self.clears(margin) else 'does not clear'} "
+            f"margin {margin:g}"
+        )
 
 
 # ---- the two statistics, fast enough to bootstrap -----------------------------------------------

@@ -15,10 +15,11 @@ from typing import Any
 
 from models.config import ModelConfig, require
 from models.io import atomic_write_json
-from models.spec import ANOMALY, TASKS, Tag, competes, family_model_name, rank
+from models.spec import ANOMALY, GENERATION, TASKS, Tag, competes, family_model_name, rank
 from pipelines import registry
 from pipelines.dvc_ops import data_version
 from pipelines.evaluation.paired import Evidence, paired_bootstrap
+from pipelines.evaluation.sequential import SequentialConfig
 from pipelines.jobs.evaluation import RUN_INFO, judge_version, registered_evidence
 from pipelines.jobs.reports import anomaly_breakdown, history_markdown, promotion_markdown
 from pipelines.model_card import log_model_cards
@@ -33,6 +34,7 @@ class GateConfig(ModelConfig):
     """params.yaml `registry`: the margin per task and the paired bootstrap's settings."""
 
     margin: dict[str, float] = field(default_factory=dict)  # task -> margin (0 when absent)
+    sequential: dict[str, Any] = field(default_factory=dict)  # SequentialConfig (generation)
     n_bootstrap: int = 200
     confidence: float = 0.95
     seed: int = 0
@@ -47,6 +49,14 @@ class GateConfig(ModelConfig):
             0.5 < self.confidence < 1,
             f"registry.confidence must be in (0.5, 1), got {self.confidence}",
         )
+        self.sequential_config()  # raises ValueError naming the bad key
+        require(
+            0 <= self.margin_of(GENERATION) < 1,
+            "registry.margin.generation is a relative KID improvement, in [0, 1)",
+        )
+
+    def sequential_config(self) -> SequentialConfig:
+        return SequentialConfig.from_dict(self.sequential)
 
     def margin_of(self, task: str) -> float:
         return float(self.margin.get(task, 0.0))
@@ -94,7 +104,17 @@ def register_and_promote(
         registered.append((task.registered_model, candidate, best))
         evidence = Evidence.load(eval_root / best)
 
-        def compare(champion_mv: Any, task_name: str = task.name, ev: Evidence = evidence):
+        def compare(champion_mv: Any, task_name: str = task.name, ev: Evidence = evidence,
+                    family: str = best):  # fmt: skip
+            if task_name == GENERATION:  # fresh samples of both models: the sequential test
+                from pipelines.jobs.generation_gate import run_generation_gate
+
+                result = run_generation_gate(
+                    eval_root / family / "bundle", champion_mv, judge_dir,
+                    ev.reference_features, settings.margin_of(task_name),
+                    settings.sequential_config(),
+                )  # fmt: skip
+                return result, "fresh samples"
             champ, how = registered_evidence(params, champion_mv, data_dir, judge_dir)
             interval = paired_bootstrap(
                 task_name,

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from models.spec import ANOMALY, rank
+from pipelines.evaluation.sequential import METHOD as SEQUENTIAL
 
 
 def _num(value: Any) -> str:
@@ -23,6 +24,12 @@ def _interval(d: dict[str, Any]) -> str:
     interval = d.get("interval")
     if not interval:
         return "—"
+    if interval.get("method") == SEQUENTIAL:  # relative KID improvement, with its cost
+        return (
+            f"KID {interval['improvement']:+.1%} [{interval['ci_low']:+.1%}, "
+            f"{interval['ci_high']:+.1%}]; {interval['rounds']} rounds, "
+            f"{interval['n_per_model']:,} fresh samples/model, {interval['seconds']:.1f} s"
+        )
     return f"{interval['improvement']:+.4g} [{interval['ci_low']:+.4g}, {interval['ci_high']:+.4g}]"
 
 
@@ -109,8 +116,11 @@ def promotion_markdown(report: dict[str, Any]) -> str:
         f"# Promotion decisions (data {_short(report['data_version'])}, "
         f"judge {_short(report.get('judge_version'))})",
         "",
-        "The champion is measured again on this data with this judge; a candidate is promoted "
-        "only when the paired bootstrap interval of its improvement clears the margin.",
+        "Generation: both models draw fresh samples in rounds until a sequential KID test "
+        "decides (the challenger must be closer to the real test digits by the relative margin; "
+        "false-promotion rate measured in docs/gate.md). Anomaly: the champion is measured "
+        "again on this data and the paired bootstrap interval of the AUROC improvement must "
+        "clear the margin.",
         "",
         "| task | candidate | metric | champion (on this data) | champion's first data "
         "| improvement [CI] | margin | decision | reason |",
@@ -154,7 +164,12 @@ def history_markdown(events: list[dict[str, Any]]) -> str:
     for e in events:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["at"]))
         improvement = "—"
-        if e.get("ci_low") is not None:
+        if e.get("method") == SEQUENTIAL and e.get("ci_low") is not None:
+            improvement = (
+                f"KID {float(e['improvement']):+.1%} [{float(e['ci_low']):+.1%}, "
+                f"{float(e['ci_high']):+.1%}], n={e.get('n_per_model')}, {e.get('seconds')} s"
+            )
+        elif e.get("ci_low") is not None:
             improvement = (
                 f"{float(e['improvement']):+.4g} "
                 f"[{float(e['ci_low']):+.4g}, {float(e['ci_high']):+.4g}]"

@@ -136,6 +136,12 @@ TINY_PARAMS = {
         }
     },
     "judge": {"epochs": 1, "max_steps": 10, "batch_size": 64, "progress": False},
+    # the generation gate draws fresh samples: a small cap keeps a tiny day-2 gate quick
+    "registry": {
+        "margin": {"generation": 0.05, "anomaly": 0.002},
+        "sequential": {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5},
+        "n_bootstrap": 50,
+    },
     "evaluate": {
         "n_samples": 40,
         "anomaly_per_kind": 8,

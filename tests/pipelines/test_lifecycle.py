@@ -32,6 +32,10 @@ from tests.pipelines.test_flows import TINY_PARAMS, make_project
 from tests.serving.conftest import Server
 
 SWAP_TIMEOUT_S = 90.0
+# generation: fresh samples of both models (sequential KID test); anomaly: fixed items, re-measured
+METHODS = {GENERATION: "sequential-kid", ANOMALY: "paired-bootstrap"}
+EVIDENCE = {GENERATION: "fresh samples", ANOMALY: "re-measured"}
+SMALL_SEQUENTIAL = {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5}
 
 
 class Traffic(threading.Thread):
@@ -135,7 +139,11 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
         _set_params(
             root,
             data={"seed": 7},
-            registry={"margin": {GENERATION: 1e9, ANOMALY: -1.0}, "n_bootstrap": 50},
+            registry={
+                "margin": {GENERATION: 0.99, ANOMALY: -1.0},  # 99 % closer: out of reach
+                "n_bootstrap": 50,
+                "sequential": SMALL_SEQUENTIAL,
+            },
         )
         build_default(
             root / "data", split_config(yaml.safe_load((root / "params.yaml").read_text()))
@@ -156,10 +164,10 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
         report = json.loads((root / "reports" / "promotion.json").read_text())
         decisions = {d["task"]: d for d in report["decisions"]}
         for task, d in decisions.items():
-            assert d["method"] == "paired-bootstrap", d
+            assert d["method"] == METHODS[task], d
             assert d["champion_version"] == str(champions_v1[task].version)
             assert d["champion_data_version"] == v1 and d["data_version"] == v2
-            assert d["champion_evidence"] == "re-measured" and d["judge_version"]
+            assert d["champion_evidence"] == EVIDENCE[task] and d["judge_version"]
             assert (
                 d["interval"]["ci_low"] <= d["interval"]["improvement"] <= d["interval"]["ci_high"]
             )

@@ -1,0 +1,92 @@
+"""The generation task's gate: both models draw fresh samples, judged in the judge's features.
+
+`pipelines.evaluation.sequential` holds the statistics; this module loads what they need (the
+challenger's bundle, the champion's registered version, the judge and the real test features)
+and turns a model into a feature sampler. FD-judge stays the leaderboard's headline; the gate
+decides on the sequential KID test, which has measured error rates (docs/gate.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import check_model_files
+from models.io import load_model
+from models.spec import Tag
+from pipelines import tracking
+from pipelines.evaluation.sequential import (
+    FeatureSampler,
+    SequentialConfig,
+    SequentialResult,
+    sequential_kid_test,
+)
+
+log = logging.getLogger(__name__)
+
+
+def feature_sampler(model: Any, judge: Any, batch: int = 500) -> FeatureSampler:
+    """draw(n, seed): judge features of n fresh samples of `model` drawn with that seed
+    (labels uniform at random for conditional models, the model's default sampler)."""
+    import torch
+
+    from pipelines.evaluation.judge import judge_outputs
+
+    def draw(n: int, seed: int) -> np.ndarray:
+        generator = torch.Generator(device=model.device).manual_seed(int(seed))
+        feats = []
+        with torch.no_grad():
+            for start in range(0, n, batch):
+                images = model.sample(min(batch, n - start), generator=generator)
+                feats.append(judge_outputs(judge, images.clamp(0, 1).float().cpu())[0])
+        return np.concatenate(feats)
+
+    model.eval()
+    return draw
+
+
+def download_registered(model_version: Any, dst: Path) -> Any:
+    """A registered version's model, downloaded, its files checked and its weights verified."""
+    import mlflow
+
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=str(model_version.source),
+            dst_path=str(dst),
+            tracking_uri=tracking.tracking_uri(),
+        )
+    )
+    check_model_files(local, f"{model_version.name} v{model_version.version}")
+    tags = dict(model_version.tags or {})
+    return load_model(local, expected_sha256=tags.get(Tag.WEIGHTS_SHA256) or None)
+
+
+def run_generation_gate(
+    candidate_dir: Path,
+    champion_mv: Any,
+    judge_dir: Path,
+    real_features: np.ndarray,
+    margin: float,
+    cfg: SequentialConfig,
+) -> SequentialResult:
+    """The sequential KID test of the challenger (its bundle) against the champion version."""
+    import torch
+
+    from pipelines.evaluation.judge import load_judge
+    from pipelines.train import available_cores
+
+    torch.set_num_threads(available_cores())
+    judge = load_judge(judge_dir)
+    candidate = load_model(Path(candidate_dir))
+    with tempfile.TemporaryDirectory(prefix="genops-champion-") as tmp:
+        champion = download_registered(champion_mv, Path(tmp) / "model")
+    result = sequential_kid_test(
+        feature_sampler(candidate, judge), feature_sampler(champion, judge),
+        real_features, margin, cfg,
+    )  # fmt: skip
+    log.info("generation gate: %s", result.summary())
+    return result
