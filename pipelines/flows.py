@@ -147,7 +147,8 @@ def run_stage(root: str, stage: str) -> dict[str, Any]:
 @task(name="prepare-data", **TRANSIENT)
 def prepare_data(root: str, rev: str | None = None, remote: str | None = None) -> str:
     """`dvc pull` data/ (at a git revision / from a named remote when given); return its version."""
-    from pipelines.dvc_ops import data_version, dvc, pull_or_rebuild
+    from pipelines.dvc_ops import data_version, dvc
+    from pipelines.sources import pull_or_rebuild
 
     try:
         if rev:

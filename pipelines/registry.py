@@ -49,14 +49,16 @@ class Decision:
     champion_data_version: str | None = None  # where the champion was first measured
     champion_evidence: str | None = None  # "logged" or "re-measured" (paired bootstrap)
     judge_version: str | None = None
-    interval: dict[str, Any] | None = None  # PairedInterval.to_dict()
+    interval: dict[str, Any] | None = None  # PairedInterval / SequentialResult .to_dict()
+    overlap: dict[str, Any] | None = None  # what of the current test/val the champion saw
     decided_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# compare(champion ModelVersion) -> (PairedInterval, how the champion was measured)
+# compare(champion ModelVersion) -> (comparison, how the champion was measured[, overlap dict]);
+# a comparison has .method, .metric, .champion, .clears(margin), .summary(margin), .to_dict()
 Compare = Callable[[Any], tuple[Any, str]]
 
 
@@ -141,7 +143,8 @@ def gate(
             d.method = "same-weights"
             d.reason = "the candidate has the champion's very weights (a copy): nothing to gain"
         elif compare is not None:
-            interval, d.champion_evidence = compare(current)
+            interval, d.champion_evidence, *rest = compare(current)
+            d.overlap = rest[0] if rest else None
             d.method, d.interval = interval.method, interval.to_dict()
             if interval.metric == task.metric:  # the sequential test's values are KIDs
                 d.champion_metric = float(interval.champion)
@@ -188,6 +191,7 @@ def _record(client: Any, task: Task, d: Decision) -> None:
         **({"confidence": f"{interval['confidence']:g}"} if interval else {}),
         **({"interval_metric": str(interval["metric"])} if interval else {}),
         **({"stop": str(interval["decision"])} if "decision" in interval else {}),
+        **{f"overlap_{k}": str(v) for k, v in (d.overlap or {}).items()},
     }
     with tracking.write_lock():
         if d.promoted:

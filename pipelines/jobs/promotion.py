@@ -8,7 +8,9 @@ the decision rests on a paired bootstrap interval of the improvement (pipelines.
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from pipelines.evaluation.paired import Evidence, paired_bootstrap
 from pipelines.evaluation.sequential import SequentialConfig
 from pipelines.jobs.evaluation import RUN_INFO, judge_version, registered_evidence
 from pipelines.jobs.reports import anomaly_breakdown, history_markdown, promotion_markdown
+from pipelines.lineage import Overlap, Refusal, champion_overlap, write_unseen
 from pipelines.model_card import log_model_cards
 from pipelines.params import section
 
@@ -38,6 +41,7 @@ class GateConfig(ModelConfig):
     n_bootstrap: int = 200
     confidence: float = 0.95
     seed: int = 0
+    min_unseen: int = 100  # after leaving out what the champion saw: fewer test (or val) -> refuse
 
     def validate(self) -> None:
         bad = sorted(set(self.margin) - set(TASKS))
@@ -104,28 +108,10 @@ def register_and_promote(
         registered.append((task.registered_model, candidate, best))
         evidence = Evidence.load(eval_root / best)
 
-        def compare(champion_mv: Any, task_name: str = task.name, ev: Evidence = evidence,
-                    family: str = best):  # fmt: skip
-            if task_name == GENERATION:  # fresh samples of both models: the sequential test
-                from pipelines.jobs.generation_gate import run_generation_gate
-
-                result = run_generation_gate(
-                    eval_root / family / "bundle", champion_mv, judge_dir,
-                    ev.reference_features, settings.margin_of(task_name),
-                    settings.sequential_config(),
-                )  # fmt: skip
-                return result, "fresh samples"
-            champ, how = registered_evidence(params, champion_mv, data_dir, judge_dir)
-            interval = paired_bootstrap(
-                task_name,
-                ev,
-                champ,
-                n_bootstrap=settings.n_bootstrap,
-                confidence=settings.confidence,
-                seed=settings.seed,
-            )
-            return interval, how
-
+        compare = functools.partial(
+            _compare, task_name=task.name, family=best, evidence=evidence, params=params,
+            settings=settings, eval_root=eval_root, data_dir=data_dir, judge_dir=judge_dir,
+        )  # fmt: skip
         decision = registry.gate(
             task,
             candidate,
@@ -153,3 +139,71 @@ def register_and_promote(
     (report_dir / "promotion.md").write_text(promotion_markdown(report))
     (report_dir / "promotion_history.md").write_text(history_markdown(registry.history()))
     return report
+
+
+# ---- one comparison: fair items first (lineage), then the task's test ---------------------------
+def _overlap(champion_mv: Any, data_dir: Path) -> tuple[Overlap | None, Any, Any]:
+    """What of the current test/val splits the champion saw (None: same data version, whose
+    splits are disjoint by construction)."""
+    theirs = (champion_mv.tags or {}).get(Tag.DATA_VERSION, "")
+    if theirs == data_version(data_dir=data_dir):
+        return None, None, None
+    return champion_overlap(theirs, data_dir, Path(data_dir).resolve().parent)
+
+
+def _compare(
+    champion_mv: Any,
+    *,
+    task_name: str,
+    family: str,
+    evidence: Evidence,
+    params: dict[str, Any],
+    settings: GateConfig,
+    eval_root: Path,
+    data_dir: Path,
+    judge_dir: Path,
+) -> tuple[Any, str, dict[str, Any] | None]:
+    """(comparison, how the champion was measured, overlap) for `registry.gate`."""
+    overlap, test_mask, val_mask = _overlap(champion_mv, data_dir)
+    record = overlap.to_dict() if overlap is not None else None
+    leak = overlap is not None and overlap.any
+    if overlap is not None and not overlap.known:
+        return Refusal(overlap.describe(), record), "lineage unknown", record
+    if (
+        leak
+        and min(overlap.test_unseen, overlap.val_total - overlap.val_seen) < settings.min_unseen
+    ):
+        reason = (f"{overlap.describe()}: too few unseen digits left to compare fairly "
+                  f"(registry.min_unseen {settings.min_unseen})")  # fmt: skip
+        return Refusal(reason, record), "refused (lineage)", record
+    bundle = Path(eval_root) / family / "bundle"
+    if task_name == GENERATION:  # fresh samples of both models: the sequential test
+        from pipelines.jobs.generation_gate import run_generation_gate
+
+        real = evidence.reference_features[test_mask] if leak else evidence.reference_features
+        result = run_generation_gate(
+            bundle,
+            champion_mv,
+            judge_dir,
+            real,
+            settings.margin_of(task_name),
+            settings.sequential_config(),
+        )
+        return result, "fresh samples" + (", unseen test digits" if leak else ""), record
+    if leak:  # both measured again on the items neither has seen
+        from models.io import load_model
+        from pipelines.jobs.evaluation import measure
+        from pipelines.jobs.generation_gate import download_registered
+
+        with tempfile.TemporaryDirectory(prefix="genops-unseen-") as tmp:
+            unseen = write_unseen(data_dir, Path(tmp) / "data", test_mask, val_mask)
+            measure(params, load_model(bundle), unseen, judge_dir, Path(tmp) / "candidate")
+            champion = download_registered(champion_mv, Path(tmp) / "model")
+            measure(params, champion, unseen, judge_dir, Path(tmp) / "champion")
+            mine, champ = (Evidence.load(Path(tmp) / who) for who in ("candidate", "champion"))
+        how = "re-measured on unseen items"
+    else:
+        mine, (champ, how) = evidence, registered_evidence(params, champion_mv, data_dir, judge_dir)
+    interval = paired_bootstrap(task_name, mine, champ, n_bootstrap=settings.n_bootstrap,
+                                confidence=settings.confidence, seed=settings.seed)  # fmt: skip
+    return interval, how, record

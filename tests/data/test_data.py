@@ -15,7 +15,7 @@ from pipelines.cli import main
 from pipelines.data import (
     DataError,
     SplitConfig,
-    build_default,
+    build_subset,
     images_path,
     import_idx,
     labels_path,
@@ -32,13 +32,13 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def default_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("default") / "data"
-    build_default(out)
+    build_subset(out)
     return out
 
 
 def test_default_splits_are_byte_for_byte_deterministic(default_data, tmp_path):
     again = tmp_path / "data"
-    build_default(again)
+    build_subset(again)
     assert _digest(default_data) == _digest(again)
 
 
@@ -55,20 +55,41 @@ def test_default_splits_are_stratified_and_disjoint(default_data):
     assert len(seen) == len(set(seen)) == 5000
 
 
-def test_committed_data_dvc_matches_a_rebuild(default_data):
-    """The hash recorded in data.dvc is what a fresh clone's rebuild produces."""
+def test_committed_data_dvc_matches_a_rebuild(tmp_path):
+    """The hash recorded in data.dvc is what a fresh clone's rebuild of params.yaml's source
+    (full MNIST from the cached wheel) produces, byte for byte."""
     import yaml
 
+    from pipelines.dvc_ops import data_version
+    from pipelines.params import load_params, split_config
+    from pipelines.sources import build_default
+
     root = Path(__file__).resolve().parents[2]
+    cfg = split_config(load_params(root / "params.yaml"))
+    assert cfg.source == "mnist", "the default data is full MNIST"
+    build_default(tmp_path / "data", cfg)
     recorded = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]
-    assert recorded["nfiles"] == len(list(default_data.iterdir()))
-    assert recorded["size"] == sum(p.stat().st_size for p in default_data.iterdir())
+    rebuilt = tmp_path / "data"
+    assert recorded["nfiles"] == len(list(rebuilt.iterdir()))
+    assert recorded["size"] == sum(p.stat().st_size for p in rebuilt.iterdir())
+    sizes = {s: len(load_split(rebuilt, s)[1]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 54_001, "val": 5_999, "test": 10_000}
+    # the DVC directory hash: the same manifest DVC would write for these files
+    (tmp_path / "data.dvc").write_text((root / "data.dvc").read_text())
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    from pipelines.dvc_ops import dvc
+
+    dvc("init", "-q", cwd=tmp_path)
+    dvc("commit", "--force", "--quiet", "data.dvc", cwd=tmp_path)  # hashes the rebuilt data/
+    assert data_version(tmp_path) == recorded["md5"]
 
 
 def test_split_seed_changes_assignment(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    build_default(a, SplitConfig(seed=1))
-    build_default(b, SplitConfig(seed=2))
+    build_subset(a, SplitConfig(seed=1))
+    build_subset(b, SplitConfig(seed=2))
     assert _digest(a)["test-images-idx3-ubyte"] != _digest(b)["test-images-idx3-ubyte"]
 
 

@@ -1,4 +1,5 @@
-"""`genops data pull` on a fresh clone: rebuild the embedded default when the remote is empty."""
+"""`genops data pull` on a fresh clone: rebuild params.yaml's data source when the remote is
+empty (full MNIST from the wheel `make install` cached, which the committed data.dvc records)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.data import build_default
-from pipelines.dvc_ops import data_in_sync, data_version, dvc, pull_or_rebuild
+from pipelines.data import build_subset
+from pipelines.dvc_ops import data_in_sync, data_version, dvc
+from pipelines.sources import pull_or_rebuild
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
 def fresh_clone(tmp_path) -> Path:
-    """A DVC project whose data.dvc records the default data but whose remote is empty."""
+    """A DVC project with the committed data.dvc (full MNIST) and an empty remote."""
     root = tmp_path / "clone"
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -30,7 +32,7 @@ def fresh_clone(tmp_path) -> Path:
 
 def test_rebuild_matches_data_dvc_and_fills_the_remote(fresh_clone, tmp_path):
     message = pull_or_rebuild(fresh_clone)
-    assert "rebuilt from the embedded default" in message
+    assert "rebuilt from data source 'mnist'" in message
     assert data_in_sync(fresh_clone)
     assert data_version(fresh_clone) == data_version(ROOT)
     shutil.rmtree(fresh_clone / "data")
@@ -48,5 +50,5 @@ def test_rebuild_refuses_when_data_dvc_records_another_data_set(fresh_clone):
 
 
 def test_default_data_builds_a_readable_folder(tmp_path):
-    build_default(tmp_path / "data")
+    build_subset(tmp_path / "data")
     assert oct((tmp_path / "data").stat().st_mode & 0o777) == "0o755"

@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import main
-from pipelines.data import build_default, images_path, labels_path, load_split, write_idx
+from pipelines.data import build_subset, images_path, labels_path, load_split, write_idx
 from pipelines.validation import ValidationConfig, validate_data
 
 
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gx") / "data"
-    build_default(out)
+    build_subset(out)
     return out
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.data import build_default
+from pipelines.data import build_subset
 from pipelines.distributed import Cluster, check_batch_size, noise_seed, shard
 from pipelines.train import CHECKPOINT_FILE
 from tests.models.contract import FAMILIES, TINY
@@ -201,7 +201,7 @@ def launch(tmp_path_factory, real_digits):
     images, labels = real_digits
     idx = torch.arange(0, 5000, 5000 // 96)[:96]
     torch.save((images[idx].clone(), labels[idx].clone()), root / "tiny.pt")
-    build_default(root / "data")
+    build_subset(root / "data")
     _project(root, "project")
     killed = _project(root, "killed")
     script = root / "worker.py"

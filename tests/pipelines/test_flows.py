@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.data import build_default, labels_path, load_split, write_idx
+from pipelines.data import build_subset, labels_path, load_split, write_idx
 from pipelines.dvc_ops import dvc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +27,10 @@ def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc("init", "-q", cwd=root)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {**params["data"], "source": "mnist-5k"}  # the data built below
     params |= params_overrides or {}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    build_default(root / "data")
+    build_subset(root / "data")
     if corrupt:
         _, labels = load_split(root / "data", "train")
         labels = labels.copy()
@@ -141,6 +142,7 @@ TINY_PARAMS = {
         "margin": {"generation": 0.05, "anomaly": 0.002},
         "sequential": {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5},
         "n_bootstrap": 50,
+        "min_unseen": 20,  # a re-split of 5,000 digits leaves ~50 test digits unseen by v1
     },
     "evaluate": {
         "n_samples": 40,

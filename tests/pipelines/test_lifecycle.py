@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from models.spec import ALIAS, ANOMALY, FAMILIES, GENERATION, TASKS, Tag, family_model_name
-from pipelines.data import build_default
+from pipelines.data import build_subset
 from pipelines.dvc_ops import data_version, dvc
 from pipelines.params import split_config
 from tests.pipelines.test_flows import TINY_PARAMS, make_project
@@ -34,7 +34,8 @@ from tests.serving.conftest import Server
 SWAP_TIMEOUT_S = 90.0
 # generation: fresh samples of both models (sequential KID test); anomaly: fixed items, re-measured
 METHODS = {GENERATION: "sequential-kid", ANOMALY: "paired-bootstrap"}
-EVIDENCE = {GENERATION: "fresh samples", ANOMALY: "re-measured"}
+# day 2 re-splits the same digits: both are compared on what the v1 champion never saw
+EVIDENCE = {GENERATION: "fresh samples, unseen test digits", ANOMALY: "re-measured on unseen items"}
 SMALL_SEQUENTIAL = {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5}
 
 
@@ -143,9 +144,10 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
                 "margin": {GENERATION: 0.99, ANOMALY: -1.0},  # 99 % closer: out of reach
                 "n_bootstrap": 50,
                 "sequential": SMALL_SEQUENTIAL,
+                "min_unseen": 20,
             },
         )
-        build_default(
+        build_subset(
             root / "data", split_config(yaml.safe_load((root / "params.yaml").read_text()))
         )
         dvc("add", "-q", "data", cwd=root)
@@ -168,6 +170,8 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
             assert d["champion_version"] == str(champions_v1[task].version)
             assert d["champion_data_version"] == v1 and d["data_version"] == v2
             assert d["champion_evidence"] == EVIDENCE[task] and d["judge_version"]
+            seen, total = d["overlap"]["test_seen"], d["overlap"]["test_total"]
+            assert 0 < seen < total and d["overlap"]["champion_data_version"] == v1, d["overlap"]
             assert (
                 d["interval"]["ci_low"] <= d["interval"]["improvement"] <= d["interval"]["ci_high"]
             )

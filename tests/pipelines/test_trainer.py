@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import pipelines.train
-from pipelines.data import build_default
+from pipelines.data import build_subset
 from pipelines.train import CHECKPOINT_FILE, TrainConfig, train
 from tests.models.contract import FAMILIES, TINY
 
@@ -218,7 +218,7 @@ main()
 
 def test_sigkill_midway_then_resume_gives_same_weights(tmp_path):
     data = tmp_path / "data"
-    build_default(data)
+    build_subset(data)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     ref = _project(tmp_path, data, "ref")
     subprocess.run(_train_cmd(ref, data), cwd=ref, env=env, check=True, capture_output=True)
