@@ -188,7 +188,7 @@ def _record(client: Any, task: Task, d: Decision) -> None:
         "margin": f"{d.margin:g}",
         "decided_at": f"{d.decided_at:.3f}",
         **{k: f"{interval[k]:.6g}" for k in INTERVAL_TAGS if k in interval},
-        **({"confidence": f"{interval['confidence']:g}"} if interval else {}),
+        **({"confidence": f"{interval['confidence']:g}"} if "confidence" in interval else {}),
         **({"interval_metric": str(interval["metric"])} if interval else {}),
         **({"stop": str(interval["decision"])} if "decision" in interval else {}),
         **{f"overlap_{k}": str(v) for k, v in (d.overlap or {}).items()},

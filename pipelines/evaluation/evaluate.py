@@ -81,6 +81,11 @@ class EvalConfig(ModelConfig):
     sample_steps: int | None = None  # diffusion DDIM steps, passed only if `sample` takes it
     reference_seed: int = 0
     likelihood_max_images: int = 500  # cap on test images for elbo / iwae (IWAE is costly)
+    # test and val digits scored for the anomaly metrics, calibration and reconstruction: a
+    # stratified, seeded slice of each split (None: all). The AUROC's error is set by the 100
+    # anomalies per kind, not the normals: 3,000 normals vs 10,000 changes it < 1 % (params.yaml)
+    score_max_normals: int | None = None
+    slice_seed: int = 20_261_204
     n_plot: int = 64
 
     def validate(self) -> None:
@@ -97,6 +102,8 @@ class EvalConfig(ModelConfig):
             "anomaly_low_fpr and anomaly_energy_fpr must be >= 0, their sum below target_fpr",
         )
         require(per_kind is None or per_kind >= 1, f"heldout_per_kind must be >= 1, got {per_kind}")
+        cap = self.score_max_normals
+        require(cap is None or cap >= 100, f"score_max_normals must be None or >= 100, got {cap}")
         steps = self.sample_steps
         require(steps is None or steps >= 1, f"sample_steps must be None or >= 1, got {steps}")
 
@@ -180,6 +187,24 @@ def draw_samples(model: GenerativeModel, cfg: EvalConfig) -> tuple[Tensor, Tenso
     if images.shape[0] != cfg.n_samples:
         raise ValueError(f"sample returned {images.shape[0]} images, expected {cfg.n_samples}")
     return images.clamp(0, 1), labels, 1000.0 * elapsed / cfg.n_samples
+
+
+def stratified_slice(labels: Tensor, n: int | None, seed: int) -> Tensor:
+    """Sorted indices of a seeded slice of `n` items with each class's share kept (largest
+    remainders get the rounding); all indices when n is None or not smaller than the split."""
+    total = int(labels.shape[0])
+    if n is None or n >= total:
+        return torch.arange(total)
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n / total
+    take = np.floor(exact).astype(int)
+    take[np.argsort(-(exact - take), kind="stable")[: n - take.sum()]] += 1
+    picked = [
+        rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
+    return torch.from_numpy(np.sort(np.concatenate(picked)))
 
 
 def score_images(model: GenerativeModel, images: Tensor, batch_size: int) -> np.ndarray:
@@ -442,6 +467,11 @@ def evaluate_model(
     splits = {k: (check_images(torch.as_tensor(x)), torch.as_tensor(y).long())
               for k, (x, y) in splits.items()}  # fmt: skip
     test_x = splits["test"][0]
+    scored = {  # the slice every model scores (same seed and labels: paired across models)
+        k: tuple(t[stratified_slice(splits[k][1], cfg.score_max_normals, cfg.slice_seed + i)]
+                 for t in splits[k])
+        for i, k in enumerate(("val", "test"))
+    }  # fmt: skip
     if reference is None:
         reference = real_reference(judge, splits["train"][0], test_x, cfg)
     _check_reference(reference, cfg, splits["train"][0].shape[0])
@@ -462,8 +492,12 @@ def evaluate_model(
         result |= _quality(feats, probs, labels, reference, cfg.pr_k)
         result |= _likelihood(model, test_x, cfg)
         if model.has_reconstruction:
-            result |= _reconstruction(model, test_x, cfg)
-        anomaly, raw = _anomaly(model, splits, cfg, out_dir)
+            result |= _reconstruction(model, scored["test"][0], cfg)
+        anomaly, raw = _anomaly(model, scored, cfg, out_dir)
+        result["n_test_scored"], result["n_val_scored"] = (
+            len(scored["test"][0]),
+            len(scored["val"][0]),
+        )
         result |= anomaly
         denoised = None
         if model.has_reconstruction or model.capabilities.denoising:

@@ -3,7 +3,8 @@
 `pipelines.evaluation.sequential` holds the statistics; this module loads what they need (the
 challenger's bundle, the champion's registered version, the judge and the real test features)
 and turns a model into a feature sampler. FD-judge stays the leaderboard's headline; the gate
-decides on the sequential KID test, which has measured error rates (docs/gate.md).
+decides on the sequential test of FD-judge over fresh blocks, whose error rates are measured
+(docs/gate.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pipelines.evaluation.sequential import (
     FeatureSampler,
     SequentialConfig,
     SequentialResult,
-    sequential_kid_test,
+    sequential_test,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def run_generation_gate(
     margin: float,
     cfg: SequentialConfig,
 ) -> SequentialResult:
-    """The sequential KID test of the challenger (its bundle) against the champion version."""
+    """The sequential test of the challenger (its bundle) against the champion version."""
     import torch
 
     from pipelines.evaluation.judge import load_judge
@@ -84,7 +85,7 @@ def run_generation_gate(
     candidate = load_model(Path(candidate_dir))
     with tempfile.TemporaryDirectory(prefix="genops-champion-") as tmp:
         champion = download_registered(champion_mv, Path(tmp) / "model")
-    result = sequential_kid_test(
+    result = sequential_test(
         feature_sampler(candidate, judge), feature_sampler(champion, judge),
         real_features, margin, cfg,
     )  # fmt: skip

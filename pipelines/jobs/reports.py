@@ -24,9 +24,12 @@ def _interval(d: dict[str, Any]) -> str:
     interval = d.get("interval")
     if not interval:
         return "—"
-    if interval.get("method") == SEQUENTIAL:  # relative KID improvement, with its cost
+    if "improvement" not in interval:  # refused before any comparison (lineage)
+        return f"refused: {interval.get('reason', '?')}"
+    if interval.get("method") == SEQUENTIAL:  # relative improvement, with its cost
         return (
-            f"KID {interval['improvement']:+.1%} [{interval['ci_low']:+.1%}, "
+            f"{interval.get('statistic', 'fd').upper()} {interval['improvement']:+.1%} "
+            f"[{interval['ci_low']:+.1%}, "
             f"{interval['ci_high']:+.1%}]; {interval['rounds']} rounds, "
             f"{interval['n_per_model']:,} fresh samples/model, {interval['seconds']:.1f} s"
         )
@@ -116,11 +119,11 @@ def promotion_markdown(report: dict[str, Any]) -> str:
         f"# Promotion decisions (data {_short(report['data_version'])}, "
         f"judge {_short(report.get('judge_version'))})",
         "",
-        "Generation: both models draw fresh samples in rounds until a sequential KID test "
-        "decides (the challenger must be closer to the real test digits by the relative margin; "
-        "false-promotion rate measured in docs/gate.md). Anomaly: the champion is measured "
-        "again on this data and the paired bootstrap interval of the AUROC improvement must "
-        "clear the margin.",
+        "Generation: both models draw fresh samples in rounds of 1,000 until a sequential test "
+        "on the blocks' FD-judge decides (the challenger must be closer to the real test digits "
+        "by the relative margin; false-promotion rate and power measured in docs/gate.md). "
+        "Anomaly: the champion is measured again on this data and the paired bootstrap "
+        "interval of the AUROC improvement must clear the margin.",
         "",
         "| task | candidate | metric | champion (on this data) | champion's first data "
         "| improvement [CI] | margin | decision | reason |",
@@ -166,7 +169,7 @@ def history_markdown(events: list[dict[str, Any]]) -> str:
         improvement = "—"
         if e.get("method") == SEQUENTIAL and e.get("ci_low") is not None:
             improvement = (
-                f"KID {float(e['improvement']):+.1%} [{float(e['ci_low']):+.1%}, "
+                f"{float(e['improvement']):+.1%} [{float(e['ci_low']):+.1%}, "
                 f"{float(e['ci_high']):+.1%}], n={e.get('n_per_model')}, {e.get('seconds')} s"
             )
         elif e.get("ci_low") is not None:

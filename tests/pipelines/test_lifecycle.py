@@ -33,7 +33,7 @@ from tests.serving.conftest import Server
 
 SWAP_TIMEOUT_S = 90.0
 # generation: fresh samples of both models (sequential KID test); anomaly: fixed items, re-measured
-METHODS = {GENERATION: "sequential-kid", ANOMALY: "paired-bootstrap"}
+METHODS = {GENERATION: "sequential", ANOMALY: "paired-bootstrap"}
 # day 2 re-splits the same digits: both are compared on what the v1 champion never saw
 EVIDENCE = {GENERATION: "fresh samples, unseen test digits", ANOMALY: "re-measured on unseen items"}
 SMALL_SEQUENTIAL = {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5}

@@ -71,3 +71,29 @@ def test_the_same_split_has_no_overlap_and_an_unknown_version_is_not_known(respl
     assert not missing.known and mask is None and "not in the DVC cache" in missing.describe()
     refusal = Refusal(missing.describe(), missing.to_dict())
     assert not refusal.clears(-1.0) and "champion kept" in refusal.summary(0.0)
+
+
+def test_the_gate_refuses_when_too_few_unseen_digits_are_left(resplit, tmp_path):
+    """The promotion step's comparison: lineage first; a re-split of 5,000 digits leaves ~50
+    test digits the v1 champion never saw, below a min_unseen of 100: refused, champion kept."""
+    from types import SimpleNamespace
+
+    from models.spec import Tag
+    from pipelines.jobs.promotion import GateConfig, _compare
+
+    root, v1, _ = resplit
+    champion = SimpleNamespace(tags={Tag.DATA_VERSION: v1}, name="genops-anomaly", version="1")
+    result, how, overlap = _compare(
+        champion, task_name="anomaly", family="autoencoder", evidence=None, params={},
+        settings=GateConfig(min_unseen=100), eval_root=tmp_path, data_dir=root / "data",
+        judge_dir=tmp_path,
+    )  # fmt: skip
+    assert isinstance(result, Refusal) and not result.clears(-1.0) and how == "refused (lineage)"
+    assert "too few unseen digits" in result.reason and overlap["test_seen"] > 400
+    unknown = SimpleNamespace(tags={Tag.DATA_VERSION: "f" * 32 + ".dir"}, name="g", version="1")
+    result, how, overlap = _compare(
+        unknown, task_name="generation", family="gan", evidence=None, params={},
+        settings=GateConfig(), eval_root=tmp_path, data_dir=root / "data", judge_dir=tmp_path,
+    )  # fmt: skip
+    assert isinstance(result, Refusal) and "not in the DVC cache" in result.reason
+    assert overlap["known"] is False

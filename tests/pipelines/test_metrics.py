@@ -300,3 +300,21 @@ def test_eval_config_validates_and_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown"):
         EvalConfig.from_dict({"n_sample": 10})
     assert EvalConfig.from_dict({"n_samples": 20}).n_samples == 20
+
+
+def test_stratified_slice_keeps_class_shares_is_seeded_and_all_when_uncapped():
+    import torch
+
+    from pipelines.evaluation.evaluate import stratified_slice
+
+    labels = torch.from_numpy(np.repeat(np.arange(10), [980, 1135, 1032, 1010, 982, 892, 958,
+                                                         1028, 974, 1009]))  # fmt: skip
+    idx = stratified_slice(labels, 3000, seed=1)
+    assert len(idx) == 3000 and len(set(idx.tolist())) == 3000 and bool((idx[1:] > idx[:-1]).all())
+    counts = np.bincount(labels[idx].numpy(), minlength=10)
+    expected = np.bincount(labels.numpy(), minlength=10) * 3000 / len(labels)
+    assert np.abs(counts - expected).max() < 1.0
+    assert torch.equal(idx, stratified_slice(labels, 3000, seed=1))
+    assert not torch.equal(idx, stratified_slice(labels, 3000, seed=2))
+    assert torch.equal(stratified_slice(labels, None, seed=1), torch.arange(len(labels)))
+    assert torch.equal(stratified_slice(labels, 20_000, seed=1), torch.arange(len(labels)))

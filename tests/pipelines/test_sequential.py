@@ -18,7 +18,7 @@ from pipelines.evaluation.sequential import (
     SequentialConfig,
     fieller,
     kid,
-    sequential_kid_test,
+    sequential_test,
 )
 from pipelines.jobs.generation_gate import feature_sampler
 from tests.models.contract import make, run_steps
@@ -55,12 +55,12 @@ def test_fieller_interval_holds_the_ratio_and_opens_when_the_champion_is_not_cle
 
 def test_aa_gates_rarely_promote_and_power_gates_always_do():
     """Known truths: identical generators (A/A) and a clearly closer challenger (power)."""
-    aa = [sequential_kid_test(gaussian(0.3), gaussian(0.3), REAL, 0.05,
+    aa = [sequential_test(gaussian(0.3), gaussian(0.3), REAL, 0.05,
                               SequentialConfig(**{**SMALL.to_dict(), "seed": s}))
           for s in range(30)]  # fmt: skip
     false_promotions = sum(r.decision == "promote" for r in aa)
     assert false_promotions <= 1, [r.summary() for r in aa if r.decision == "promote"]
-    power = [sequential_kid_test(gaussian(0.1), gaussian(0.4), REAL, 0.05,
+    power = [sequential_test(gaussian(0.1), gaussian(0.4), REAL, 0.05,
                                  SequentialConfig(**{**SMALL.to_dict(), "seed": s}))
              for s in range(10)]  # fmt: skip
     assert all(r.decision == "promote" for r in power)
@@ -71,7 +71,7 @@ def test_aa_gates_rarely_promote_and_power_gates_always_do():
 def test_a_gate_that_hits_its_cap_keeps_the_champion_and_says_so():
     cfg = SequentialConfig(round_size=100, block_size=50, max_per_model=300, min_blocks=4,
                            alpha=0.01, futility_beta=0.01)  # fmt: skip
-    result = sequential_kid_test(gaussian(0.3), gaussian(0.3), REAL, 0.0, cfg)
+    result = sequential_test(gaussian(0.3), gaussian(0.3), REAL, 0.0, cfg)
     assert result.decision == "cap" and not result.clears(0.0)
     assert "cap of 300" in result.reason and "champion is kept" in result.reason
     assert [look.n_per_model for look in result.looks] == [200, 300]  # looked at every round
@@ -79,8 +79,8 @@ def test_a_gate_that_hits_its_cap_keeps_the_champion_and_says_so():
 
 
 def test_the_result_is_reproducible_and_json_safe():
-    one = sequential_kid_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
-    two = sequential_kid_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
+    one = sequential_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
+    two = sequential_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
     assert one.final.statistic == two.final.statistic and one.final.ci_low == two.final.ci_low
     json.dumps(one.to_dict())
 
@@ -104,7 +104,7 @@ def test_invalid_sequential_config_raises(kwargs):
 
 def test_margin_must_be_relative():
     with pytest.raises(ValueError, match="relative"):
-        sequential_kid_test(gaussian(0), gaussian(0), REAL, 2.0, SMALL)
+        sequential_test(gaussian(0), gaussian(0), REAL, 2.0, SMALL)
 
 
 # ---- the registry acts on the sequential decision ---------------------------------------------
@@ -130,7 +130,7 @@ def test_registry_promotes_on_the_sequential_decision_and_records_rounds_and_cos
     v1 = _version(store, "gan", "aaa")
     registry.gate(task, v1, "gan", {"fd_judge": 9.0}, "d1", margin=0.05)
     v2 = _version(store, "diffusion", "bbb")
-    result = sequential_kid_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
+    result = sequential_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
     won = registry.gate(task, v2, "diffusion", {"fd_judge": 5.0}, "d1", margin=0.05,
                         compare=lambda mv: (result, "fresh samples"))  # fmt: skip
     assert won.promoted and won.method == METHOD and str(registry.champion(task).version) == v2
@@ -168,11 +168,32 @@ def test_a_trained_generator_beats_an_untrained_one_on_fresh_samples(real_digits
 
     real = judge_outputs(judge, images[te])[0]
     cfg = SequentialConfig(round_size=200, block_size=50, max_per_model=1000, min_blocks=8)
-    result = sequential_kid_test(
+    result = sequential_test(
         feature_sampler(trained, judge), feature_sampler(untrained, judge), real, 0.05, cfg
     )
     assert result.decision == "promote", result.summary()
-    copy = sequential_kid_test(
+    copy = sequential_test(
         feature_sampler(untrained, judge), feature_sampler(untrained, judge), real, 0.05, cfg
     )
     assert copy.decision != "promote", copy.summary()
+
+
+def test_a_refused_comparison_keeps_the_champion_and_records_the_overlap(store):
+    from pipelines.jobs.reports import promotion_markdown
+    from pipelines.lineage import METHOD_REFUSED, Refusal
+
+    task = TASKS["generation"]
+    v1 = _version(store, "gan", "one")
+    registry.gate(task, v1, "gan", {"fd_judge": 9.0}, "d1", margin=0.05)
+    v2 = _version(store, "diffusion", "two")
+    overlap = {"champion_data_version": "d1", "test_total": 500, "test_seen": 450,
+               "val_total": 500, "val_seen": 400, "known": True}  # fmt: skip
+    refusal = Refusal("too few unseen digits left", overlap)
+    kept = registry.gate(task, v2, "diffusion", {"fd_judge": 1.0}, "d2", margin=0.05,
+                         compare=lambda mv: (refusal, "refused (lineage)", overlap))  # fmt: skip
+    assert not kept.promoted and kept.method == METHOD_REFUSED and kept.overlap == overlap
+    assert str(registry.champion(task).version) == v1
+    tags = registry._client().get_model_version(task.registered_model, v2).tags
+    assert tags["promotion.overlap_test_seen"] == "450" and "refused" in tags["promotion.reason"]
+    report = {"data_version": "d2", "decisions": [kept.to_dict()], "champions": {}}
+    assert "refused: too few unseen digits left" in promotion_markdown(report)
