@@ -116,7 +116,8 @@ def fd_to_reference(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, trace: flo
     mean, cov = x.mean(0), np.cov(x, rowvar=False)
     eig = np.linalg.eigvals(cov @ sigma).real
     diff = mean - mu
-    return float(diff @ diff + np.trace(cov) + trace - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum())
+    value = diff @ diff + np.trace(cov) + trace - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(max(value, 0.0))
 
 
 class BlockStatistic:
@@ -248,7 +249,8 @@ class SequentialResult:
 
     @property
     def confidence(self) -> float:
-        return 1.0 - self.final.alpha_look
+        """The Fieller interval's two-sided level (each end is a one-sided alpha_look bound)."""
+        return 1.0 - 2.0 * self.final.alpha_look
 
     def clears(self, margin: float) -> bool:  # the test ran with its own margin
         return self.decision == "promote"
@@ -258,7 +260,7 @@ class SequentialResult:
         return (
             f"block {self.statistic.upper()} {f.candidate_value:.4g} vs champion "
             f"{f.champion_value:.4g}: relative improvement "
-            f"{f.improvement:+.1%}, {1 - f.alpha_look:.2%} CI [{f.ci_low:+.1%}, {f.ci_high:+.1%}] "
+            f"{f.improvement:+.1%}, {self.confidence:.2%} CI [{f.ci_low:+.1%}, {f.ci_high:+.1%}] "
             f"vs margin {self.margin:.0%}; {len(self.looks)} look(s), {f.n_per_model:,} fresh "
             f"samples per model, {self.seconds:.1f} s: {self.reason}"
         )
@@ -276,7 +278,7 @@ class SequentialResult:
             "improvement": f.improvement,
             "ci_low": f.ci_low,
             "ci_high": f.ci_high,
-            "confidence": 1.0 - f.alpha_look,
+            "confidence": self.confidence,
             "margin": self.margin,
             "alpha": self.alpha,
             "rounds": f.round,

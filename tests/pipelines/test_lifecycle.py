@@ -84,6 +84,7 @@ def _set_params(root: Path, **sections) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.timeout(1200)  # a day-2 loop on 2 cores: ~5 min alone, ~9 min beside a benchmark
 def test_second_data_version_regates_swaps_live_and_rolls_back(
     prefect_api, tmp_path, monkeypatch, real_digits
 ):
