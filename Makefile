@@ -64,13 +64,17 @@ serve: install ## serve the registry champions over HTTP on :3000 (development m
 bench: install ## model speed benchmark (training/sampling/scoring images/s, peak RSS)
 	$(BIN)/python benchmarks/bench_models.py
 
+.PHONY: bench-gate
+bench-gate: install ## the promotion gate's error rates on the last `make run` (docs/gate.md, ~50 min)
+	$(BIN)/python benchmarks/bench_gate.py --root .
+
 .PHONY: bench-seeds
 bench-seeds: install ## every family over training seeds 0 1 2: mean ± std, margins (docs/seeds.md)
 	$(BIN)/python benchmarks/bench_seeds.py --threads 1
 
 clean: ## remove generated state (keeps data/, the DVC remote and the committed benchmark results)
 	rm -rf reports artifacts .genops .mlflow .pytest_cache .ruff_cache
-	rm -f $(filter-out metrics/baselines.json metrics/seeds.json,$(wildcard metrics/*.json))
+	rm -f $(filter-out metrics/baselines.json metrics/seeds.json metrics/gate.json,$(wildcard metrics/*.json))
 
 # drift watch (docs/drift.md): the served anomaly scores vs the champion's calibration
 SERVICE_URL ?= http://127.0.0.1:3000
