@@ -111,13 +111,12 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
     return float(xx + yy - 2.0 * _kernel(x, y).mean())
 
 
-def fd_to_reference(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, trace: float) -> float:
-    """Fréchet distance of feature set x (m, D) to fixed real statistics (mu, sigma)."""
-    mean, cov = x.mean(0), np.cov(x, rowvar=False)
-    eig = np.linalg.eigvals(cov @ sigma).real
-    diff = mean - mu
-    value = diff @ diff + np.trace(cov) + trace - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum()
-    return float(max(value, 0.0))
+def fd_to_reference(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """FD-judge of feature set x (m, D) against fixed real statistics (mu, sigma): the very
+    computation the leaderboard's FD-judge uses (pipelines.evaluation.metrics)."""
+    from pipelines.evaluation import metrics as M
+
+    return M.frechet_distance_from_stats(*M.feature_stats(x), mu, sigma)
 
 
 class BlockStatistic:
@@ -128,7 +127,6 @@ class BlockStatistic:
         self.kind, self.real, self.block, self.rng = kind, real, block, rng
         if kind == "fd":
             self.mu, self.sigma = real.mean(0), np.cov(real, rowvar=False)
-            self.trace = float(np.trace(self.sigma))
 
     def __call__(
         self, champion: np.ndarray, candidate: np.ndarray
@@ -140,8 +138,8 @@ class BlockStatistic:
         for j in range(n_blocks):
             part = slice(j * self.block, (j + 1) * self.block)
             if self.kind == "fd":
-                a[j] = fd_to_reference(champion[part], self.mu, self.sigma, self.trace)
-                b[j] = fd_to_reference(candidate[part], self.mu, self.sigma, self.trace)
+                a[j] = fd_to_reference(champion[part], self.mu, self.sigma)
+                b[j] = fd_to_reference(candidate[part], self.mu, self.sigma)
             else:  # kid: a fresh real block, shared by both models
                 r = self.real[self.rng.choice(len(self.real), size=self.block, replace=False)]
                 a[j], b[j] = kid(champion[part], r), kid(candidate[part], r)
