@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.data import SPLITS, images_path, labels_path, load_split, write_idx
+from pipelines.data import SPLITS, images_path, labels_path, load_pair, load_split, write_idx
 
 METHOD_REFUSED = "refused-lineage"
 
@@ -50,8 +50,6 @@ def version_images(version: str, root: Path = Path(".")) -> dict[str, np.ndarray
         paths = [_cache_file(root, files.get(name, "")) for name in names]
         if not all(name in files for name in names) or not all(p.is_file() for p in paths):
             return None
-        from pipelines.data import load_pair
-
         out[split] = load_pair(*paths)[0]
     return out
 
@@ -74,6 +72,10 @@ class Overlap:
     @property
     def test_unseen(self) -> int:
         return self.test_total - self.test_seen
+
+    @property
+    def val_unseen(self) -> int:
+        return self.val_total - self.val_seen
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

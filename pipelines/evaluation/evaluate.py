@@ -467,11 +467,10 @@ def evaluate_model(
     splits = {k: (check_images(torch.as_tensor(x)), torch.as_tensor(y).long())
               for k, (x, y) in splits.items()}  # fmt: skip
     test_x = splits["test"][0]
-    scored = {  # the slice every model scores (same seed and labels: paired across models)
-        k: tuple(t[stratified_slice(splits[k][1], cfg.score_max_normals, cfg.slice_seed + i)]
-                 for t in splits[k])
-        for i, k in enumerate(("val", "test"))
-    }  # fmt: skip
+    scored = {k: splits[k] for k in ("val", "test")}  # all of them unless capped
+    if cfg.score_max_normals is not None:  # the slice every model scores (paired across models)
+        scored = {k: tuple(t[stratified_slice(v[1], cfg.score_max_normals, cfg.slice_seed + i)]
+                           for t in v) for i, (k, v) in enumerate(scored.items())}  # fmt: skip
     if reference is None:
         reference = real_reference(judge, splits["train"][0], test_x, cfg)
     _check_reference(reference, cfg, splits["train"][0].shape[0])

@@ -314,6 +314,11 @@ def sequential_test(
     b_all: list[np.ndarray] = []
     looks: list[Look] = []
     start = clock()
+
+    def finish(decision: str, reason: str) -> SequentialResult:
+        return SequentialResult(decision, reason, margin, cfg.alpha, looks, clock() - start,
+                                cfg.statistic)  # fmt: skip
+
     for r in range(1, cfg.rounds + 1):
         champ = np.asarray(champion(cfg.round_size, _seed(cfg.seed, r, 0)), dtype=np.float64)
         cand = np.asarray(candidate(cfg.round_size, _seed(cfg.seed, r, 1)), dtype=np.float64)
@@ -326,17 +331,17 @@ def sequential_test(
         look = _look(a_cat, b_cat, margin, alpha_look, r, r * cfg.round_size, clock() - start)
         looks.append(look)
         if look.statistic > _t_crit(alpha_look, look.blocks - 1):
-            return SequentialResult(
-                "promote", f"the challenger is closer by more than the {margin:.0%} margin",
-                margin, cfg.alpha, looks, clock() - start, cfg.statistic)  # fmt: skip
+            return finish(
+                "promote", f"the challenger is closer by more than the {margin:.0%} margin"
+            )
         if look.statistic < -_t_crit(beta_look, look.blocks - 1):
-            return SequentialResult(
-                "keep", f"ruled out: not closer by the {margin:.0%} margin (futility stop)",
-                margin, cfg.alpha, looks, clock() - start, cfg.statistic)  # fmt: skip
-    return SequentialResult(
+            return finish(
+                "keep", f"ruled out: not closer by the {margin:.0%} margin (futility stop)"
+            )
+    return finish(
         "cap",
         f"undecided at the cap of {cfg.max_per_model:,} samples per model: the champion is kept",
-        margin, cfg.alpha, looks, clock() - start, cfg.statistic)  # fmt: skip
+    )
 
 
 def _seed(base: int, round_no: int, who: int) -> int:

@@ -138,6 +138,22 @@ def evaluate_family(
     return metrics
 
 
+def download_registered(model_version: Any, dst: Path) -> Any:
+    """A registered version's model, downloaded, its files checked and its weights verified."""
+    import mlflow
+
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=str(model_version.source),
+            dst_path=str(dst),
+            tracking_uri=tracking.tracking_uri(),
+        )
+    )
+    check_model_files(local, f"{model_version.name} v{model_version.version}")
+    tags = dict(model_version.tags or {})
+    return load_model(local, expected_sha256=tags.get(Tag.WEIGHTS_SHA256) or None)
+
+
 def registered_evidence(
     params: dict[str, Any], model_version: Any, data_dir: Path, judge_dir: Path
 ) -> tuple[Evidence, str]:
@@ -166,14 +182,6 @@ def registered_evidence(
             except Exception as exc:  # an older version without logged evidence
                 log.info("no logged evidence for %s v%s (%s): re-measuring",
                          model_version.name, model_version.version, exc)  # fmt: skip
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=str(model_version.source),
-                dst_path=str(Path(tmp) / "model"),
-                tracking_uri=tracking.tracking_uri(),
-            )
-        )
-        check_model_files(local, f"{model_version.name} v{model_version.version}")
-        model = load_model(local, expected_sha256=tags.get(Tag.WEIGHTS_SHA256) or None)
+        model = download_registered(model_version, Path(tmp) / "model")
         measure(params, model, data_dir, judge_dir, Path(tmp) / "eval")  # verified, loaded once
         return Evidence.load(Path(tmp) / "eval"), "re-measured"

@@ -16,16 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import check_model_files
 from models.io import load_model
-from models.spec import Tag
-from pipelines import tracking
 from pipelines.evaluation.sequential import (
     FeatureSampler,
     SequentialConfig,
     SequentialResult,
     sequential_test,
 )
+from pipelines.jobs.evaluation import download_registered
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +49,6 @@ def feature_sampler(model: Any, judge: Any, batch: int = 500) -> FeatureSampler:
 
     model.eval()
     return draw
-
-
-def download_registered(model_version: Any, dst: Path) -> Any:
-    """A registered version's model, downloaded, its files checked and its weights verified."""
-    import mlflow
-
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=str(model_version.source),
-            dst_path=str(dst),
-            tracking_uri=tracking.tracking_uri(),
-        )
-    )
-    check_model_files(local, f"{model_version.name} v{model_version.version}")
-    tags = dict(model_version.tags or {})
-    return load_model(local, expected_sha256=tags.get(Tag.WEIGHTS_SHA256) or None)
 
 
 def run_generation_gate(

@@ -169,10 +169,7 @@ def _compare(
     leak = overlap is not None and overlap.any
     if overlap is not None and not overlap.known:
         return Refusal(overlap.describe(), record), "lineage unknown", record
-    if (
-        leak
-        and min(overlap.test_unseen, overlap.val_total - overlap.val_seen) < settings.min_unseen
-    ):
+    if leak and min(overlap.test_unseen, overlap.val_unseen) < settings.min_unseen:
         reason = (f"{overlap.describe()}: too few unseen digits left to compare fairly "
                   f"(registry.min_unseen {settings.min_unseen})")  # fmt: skip
         return Refusal(reason, record), "refused (lineage)", record
@@ -192,8 +189,7 @@ def _compare(
         return result, "fresh samples" + (", unseen test digits" if leak else ""), record
     if leak:  # both measured again on the items neither has seen
         from models.io import load_model
-        from pipelines.jobs.evaluation import measure
-        from pipelines.jobs.generation_gate import download_registered
+        from pipelines.jobs.evaluation import download_registered, measure
 
         with tempfile.TemporaryDirectory(prefix="genops-unseen-") as tmp:
             unseen = write_unseen(data_dir, Path(tmp) / "data", test_mask, val_mask)
