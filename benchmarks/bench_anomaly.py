@@ -1,7 +1,7 @@
 """Anomaly verdicts beyond the tuned suite: held-out AUROC per kind and family, degenerate-input
 flag rates, test FPR, and the /score cost per image of the champion.
 
-Measures each trained family exactly as evaluation does (`pipelines.evaluation.evaluate._anomaly`:
+Measures each trained family exactly as evaluation does (`pipelines.evaluation.evaluator._anomaly`:
 the two-sided calibrated verdict, the tuned suite, the held-out benchmark), and beside it the
 old one-sided rule (raw score above the threshold) for comparison, and an offline ensemble of
 the families (the mean of their calibrated atypicalities, thresholded at the target FPR on
@@ -31,12 +31,12 @@ import torch
 from models.calibration import Calibration
 from models.io import load_model
 from models.spec import FAMILIES, TASKS, rank
-from pipelines.data import SPLITS, load_tensors
+from pipelines.data.dataset import SPLITS, load_tensors
 from pipelines.evaluation import metrics as M
-from pipelines.evaluation.evaluate import EvalConfig, _anomaly
+from pipelines.evaluation.evaluator import EvalConfig, _anomaly
 from pipelines.evaluation.heldout import DEGENERATE_KINDS, HELDOUT_KINDS, REAL_KINDS
 from pipelines.evaluation.paired import HELDOUT_PREFIX
-from pipelines.params import load_params, section
+from pipelines.settings import load_params, section
 
 
 def _per_image_cost(
@@ -90,7 +90,7 @@ def measure_ensemble(
     params: dict, models: Path, data_dir: Path, splits: dict, cfg: EvalConfig, cost_calls: int
 ) -> dict[str, Any]:
     """The registered candidate: `genops build-ensemble` on these members, then measured."""
-    from pipelines.jobs.ensemble import build_ensemble
+    from pipelines.stages.ensemble import build_ensemble
 
     with tempfile.TemporaryDirectory() as tmp:
         info = build_ensemble(params, data_dir, models, Path(tmp) / "ensemble")

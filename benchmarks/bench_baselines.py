@@ -1,6 +1,6 @@
 """Textbook baselines and our families at one CPU budget, over seeds, evaluated as the leaderboard.
 
-Trains each selected row (a baseline of pipelines/baselines.py, or one of our families as
+Trains each selected row (a baseline of research/baselines.py, or one of our families as
 params.yaml configures it) for each seed within the budget, evaluates it with the pipeline's own
 evaluation (the judge in artifacts/judge, its cached real reference, params.yaml `evaluate`),
 merges the rows into metrics/baselines.json with the data version (data.dvc) and prints mean ±
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.baselines import (
+from research.baselines import (
     BASELINES,
     DEFAULT_RESULTS,
     DEFAULT_THREADS,
@@ -136,8 +136,8 @@ def specs_from_args(args: argparse.Namespace, params: dict[str, Any]) -> list[Ro
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.dvc_ops import data_version
-    from pipelines.params import load_params
+    from pipelines.data.versioning import data_version
+    from pipelines.settings import load_params
 
     args = parse_args(argv)
     params = load_params(args.params)

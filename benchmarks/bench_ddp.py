@@ -33,9 +33,9 @@ def _worker(args: argparse.Namespace) -> None:
     """One training run (one rank under torchrun); each rank writes its own JSON line."""
     import torch
 
-    from pipelines.data import load_tensors
-    from pipelines.jobs.training import family_params
-    from pipelines.train import TrainConfig, train
+    from pipelines.data.dataset import load_tensors
+    from pipelines.stages.train import family_params
+    from pipelines.training.loop import TrainConfig, train
 
     params = yaml.safe_load(Path(args.params).read_text())
     model_cfg, cfg = family_params(params, args.family)

@@ -23,9 +23,10 @@ import yaml
 
 from models.io import load_model
 from models.spec import FAMILIES
-from pipelines.data import load_tensors
+from pipelines.data.dataset import load_tensors
 from pipelines.evaluation.denoising import CORRUPTIONS, Denoised, run_denoising, write_figure
-from pipelines.train import TrainConfig, available_cores, train
+from pipelines.training.loop import TrainConfig, train
+from pipelines.training.resources import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,7 @@ from models.diffusion import Diffusion, DiffusionConfig
 from models.diffusion import model as diffusion_module
 from models.io import atomic_write_bytes, atomic_write_json, load_model
 from pipelines.evaluation import metrics as M
-from pipelines.evaluation.evaluate import EvalConfig, draw_samples, load_reference
+from pipelines.evaluation.evaluator import EvalConfig, draw_samples, load_reference
 from pipelines.evaluation.judge import judge_outputs, load_judge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,7 +316,7 @@ def main() -> None:
                         help="FD-judge of each timed variant (first repeat)")  # fmt: skip
     args = parser.parse_args()
 
-    from pipelines.train import available_cores
+    from pipelines.training.resources import available_cores
 
     torch.set_num_threads(args.threads or available_cores())
     base = load_model(args.model_dir)

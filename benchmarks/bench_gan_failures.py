@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.data import load_tensors  # noqa: E402
-from pipelines.train import TrainConfig, train  # noqa: E402
+from pipelines.data.dataset import load_tensors  # noqa: E402
+from pipelines.training.loop import TrainConfig, train  # noqa: E402
 
 MONITORS = ("warn_d_collapse", "warn_mode_collapse", "warn_oscillation")
 

@@ -36,8 +36,8 @@ from models.io import atomic_write_json, load_model  # noqa: E402
 from models.spec import ANOMALY  # noqa: E402
 from pipelines.evaluation.paired import Evidence, paired_bootstrap  # noqa: E402
 from pipelines.evaluation.sequential import BlockStatistic, fieller, sequential_test  # noqa: E402
-from pipelines.jobs.promotion import GateConfig  # noqa: E402
-from pipelines.params import load_params, section  # noqa: E402
+from pipelines.settings import load_params, section  # noqa: E402
+from pipelines.stages.register import GateConfig  # noqa: E402
 
 LARGE_DRAW_SEED = 10**6  # the one large fresh draw per pair: a seed no gate uses
 
@@ -50,7 +50,7 @@ def model_dir(family: str, seed: int, args: argparse.Namespace, params: dict) ->
         if not (path / "config.json").is_file():
             raise SystemExit(f"{path}: no trained model (run the pipeline first)")
         return path
-    from pipelines.jobs.training import train_family
+    from pipelines.stages.train import train_family
 
     path = args.work / "models" / f"{family}-seed{seed}"
     if not (path / "config.json").is_file():
@@ -70,7 +70,7 @@ def evidence(family: str, seed: int, args: argparse.Namespace, params: dict) -> 
         return Evidence.load(logged)
     out = args.work / "eval" / f"{family}-seed{seed}"
     if not (out / "paired.npz").is_file():
-        from pipelines.jobs.evaluation import measure
+        from pipelines.stages.evaluate import measure
 
         print(f"measuring {family} seed {seed} -> {out}", flush=True)
         model = load_model(model_dir(family, seed, args, params))
@@ -376,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from pipelines.evaluation.evaluate import load_reference
+    from pipelines.evaluation.evaluator import load_reference
     from pipelines.evaluation.judge import load_judge
-    from pipelines.jobs.generation_gate import feature_sampler
-    from pipelines.train import available_cores
+    from pipelines.registry.generation_gate import feature_sampler
+    from pipelines.training.resources import available_cores
 
     params = load_params(args.params)
     settings = GateConfig.from_dict(section(params, "registry"))

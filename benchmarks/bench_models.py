@@ -18,7 +18,7 @@ import yaml
 
 from models.base import Batch
 from models.io import build_model
-from pipelines.train import available_cores
+from pipelines.training.resources import available_cores
 
 OPTIONS = ("bf16_autocast", "channels_last")
 

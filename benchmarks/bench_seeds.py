@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from models.io import atomic_write_json  # noqa: E402
 from models.spec import FAMILIES, TASKS  # noqa: E402
-from pipelines.params import load_params  # noqa: E402
+from pipelines.settings import load_params  # noqa: E402
 
 HEADLINE = (
     "fd_judge",
@@ -65,8 +65,8 @@ def run_one(
     threads: int = 0,
 ) -> dict[str, Any]:
     """Train (seed > 0) or take the pipeline's model (seed 0), then evaluate; headline metrics."""
-    from pipelines.jobs.evaluation import evaluate_family
-    from pipelines.jobs.training import train_family
+    from pipelines.stages.evaluate import evaluate_family
+    from pipelines.stages.train import train_family
 
     root = work / family / f"seed{seed}"
     model_dir = REPO / "artifacts" / "models" / family if seed == 0 else root / "model"
@@ -106,7 +106,7 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 def leaderboard_markdown(results: dict[str, dict[str, dict[str, float]]], data: Path) -> str:
     """The pipeline's own leaderboard (tables, per-kind, the measured comparison table), fed
     every seed's metrics: cells read mean ± std, beside the textbook baselines' rows."""
-    from pipelines.dvc_ops import data_version
+    from pipelines.data.versioning import data_version
     from pipelines.evaluation.leaderboard import build_leaderboard, load_baselines, render_markdown
 
     runs = {family: list(by_seed.values()) for family, by_seed in results.items()}

@@ -3,7 +3,7 @@
 Mounted on the BentoML service (`GenOps.mount_asgi_app`), so the page talks to the same
 origin as the API: no CORS, no CDN, no build step; the files in `serving/static/` are served
 as they are and work offline. Model cards are the bundle's `card/card.html` (self-contained,
-images inlined) and `card/card.md`, written by the pipeline (pipelines/model_card.py); they are
+images inlined) and `card/card.md`, written by the pipeline (pipelines/registry/cards.py); they are
 served with a sandboxing Content-Security-Policy so a card can never run script on this origin.
 """
 

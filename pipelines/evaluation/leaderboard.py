@@ -253,7 +253,7 @@ def _baseline_note(board: Mapping[str, Any]) -> list[str]:
         return []
     return [
         "",
-        "↳ rows are textbook baselines (pipelines/baselines.py), each trained by "
+        "↳ rows are textbook baselines (research/baselines.py), each trained by "
         "benchmarks/bench_baselines.py at one CPU budget and evaluated with this evaluation on "
         "this data; shown under the family they are a baseline of, never ranked and never "
         "candidates for promotion. Capped: trained fewer steps than its config asks.",

@@ -68,8 +68,8 @@ def write_role(
 def write_card(bundle: Path, model) -> None:
     """A model card in the bundle, as the registry source materializes it (card/)."""
     from models.spec import MODEL_CARD_DIR
-    from pipelines.model_card import card_inputs
-    from pipelines.model_card import write_card as write
+    from pipelines.registry.cards import card_inputs
+    from pipelines.registry.cards import write_card as write
     from serving import imaging
 
     evaluation = bundle.parent / f".eval-{bundle.name}"

@@ -18,7 +18,7 @@ from tests.serving.conftest import REPO
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, source_dir):
-    """A SQLite registry laid out as pipelines/registry.py writes it (champions + families)."""
+    """A SQLite registry laid out as pipelines/registry/client.py writes it."""
     from models.spec import mlflow_client
 
     root = tmp_path_factory.mktemp("mlflow")

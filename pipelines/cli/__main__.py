@@ -1,0 +1,5 @@
+"""`python -m pipelines.cli` is `genops` (for environments without the console script)."""
+
+from pipelines.cli import main
+
+main()

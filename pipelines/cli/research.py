@@ -1,0 +1,123 @@
+"""`genops one-class`: the one-class MNIST protocol (research/one_class.py; docs/one_class.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from models.spec import FAMILIES
+from pipelines.cli.common import DATA_DIR, REPORTS, fail, params
+
+
+@click.command("one-class")
+@click.option(
+    "--family",
+    "families",
+    multiple=True,
+    type=click.Choice(FAMILIES),
+    help="A registered family to train per digit (repeatable; default: none).",
+)
+@click.option(
+    "--knn/--no-knn",
+    default=True,
+    show_default=True,
+    help="The nearest-neighbour scorer (no training; the best scorer here).",
+)
+@click.option("--knn-k", type=int, default=3, show_default=True, help="kNN: neighbours averaged.")
+@click.option(
+    "--knn-blur", type=float, default=1.0, show_default=True, help="kNN: Gaussian blur sigma (px)."
+)
+@click.option(
+    "--knn-shift",
+    type=int,
+    default=1,
+    show_default=True,
+    help="kNN: query translations up to this many pixels (distance = min over them).",
+)
+@click.option(
+    "--knn-metric",
+    type=click.Choice(["cosine", "euclidean"]),
+    default="cosine",
+    show_default=True,
+    help="kNN: distance between blurred images.",
+)
+@click.option(
+    "--ensemble/--no-ensemble",
+    default=False,
+    show_default=True,
+    help="Also report the mean of all scorers' scores, each standardised on the digit's "
+    "validation normals.",
+)
+@click.option("--steps", type=int, default=600, show_default=True, help="Training steps per digit.")
+@click.option(
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Torch threads for scoring and training (0 = all available cores; 1 is faster on a "
+    "busy machine).",
+)
+@click.option(
+    "--digit",
+    "digits",
+    multiple=True,
+    type=click.IntRange(0, 9),
+    help="Normal digit(s) to run (repeatable; default: all ten).",
+)
+@click.option(
+    "--seeds",
+    default="",
+    help="Comma-separated training seeds, e.g. 0,1,2 (default: the params file's train seed). "
+    "kNN is deterministic and runs once.",
+)
+@click.option("--data-dir", default=DATA_DIR, show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", default=REPORTS / "one_class", show_default=True, type=click.Path(path_type=Path)
+)
+@click.pass_context
+def one_class_cmd(
+    ctx,
+    families,
+    knn,
+    knn_k,
+    knn_blur,
+    knn_shift,
+    knn_metric,
+    ensemble,
+    steps,
+    threads,
+    digits,
+    seeds,
+    data_dir,
+    out,
+) -> None:
+    """Benchmark: the one-class MNIST protocol (fit on one digit, AUROC vs the rest).
+
+    Writes one_class.json (every run) and one_class.md (per-digit table, mean ± std over
+    seeds) under --out. Full MNIST: see docs/one_class.md.
+    """
+    from models.io import atomic_write_json
+    from pipelines.stages.train import family_params
+    from research.one_class import markdown, run_protocol, summarise
+    from research.one_class_knn import KnnConfig
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        knn_cfg = KnnConfig(knn_k, knn_blur, knn_shift, knn_metric == "cosine")
+    except ValueError as exc:
+        fail(f"invalid option: {exc}", 2)
+    if not families and not knn:
+        fail("nothing to run: give --family and/or --knn", 2)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    base = {family: family_params(params(ctx), family) for family in families}
+    results = run_protocol(
+        base, knn_cfg if knn else None, ensemble, steps, threads, seed_list, digits, data_dir
+    )
+    summary = summarise(results)
+    atomic_write_json(out / "one_class.json", {"runs": results, "summary": summary})
+    (out / "one_class.md").write_text(markdown(summary))
+    click.echo(markdown(summary))

@@ -1,0 +1,2 @@
+"""Data: MNIST-format IDX and splits, the default sources, the GX gate, DVC versioning and
+image-hash lineage."""

@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics of the served scores (pure) and their report."""

@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline flow (one task per dvc.yaml stage) and the drift flow."""

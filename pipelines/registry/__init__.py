@@ -1,0 +1,1 @@
+"""The MLflow model registry: client, the generation gate, model cards, decision reports."""

@@ -1,0 +1,79 @@
+"""The ensemble step (`genops build-ensemble`): the trained families combined into one candidate.
+
+A separate module from the evaluation step so that evaluating a family does not depend on the
+ensemble's code (dvc.yaml deps follow imports). The ensemble is then evaluated, registered and
+gated by the same code as every family (`genops evaluate --family ensemble`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.config import ModelConfig, require
+from models.io import load_model, save_model, sha256_file
+from models.spec import FAMILIES, WEIGHTS_FILE
+from pipelines.data.dataset import load_tensors
+from pipelines.settings import section
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnsembleParams(ModelConfig):
+    """params.yaml `ensemble`: which trained families it combines, how, and who samples."""
+
+    members: tuple[str, ...] = FAMILIES
+    combine: str = "mean"
+    sampler: str = "gan"
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.members) - set(FAMILIES))
+        require(
+            bool(self.members) and not unknown,
+            f"ensemble.members must be families of {list(FAMILIES)}, got {self.members}",
+        )
+        require(self.sampler in self.members, f"ensemble.sampler {self.sampler!r} is not a member")
+
+
+def build_ensemble(
+    params: dict[str, Any], data_dir: Path, models_root: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Fit the ensemble of the trained families in `models_root/<family>` on the validation
+    normals of `data_dir` (nothing else: no test image, no anomaly) and save it to `out_dir`
+    as weights + JSON config, like a trained family. Returns what was built."""
+    import time
+
+    from models.ensemble import fit_ensemble
+    from pipelines.evaluation.evaluator import EvalConfig
+
+    settings = EnsembleParams.from_dict(section(params, "ensemble"))
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
+    started = time.perf_counter()
+    members = {f: load_model(Path(models_root) / f) for f in settings.members}
+    val_images = load_tensors(data_dir, "val")[0]
+    ensemble = fit_ensemble(
+        members,
+        val_images,
+        cfg.target_fpr,
+        cfg.anomaly_low_fpr,
+        cfg.anomaly_energy_fpr,
+        combine=settings.combine,
+        sampler=settings.sampler,
+        batch_size=cfg.score_batch_size,
+    )
+    lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
+    sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
+    info = {
+        "members": list(settings.members),
+        "combine": settings.combine,
+        "sampler": settings.sampler,
+        "n_val": int(val_images.shape[0]),
+        "fit_seconds": time.perf_counter() - started,
+        "weights_sha256": sha,
+    }
+    log.info("ensemble of %s fitted on %d validation normals in %.1f s",
+             info["members"], info["n_val"], info["fit_seconds"])  # fmt: skip
+    return info

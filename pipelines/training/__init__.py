@@ -1,0 +1,1 @@
+"""Training: the loop with resumable checkpoints, data-parallel training, machine resources."""

@@ -1,0 +1,1 @@
+"""Research beside the product: textbook baselines, the one-class protocol (not in dvc repro)."""

@@ -1,0 +1,231 @@
+"""The literature's one-class MNIST protocol (a benchmark, not part of `dvc repro`).
+
+For each digit d: fit a scorer on the training images of d only, score the whole test split,
+and report the AUROC of d (normal) against all other digits (anomalies); then the mean over
+the ten digits. Published means: conv AE ~0.90, Deep SVDD 0.948, OCGAN 0.975, GeoTrans 0.980,
+AGAD 0.991 (on full MNIST, 6k training images per digit; the default data here has 400).
+
+Scorers: any registered family (trained per digit, scored by its `anomaly_score`) and `knn`
+(`research.one_class_knn`, no training). `ensemble` averages the scorers' scores after
+standardising each on the digit's *validation* normals (mean and std of their scores), so no
+anomaly and no test image is ever used to fit anything. Every result also carries the
+validation-split AUROC (same protocol on the val split), the number to select settings on;
+the test AUROC is for reporting only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipelines.data.dataset import load_tensors
+from pipelines.evaluation.evaluator import score_images
+from pipelines.evaluation.metrics import auroc
+from pipelines.training.loop import TrainConfig, train
+from research.one_class_knn import KnnConfig, KnnScorer
+
+PUBLISHED = {
+    "conv AE": 0.90,
+    "Deep SVDD": 0.948,
+    "OCGAN": 0.975,
+    "GeoTrans": 0.980,
+    "AGAD": 0.991,
+}
+ENSEMBLE = "ensemble"
+
+# (digit, normal training images, normal validation images) -> a batch scorer
+Fitter = Callable[[int, Tensor, Tensor], Callable[[Tensor], np.ndarray]]
+
+
+def knn_fitter(config: KnnConfig) -> Fitter:
+    """The nearest-neighbour scorer, fitted on the digit's training images."""
+
+    def fit(digit: int, normals: Tensor, val_normals: Tensor) -> Callable[[Tensor], np.ndarray]:
+        return KnnScorer(config).fit(normals).score
+
+    return fit
+
+
+def family_fitter(
+    family: str, model_cfg: dict[str, Any], cfg: TrainConfig, work_dir: Path
+) -> Fitter:
+    """A registered family trained on the digit's training images (its val normals feed
+    the trainer's validation loss only)."""
+
+    def fit(digit: int, normals: Tensor, val_normals: Tensor) -> Callable[[Tensor], np.ndarray]:
+        labels = torch.full((len(normals),), digit, dtype=torch.long)
+        val_labels = torch.full((len(val_normals),), digit, dtype=torch.long)
+        result = train(
+            family,
+            model_cfg,
+            cfg,
+            (normals, labels),
+            (val_normals, val_labels),
+            Path(work_dir) / family / f"seed{cfg.seed}" / str(digit),
+            # a checkpoint resumes only on the same normals (e.g. not after a new import)
+            data_version=hashlib.sha256(normals.numpy().tobytes()).hexdigest()[:16],
+        )
+        return lambda images: score_images(result.model, images, 256)
+
+    return fit
+
+
+def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(scores - mean) / std of the reference (validation-normal) scores."""
+    ref = np.asarray(reference, dtype=np.float64)
+    return (np.asarray(scores, dtype=np.float64) - ref.mean()) / max(float(ref.std()), 1e-12)
+
+
+def _auroc_of(scores: np.ndarray, labels: Tensor, digit: int) -> float:
+    normal = (labels == digit).numpy()
+    return float(auroc(scores[normal], scores[~normal]))
+
+
+def one_class_run(
+    fitters: dict[str, Fitter],
+    data_dir: Path,
+    digits: Sequence[int] = tuple(range(10)),
+    ensemble: bool = False,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One seed of the protocol for every scorer in `fitters` (plus their ensemble): one
+    result dict per scorer with per-digit test and validation AUROC, means and seconds."""
+    if not fitters:
+        raise ValueError("give at least one scorer")
+    tx, ty = load_tensors(data_dir, "train")
+    vx, vy = load_tensors(data_dir, "val")
+    ex, ey = load_tensors(data_dir, "test")
+    names = [*fitters, ENSEMBLE] if ensemble and len(fitters) > 1 else list(fitters)
+    test = {n: {} for n in names}
+    val = {n: {} for n in names}
+    seconds = dict.fromkeys(names, 0.0)
+    for digit in digits:
+        normals, val_normals = tx[ty == digit], vx[vy == digit]
+        if len(normals) == 0 or len(val_normals) < 2:
+            raise ValueError(f"digit {digit}: needs training and >= 2 validation images")
+        z_val, z_test = [], []
+        for name, fitter in fitters.items():
+            started = time.perf_counter()
+            score = fitter(digit, normals, val_normals)
+            v, e = score(vx), score(ex)
+            seconds[name] += time.perf_counter() - started
+            val[name][str(digit)] = _auroc_of(v, vy, digit)
+            test[name][str(digit)] = _auroc_of(e, ey, digit)
+            ref = v[(vy == digit).numpy()]
+            z_val.append(standardise(v, ref))
+            z_test.append(standardise(e, ref))
+            print(
+                f"seed {seed} {name} digit {digit}: AUROC {test[name][str(digit)]:.4f}", flush=True
+            )
+        if ENSEMBLE in names:
+            val[ENSEMBLE][str(digit)] = _auroc_of(np.mean(z_val, 0), vy, digit)
+            test[ENSEMBLE][str(digit)] = _auroc_of(np.mean(z_test, 0), ey, digit)
+            seconds[ENSEMBLE] = sum(seconds[n] for n in fitters)
+    return [
+        {
+            "method": name if name != ENSEMBLE else f"{ENSEMBLE}({'+'.join(fitters)})",
+            "seed": seed,
+            "per_digit_auroc": test[name],
+            "mean_auroc": float(np.mean(list(test[name].values()))),
+            "val_per_digit_auroc": val[name],
+            "val_mean_auroc": float(np.mean(list(val[name].values()))),
+            "train_images_per_digit": {str(d): int((ty == d).sum()) for d in digits},
+            "test_images": len(ey),
+            "seconds": seconds[name],
+            "threads": torch.get_num_threads(),
+        }
+        for name in names
+    ]
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method over seeds: per-digit mean, mean AUROC mean and std, seconds per seed."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    out = []
+    for method, runs in by_method.items():
+        means = np.array([r["mean_auroc"] for r in runs])
+        digits = runs[0]["per_digit_auroc"]
+        out.append(
+            {
+                "method": method,
+                "seeds": [r["seed"] for r in runs],
+                "per_digit_auroc": {
+                    d: float(np.mean([r["per_digit_auroc"][d] for r in runs])) for d in digits
+                },
+                "mean_auroc": float(means.mean()),
+                "std_auroc": float(means.std()),
+                "val_mean_auroc": float(np.mean([r["val_mean_auroc"] for r in runs])),
+                "seconds_per_seed": float(np.mean([r["seconds"] for r in runs])),
+            }
+        )
+    return out
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    """The per-digit table (test AUROC averaged over seeds) with mean ± std over seeds."""
+    head = (
+        "| method | "
+        + " | ".join(str(d) for d in range(10))
+        + " | mean ± std | val mean | s/seed |"
+    )
+    lines = [head, "|---" * 14 + "|"]
+    for r in summary:
+        cells = [f"{r['per_digit_auroc'].get(str(d), float('nan')):.3f}" for d in range(10)]
+        lines.append(
+            f"| {r['method']} | "
+            + " | ".join(cells)
+            + f" | **{r['mean_auroc']:.3f}** ± {r['std_auroc']:.3f} | {r['val_mean_auroc']:.3f}"
+            + f" | {r['seconds_per_seed']:.0f} |"
+        )
+    seeds = sorted({s for r in summary for s in r["seeds"]})
+    lines.append("")
+    lines.append(
+        f"Seeds: {seeds}. Published means (full MNIST): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in PUBLISHED.items())
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_protocol(
+    base: dict[str, tuple[Any, Any]],
+    knn_cfg: KnnConfig | None,
+    ensemble: bool,
+    steps: int,
+    threads: int | None,
+    seeds: list[int],
+    digits: Sequence[int] | None,
+    data_dir: Path,
+    work: Path = Path(".genops") / "one_class",
+) -> list[dict[str, Any]]:
+    """The protocol for every seed: `base` maps a family to its (model config, train config),
+    trained `steps` steps per digit; the kNN scorer (deterministic) runs once unless the
+    ensemble needs it per seed. Seeds default to the first family's configured seed."""
+    seeds = seeds or [next(iter(base.values()))[1].seed if base else 0]
+    results: list[dict[str, Any]] = []
+    for i, seed in enumerate(seeds):
+        fitters = {"knn": knn_fitter(knn_cfg)} if knn_cfg and (i == 0 or ensemble) else {}
+        for family, (model_cfg, cfg) in base.items():
+            run_cfg = cfg.__class__.from_dict(
+                {
+                    **cfg.__dict__,
+                    "steps": steps,
+                    "seed": seed,
+                    "num_threads": threads,
+                    "progress": False,
+                    "checkpoint_every": steps,
+                    "val_every": steps,
+                }
+            )
+            fitters[family] = family_fitter(family, model_cfg, run_cfg, work)
+        if fitters:
+            results.extend(one_class_run(fitters, data_dir, digits or range(10), ensemble, seed))
+    return results

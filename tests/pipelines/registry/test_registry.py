@@ -1,0 +1,115 @@
+"""The promotion gate and rollback against a real (temporary) MLflow SQLite registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import tracking
+from pipelines.evaluation.paired import PairedInterval
+from pipelines.registry import client as registry
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENOPS_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _candidate(
+    tmp_path, family: str, fd: float, auroc: float, data: str = "d1", task: str = "generation"
+) -> str:
+    model_dir = tmp_path / f"m-{family}-{fd}-{data}"
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps({"family": family}))
+    run_id = tracking.log_run(
+        f"eval-{family}",
+        params={"family": family},
+        tags={"family": family, "data_version": data},
+        metrics={"fd_judge": fd},
+        artifacts={"model": model_dir},
+    )
+    return registry.register_version(
+        registry.TASKS[task].registered_model,
+        run_id,
+        "model",
+        {
+            "family": family,
+            "data_version": data,
+            "metric.fd_judge": fd,
+            "metric.anomaly_auroc_mean": auroc,
+        },
+    )
+
+
+def test_gate_promotes_first_then_only_better_candidates(store):
+    task = registry.TASKS["generation"]
+    v1 = _candidate(store, "vae", 20.0, 0.9)
+    first = registry.gate(task, v1, "vae", {"fd_judge": 20.0}, "d1", margin=0.5)
+    assert first.promoted and first.reason == "no champion yet"
+    assert str(registry.champion(task).version) == v1
+
+    v2 = _candidate(store, "gan", 19.8, 0.8)  # better, but not by the margin
+    worse = registry.gate(task, v2, "gan", {"fd_judge": 19.8}, "d1", margin=0.5)
+    assert not worse.promoted and worse.champion_metric == 20.0
+    assert str(registry.champion(task).version) == v1, "a failed promotion keeps the champion"
+
+    v3 = _candidate(store, "diffusion", 5.0, 0.95)
+    better = registry.gate(task, v3, "diffusion", {"fd_judge": 5.0}, "d1", margin=0.5)
+    assert better.promoted and str(registry.champion(task).version) == v3
+
+    from models.spec import mlflow_client
+
+    tags = mlflow_client().get_model_version(task.registered_model, v2).tags
+    assert tags["promotion.decision"] == "rejected" and "margin 0.5" in tags["promotion.reason"]
+    state = registry.registry_state()
+    assert state["generation"]["family"] == "diffusion" and state["anomaly"] is None
+
+    previous = registry.rollback("generation", v1)
+    assert previous == v3 and str(registry.champion(task).version) == v1
+
+
+def test_gate_needs_the_same_data_version(store):
+    task = registry.TASKS["generation"]
+    v1 = _candidate(store, "vae", 20.0, 0.9, data="old")
+    registry.gate(task, v1, "vae", {"fd_judge": 20.0}, "old", margin=0.0)
+    v2 = _candidate(store, "gan", 1.0, 0.9, data="new")
+    kept = registry.gate(task, v2, "gan", {"fd_judge": 1.0}, "new", margin=0.0)
+    assert not kept.promoted and "another data version" in kept.reason
+    v3 = _candidate(store, "gan", 1.0, 0.9, data="new")
+    interval = PairedInterval("fd_judge", 1.0, 30.0, 29.0, 25.0, 33.0, 0.95, 200)
+    moved = registry.gate(
+        task, v3, "gan", {"fd_judge": 1.0}, "new", margin=0.0,
+        compare=lambda version: (interval, "re-measured"), judge_version="j1",
+    )  # fmt: skip
+    assert moved.promoted and moved.champion_metric == 30.0
+    assert moved.champion_data_version == "old" and moved.data_version == "new"
+    assert moved.method == "paired-bootstrap" and moved.interval["ci_low"] == 25.0
+
+
+def test_paired_gate_needs_the_interval_to_clear_the_margin(store):
+    task = registry.TASKS["anomaly"]
+    v1 = _candidate(store, "vae", 20.0, 0.90, task="anomaly")
+    registry.gate(task, v1, "vae", {"anomaly_auroc_mean": 0.90}, "d1", margin=0.002)
+    # better on the point estimate, but the interval reaches below the margin: kept
+    v2 = _candidate(store, "gan", 20.0, 0.95, task="anomaly")
+    wide = PairedInterval("anomaly_auroc_mean", 0.95, 0.90, 0.05, -0.01, 0.11, 0.95, 200)
+    kept = registry.gate(task, v2, "gan", {"anomaly_auroc_mean": 0.95}, "d2", margin=0.002,
+                         compare=lambda mv: (wide, "re-measured"))  # fmt: skip
+    assert not kept.promoted and "does not clear margin" in kept.reason
+    assert str(registry.champion(task).version) == v1
+    v3 = _candidate(store, "diffusion", 20.0, 0.97, task="anomaly")
+    tight = PairedInterval("anomaly_auroc_mean", 0.97, 0.90, 0.07, 0.05, 0.09, 0.95, 200)
+    won = registry.gate(task, v3, "diffusion", {"anomaly_auroc_mean": 0.97}, "d2",
+                        margin=0.002, compare=lambda mv: (tight, "logged"))  # fmt: skip
+    assert won.promoted and str(registry.champion(task).version) == v3
+    registry.rollback("anomaly", v1)
+    events = registry.history()
+    assert [e["event"] for e in events] == ["promoted", "rejected", "promoted", "rollback"]
+    assert events[1]["ci_low"] == "-0.01" and events[1]["champion_data_version"] == "d1"
+    from pipelines.registry.reports import history_markdown
+
+    text = history_markdown(events)
+    assert "rollback" in text and "[+0.05, +0.09]" in text
