@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help install data run test test-slow lint format bench clean flow prefect-server prefect-serve serve
+.PHONY: help install data run test test-unit test-slow lint format bench clean flow prefect-server prefect-serve serve
 .DEFAULT_GOAL := help
 
 help: ## list targets
@@ -40,6 +40,9 @@ run: data ## set up, then run the whole pipeline with dvc repro
 test: install ## run the default test suite (no slow tests)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
 
+test-unit: install ## the default suite less the system tests that start real servers
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -m 'not slow and not gpu and not system'
+
 test-slow: install ## run only the slow tests
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -m slow
 
@@ -50,13 +53,13 @@ format: install ## ruff fix + format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 flow: data ## run the pipeline once as a Prefect flow (a task per dvc.yaml stage; only what changed runs)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.orchestration.pipeline_flow run
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/genops flow run
 
 prefect-server: install ## start a local Prefect server (UI at http://127.0.0.1:4200)
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 prefect-serve: install ## register the nightly deployment (cron 0 2 * * *) and serve it
-	PREFECT_API_URL=http://127.0.0.1:4200/api PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.orchestration.pipeline_flow serve
+	PREFECT_API_URL=http://127.0.0.1:4200/api PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/genops flow serve
 
 serve: install ## serve the registry champions over HTTP on :3000 (development mode)
 	GENOPS_MODEL_SOURCE=mlflow PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml serve serving.service:GenOps --port 3000
@@ -80,7 +83,7 @@ clean: ## remove generated state (keeps data/, the DVC remote and the committed 
 SERVICE_URL ?= http://127.0.0.1:3000
 .PHONY: drift
 drift: install ## one drift check of the service at SERVICE_URL (TRIGGER=1: retrain on drift)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.monitoring.drift run --service-url $(SERVICE_URL) $(if $(TRIGGER),,--no-trigger)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/genops drift run --service-url $(SERVICE_URL) $(if $(TRIGGER),,--no-trigger)
 
 # the web page's browser tests (tests/serving/test_web.py) drive Debian's chromium via playwright
 .PHONY: browser bench-serving
@@ -99,19 +102,19 @@ STACK_DIR  ?= .genops/stack
 STACK_POOL ?= genops-pool
 .PHONY: stack-deps stack-up stack-down stack-status run-stack
 install: stack-deps
-stack-deps: ## install PostgreSQL's server (Debian's postgresql) for the stack and tests/stack
+stack-deps: ## install PostgreSQL's server (Debian's postgresql) for the stack and tests/devstack
 	@bash .ci/ensure-apt stack-deps postgresql 'ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1'
 
 stack-up: install ## start the stack on loopback (URLs, pids: STACK_DIR/stack.json)
-	$(BIN)/python -m devstack.stack up --state-dir $(STACK_DIR) --pool $(STACK_POOL)
+	$(BIN)/genops stack up --state-dir $(STACK_DIR) --pool $(STACK_POOL)
 
 stack-down: ## stop the stack and remove its state
-	$(BIN)/python -m devstack.stack down --state-dir $(STACK_DIR)
+	$(BIN)/genops stack down --state-dir $(STACK_DIR)
 
 stack-status: ## is every part of the stack answering?
-	$(BIN)/python -m devstack.stack status --state-dir $(STACK_DIR)
+	$(BIN)/genops stack status --state-dir $(STACK_DIR)
 
 run-stack: data ## the pipeline through the stack (MLflow server, S3, families on the workers)
 	@test -f $(STACK_DIR)/stack.env || $(MAKE) stack-up
 	set -a && . $(STACK_DIR)/stack.env && set +a && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pipelines.orchestration.pipeline_flow run --pool $(STACK_POOL)
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/genops flow run --pool $(STACK_POOL)

@@ -34,13 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.orchestration.deployments import FAMILY_QUEUE  # names only, no Prefect import
+
 DEFAULT_DIR = Path(".genops/stack")
 STATE_FILE, ENV_FILE = "stack.json", "stack.env"
 BUCKET = "genops"
 POOL = "genops-pool"
-FAMILY_QUEUE = (
-    "families"  # pipelines.orchestration.pipeline_flow.FAMILY_QUEUE (not imported: no Prefect here)
-)
 HEARTBEAT_S = 30  # Prefect's minimum flow heartbeat period
 DB_USER = "genops"
 # moto accepts any credentials; these are placeholders, not secrets.
@@ -501,45 +500,3 @@ def running(cfg: StackConfig, project_root: Path | None = None) -> Iterator[dict
         yield state
     finally:
         down(cfg.state_dir)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m devstack.stack up|down|status` (a module, not a `genops` command: every
-    dvc.yaml stage depends on pipelines/cli.py, and the stack is no stage's business)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m devstack.stack",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--workers", type=int, default=2, help="family workers (default 2)")
-    parser.add_argument("--pool", default=POOL)
-    parser.add_argument("--no-prefect", action="store_true", help="PostgreSQL, S3, MLflow only")
-    parser.add_argument("--ui", action="store_true", help="serve Prefect's web UI too")
-    parser.add_argument(
-        "--no-share-cores",
-        action="store_true",
-        help="let every family worker use all cores (default: worker i gets cores[i::workers])",
-    )
-    parser.add_argument("--keep-data", action="store_true", help="down: keep the databases")
-    args = parser.parse_args(argv)
-    if args.command == "up":
-        cfg = StackConfig(state_dir=args.state_dir, prefect=not args.no_prefect,
-                          workers=args.workers, pool=args.pool, prefect_ui=args.ui,
-                          share_cores=not args.no_share_cores)  # fmt: skip
-        state = up(cfg)
-        print(json.dumps({k: state[k] for k in ("env", "startup_s")}, indent=2))
-        print(f"client settings: set -a; . {Path(args.state_dir) / ENV_FILE}; set +a")
-    elif args.command == "down":
-        print("stopped" if down(args.state_dir, keep_data=args.keep_data) else "no stack running")
-    else:
-        report = status(args.state_dir)
-        print(json.dumps(report, indent=2))
-        sys.exit(0 if report["running"] else 1)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.config import ModelConfig
+from models.config import Config
 from models.io import atomic_write_json, sha256_file
 from models.spec import (
     BUNDLE_FILES,
@@ -39,7 +39,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
-class BundleMeta(ModelConfig):
+class BundleMeta(Config):
     """What a bundle is: identity, provenance and the metrics it was promoted on."""
 
     name: str

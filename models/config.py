@@ -1,9 +1,11 @@
 """The one config base: frozen, typed, validated dataclasses built strictly from plain dicts.
 
-Every config in the project (each family's, the trainer's, the evaluator's, the judge's, the
-data split's, the GX gate's, the promotion gate's) derives from `ModelConfig`: unknown keys are
-refused with the key named, and `validate` raises ValueError naming the field. No torch here, so
-light modules (the CLI, data, validation) can use it.
+Every config in the project derives from `Config`: unknown keys are refused with the key named,
+and `validate` raises ValueError naming the field. A model family's config derives from its
+subclass `ModelConfig` (what `GenerativeModel.config_cls` names); the others (the trainer's, the
+evaluator's, the judge's, the data split's, the GX gate's, the promotion gate's, the drift
+thresholds) derive from `Config` itself. No torch here, so light modules (the CLI, data,
+validation) can use it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any, Self
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Base for the frozen, validated config dataclass of each family.
+class Config:
+    """Base for every frozen, validated config dataclass.
 
     Subclasses add fields with defaults and override `validate` to raise
     `ValueError` with a message naming the field and the bad value.
@@ -44,6 +46,11 @@ class ModelConfig:
             if f.name in values and isinstance(values[f.name], list):
                 values[f.name] = tuple(values[f.name])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """Base for a model family's config (saved as config.json beside the weights)."""
 
 
 def require(condition: bool, message: str) -> None:

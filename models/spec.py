@@ -58,6 +58,8 @@ class Task:
         return candidate - champion if self.higher_is_better else champion - candidate
 
 
+# The one home of each task's deciding metric and its direction: the metric table
+# (pipelines/evaluation/metric_table.py) builds these metrics' rows from here.
 TASKS: dict[str, Task] = {
     GENERATION: Task(GENERATION, "fd_judge", higher_is_better=False),
     ANOMALY: Task(ANOMALY, "anomaly_auroc_mean", higher_is_better=True),
@@ -119,6 +121,11 @@ def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
             except (TypeError, ValueError):
                 continue
     return out
+
+
+# ---- served Prometheus metrics (written by serving's /metrics, read by the drift watch) --------
+SCORE_HISTOGRAM = "genops_anomaly_score"  # per (family, version): the scores /score served
+ANOMALY_COUNTER = "genops_anomalies"  # per (family, version): images /score flagged (…_total)
 
 
 # ---- bundle layout: what one registered version / served model folder holds --------------------

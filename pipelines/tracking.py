@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from models import spec
-from models.spec import project_root
+from models.spec import project_root, tracking_uri  # the one URI rule, also for our callers
 
 EXPERIMENT = "genops"
 STATE_DIR = spec.MLFLOW_STATE_DIR
-
-
-def tracking_uri(root: Path | None = None) -> str:
-    """The store's URI (the rule in models.spec); creates the embedded store's folder."""
-    if spec.uses_embedded_store():
-        (project_root(root) / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    return spec.tracking_uri(root)
 
 
 def artifact_location(root: Path | None = None) -> str:
@@ -49,6 +42,8 @@ def setup(root: Path | None = None) -> str:
     """Point MLflow at the store and create the experiment once; return the experiment id."""
     import mlflow
 
+    # the embedded store's folder: SQLite creates the database file, not its folder
+    (project_root(root) / STATE_DIR).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

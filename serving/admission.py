@@ -37,7 +37,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.http import Message, Receive, Scope, Send, send_json
+from serving.errors import Abandoned, Overloaded
+from serving.http import Message, Receive, Scope, Send, send_error
 
 log = logging.getLogger("genops.serving")
 
@@ -48,18 +49,19 @@ LANE_OF_ROUTE = {
     "/score/image": SCORING_LANE,
     "/reconstruct": SCORING_LANE,
 }
-CLIENT_CLOSED = 499  # nginx's "client closed request": logged for work cut short by a hang-up
+# POST routes admitted without a lane, each with the reason: none runs a model. Every POST
+# route of the service is in exactly one of the two tables (tests/serving/test_routes.py).
+UNLANED_ROUTES = {
+    "/metadata": "reads the served state; no model work",
+    "/admin/reload": "the operator's way out of a bad model set; must work when lanes are full",
+}
 
 
-class Shed(Exception):
+class Shed(Overloaded):
     """The lane is full: answer 503 with Retry-After (seconds)."""
 
-    def __init__(self, reason: str, retry_after_s: int) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
 
-
-class Cancelled(Exception):
+class Cancelled(Abandoned):
     """The request was abandoned (client gone or timed out) before or while its work ran."""
 
 
@@ -228,10 +230,6 @@ class Lane:
 # the ASGI types and the one JSON responder live in serving.http
 
 
-def shed_headers(retry_after_s: int) -> list[tuple[bytes, bytes]]:
-    return [(b"retry-after", str(retry_after_s).encode())]
-
-
 def install_outermost(middleware: type, **options: Any) -> None:
     """Run `middleware` before BentoML's own middlewares (metrics, tracing, access log).
 
@@ -286,7 +284,7 @@ class Admission:
                 f"the {name} queue is full ({lane.capacity} requests in flight); "
                 f"retry after {retry} s"
             )
-            await send_json(send, 503, {"error": reason}, shed_headers(retry))
+            await send_error(send, Shed(reason, retry))
             return
         request = RequestScope(name)
         token = CURRENT.set(request)
@@ -336,6 +334,6 @@ class Admission:
             if not state["gone"] or task is None or task.uncancel() > 0:
                 raise  # (also) cancelled from outside, e.g. by BentoML's timeout
             log.info("%s: client went away; its work was cancelled", scope.get("path"))
-            await send_json(send, CLIENT_CLOSED, {"error": "client closed the request"})
+            await send_error(send, Cancelled("client closed the request"))
         finally:
             watcher.cancel()

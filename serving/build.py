@@ -1,8 +1,10 @@
 """Package served models into the BentoML model store and build the Bento.
 
-    python -m serving.build import-models [--tracking-uri URI]   # registry -> BentoML store
-    python -m serving.build bento [--bentofile serving/bentofile.yaml]
-    python -m serving.build import-dir <folder>                  # a dir: source -> store
+    genops bento import-models [--tracking-uri URI]   # registry -> BentoML store
+    genops bento build [--bentofile serving/bentofile.yaml]
+    genops bento import-dir <folder>                  # a dir: source -> store
+
+(the commands live in pipelines/cli/bento.py: serving never imports pipelines).
 
 The pipeline calls `import_from_registry()` and then `build_bento()` (or runs
 `bentoml build -f serving/bentofile.yaml .`): the Bento then carries the `genops-models`
@@ -11,24 +13,18 @@ snapshot and serves with no MLflow server, from `GENOPS_MODEL_SOURCE=bento` (its
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from models import spec
+from models.registry_copy import materialize_version
 from models.spec import MODEL_CARD_DIR, redact_text, redact_uri
 from serving.bundle import copy_bundle, load_bundle
 from serving.catalog import REQUIRED_ROLES
-from serving.sources import (
-    BENTO_MODEL,
-    DirSource,
-    default_tracking_uri,
-    materialize_version,
-    registry_versions,
-)
+from serving.sources import BENTO_MODEL, DirSource, registry_versions
 
 log = logging.getLogger("genops.serving")
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +69,7 @@ def import_from_registry(tracking_uri: str | None = None, model_name: str = BENT
     is missing and ValueError on a checksum mismatch. Returns the new tag, e.g.
     "genops-models:abc123"; `bentoml build` then packs `genops-models:latest`.
     """
-    uri = tracking_uri or default_tracking_uri()
+    uri = tracking_uri or spec.tracking_uri()
     versions = registry_versions(uri)
     with tempfile.TemporaryDirectory(prefix="genops-import-") as tmp:
         for role, mv in versions.items():
@@ -94,37 +90,3 @@ def build_bento(
 
     bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx))
     return str(bento.tag)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.build",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    reg = sub.add_parser("import-models", help="MLflow registry -> BentoML model store")
-    reg.add_argument("--tracking-uri", default=None)
-    reg.add_argument("--model-name", default=BENTO_MODEL)
-    folder = sub.add_parser("import-dir", help="a dir: source folder -> BentoML model store")
-    folder.add_argument("folder", type=Path)
-    folder.add_argument("--model-name", default=BENTO_MODEL)
-    bento = sub.add_parser("bento", help="build the Bento from serving/bentofile.yaml")
-    bento.add_argument("--bentofile", type=Path, default=REPO / "serving" / "bentofile.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.command == "import-models":
-            print(import_from_registry(args.tracking_uri, args.model_name))
-        elif args.command == "import-dir":
-            print(import_from_dir(args.folder, args.model_name))
-        else:
-            print(build_bento(args.bentofile))
-    except (LookupError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,6 +30,7 @@ from models.calibration import Calibration
 from models.io import load_model, sha256_file
 from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES
 from serving.admission import Cancelled, CostEstimate
+from serving.errors import BadInput
 
 # /generate draws images in chunks of about this many image x sampling steps (at least one
 # image, at most 256) from the request's one generator, and checks between chunks whether the
@@ -108,11 +109,11 @@ class ServedModel:
         self, images: np.ndarray, strength: float | None = None, seed: int = 0
     ) -> np.ndarray:
         """Reconstructions (N, 1, 28, 28) float32; with `strength`, the model's `denoise`
-        at that strength, its noise from a generator seeded with `seed` (ValueError if the
+        at that strength, its noise from a generator seeded with `seed` (BadInput if the
         model declares no denoising)."""
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if strength is not None and not self.model.capabilities.denoising:
-            raise ValueError(f"{self.meta.family} model has no strength-controlled denoising")
+            raise BadInput(f"{self.meta.family} model has no strength-controlled denoising")
         with self.lock, torch.no_grad():
             if strength is None:
                 out = self.model.reconstruct(batch)

@@ -18,16 +18,13 @@ from typing import Any
 
 from models.spec import ALIAS, ANOMALY, FAMILIES_ROLE_PREFIX, GENERATION, redact_text
 from serving.bundle import ServedModel, load_bundle
+from serving.errors import ModelNotFound, NotReady
 from serving.sources import ModelSource, Snapshot
 
 log = logging.getLogger("genops.serving")
 
 REQUIRED_ROLES = (GENERATION, ANOMALY)
 CHAMPION = ALIAS
-
-
-class UnknownModel(LookupError):
-    """A request named a model that this service does not serve."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +54,18 @@ class Catalog:
         return [CHAMPION, *sorted(self.families)]
 
     def resolve(self, task: str, name: str | None) -> ServedModel:
-        """The task's champion (name None or "champion") or a family's latest by family name."""
+        """The task's champion (name None or "champion") or a family's latest by family name.
+
+        NotReady when the champion is not loaded (why is in /metadata, not in the answer);
+        ModelNotFound for a family this catalog does not serve.
+        """
         if name is None or name == CHAMPION:
             if task not in self.roles:
-                reason = self.errors.get(task, "not loaded")
-                raise UnknownModel(f"no {task} champion is being served ({reason})")
+                raise NotReady(f"no {task} model is being served (see `errors` in /metadata)")
             return self.roles[task]
         families = self.families
         if name not in families:
-            raise UnknownModel(f"unknown model {name!r}; known: {self.model_names()}")
+            raise ModelNotFound(f"unknown model {name!r}; known: {self.model_names()}")
         return families[name]
 
     def versions(self) -> dict[str, str]:

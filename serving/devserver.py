@@ -22,6 +22,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 180.0
+PORT_RACE = "Address already in use"
+MAX_RELAUNCHES = 3
 
 
 def free_port() -> int:
@@ -51,26 +53,38 @@ class ServeProcess:
         batching: bool | None = None,
         cpus: set[int] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        home = Path(home)
-        self.log_path = home / f"server-{self.port}.log"
-        env = {
+        self._home = Path(home)
+        self._env = {
             **{k: v for k, v in os.environ.items() if k != "GENOPS_MODEL_SOURCE"},
             **({} if source is None else {"GENOPS_MODEL_SOURCE": source}),
             **({} if batching is None else {"GENOPS_BATCHING": "1" if batching else "0"}),
-            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_HOME": str(self._home / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "True",
             "GENOPS_TORCH_THREADS": os.environ.get("GENOPS_TORCH_THREADS", "1"),
             "PYTHONPATH": str(repo),
             **(extra_env or {}),
         }
+        self._command = self.serve_command(target)
+        self._cwd = cwd or repo
+        self._cpus = cpus
+        self.relaunches = 0
+        self._launch()
+
+    def serve_command(self, target: str) -> list[str]:
+        """The server's command line, less `--host` and `--port` (added per launch)."""
+        return [sys.executable, "-m", "bentoml", "serve", target]
+
+    def _launch(self) -> None:
+        """Start `bentoml serve` on a fresh free port (its log and client follow the port)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self._home / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        serve = [sys.executable, "-m", "bentoml", "serve", target]
+        cpus = self._cpus
         self.proc = subprocess.Popen(
-            [*serve, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd or repo,
-            env=env,
+            [*self._command, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self._cwd,
+            env=self._env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -82,7 +96,17 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
+                log = self.log()
+                # bentoml picks its own internal (circus) ports by probing for a free one and
+                # binding it later: another process can take it in between. Such a start
+                # failure says nothing about our code, so start again on new ports.
+                if PORT_RACE in log and self.relaunches < MAX_RELAUNCHES:
+                    self.relaunches += 1
+                    self.client.close()
+                    self._log.close()
+                    self._launch()
+                    continue
+                raise RuntimeError(f"server exited early:\n{log}")
             try:
                 if self.client.get("/readyz").status_code == 200:
                     return

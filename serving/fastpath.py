@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from serving.http import Message, Receive, Scope, Send, send_json
+from serving.errors import ServingError
+from serving.http import Message, Receive, Scope, Send, send_error, send_json
 
 ROUTE = "/score/image"
 
@@ -47,6 +48,10 @@ class ScoreImageRoute:
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model = query.get("model", [None])[-1]
-        status, payload, extra = await service.score_body(b"".join(chunks), content_type, model)
+        try:
+            payload, extra = await service.score_body(b"".join(chunks), content_type, model)
+        except ServingError as exc:  # anything else is a bug: a bare 500
+            await send_error(send, exc)
+            return
         headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send_json(send, status, payload, headers)
+        await send_json(send, 200, payload, headers)

@@ -6,6 +6,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from serving.errors import BadInput, PayloadTooLarge, ServingError, answer
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -32,8 +34,11 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _reject(send: Send, status: int, reason: str) -> None:
-    await send_json(send, status, {"error": reason})
+async def send_error(send: Send, exc: ServingError) -> None:
+    """Answer a raw ASGI request with `exc` as serving.errors maps it."""
+    status, payload, headers = answer(exc)  # type: ignore[misc]  # a ServingError always maps
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send_json(send, status, payload, raw)
 
 
 class BodySizeLimit:
@@ -58,10 +63,10 @@ class BodySizeLimit:
             try:
                 size = int(declared)
             except ValueError:
-                await _reject(send, 400, "invalid Content-Length header")
+                await send_error(send, BadInput("invalid Content-Length header"))
                 return
             if size > self.max_bytes:
-                await _reject(send, 413, too_big)
+                await send_error(send, PayloadTooLarge(too_big))
                 return
         chunks: list[bytes] = []
         total = 0
@@ -72,7 +77,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
-                await _reject(send, 413, too_big)
+                await send_error(send, PayloadTooLarge(too_big))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -1,6 +1,7 @@
 """Image conversion at the HTTP boundary: uploads and JSON arrays in, PNGs and arrays out.
 
-Everything here raises `BadImage` (a ValueError) with a message fit for a 400 response.
+Everything here raises `BadImage` (serving.errors.BadInput, a ValueError) with a message fit for
+a 400 response; an unreadable content type is `UnsupportedMediaType` (415).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from serving.errors import BadInput, UnsupportedMediaType
+
 SIDE = 28
 PIXELS = SIDE * SIDE
 ALLOWED_FORMATS = ("PNG", "JPEG")
@@ -21,7 +24,7 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # per uploaded image, before it is decoded
 Scale = Literal["auto", "unit", "uint8"]
 
 
-class BadImage(ValueError):
+class BadImage(BadInput):
     """An input image that cannot be scored; the message says why."""
 
 
@@ -128,7 +131,7 @@ def decode_body(data: bytes, content_type: str, limit: int) -> np.ndarray:
         return decode_upload(data, "body")[None]
     if kind in ("application/octet-stream", ""):
         return parse_raw(data, limit)
-    raise BadImage(
+    raise UnsupportedMediaType(
         f"unsupported content type {kind!r}: send image/png, image/jpeg or "
         "application/octet-stream (784 raw uint8 pixels per image)"
     )

@@ -15,11 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
-
 from models.spec import redact_text
 from serving.bundle import ServedModel
-from serving.catalog import CHAMPION, Catalog, UnknownModel, empty_catalog, load_catalog
+from serving.catalog import Catalog, empty_catalog, load_catalog
 from serving.schemas import ReloadResponse
 from serving.sources import ModelSource, source_from_env
 
@@ -152,16 +150,9 @@ class ModelSet:
                 log.exception("periodic reload failed; still serving the current models")
 
     def resolve(self, task: str, name: str | None) -> ServedModel:
-        """The model answering `task` (`name`: champion or a family): 503 or 400 otherwise."""
-        catalog = self.catalog  # one read: the whole request uses one model set
-        if (name is None or name == CHAMPION) and task not in catalog.roles:
-            raise ServiceUnavailable(
-                f"no {task} model is being served: {catalog.errors.get(task, 'not loaded')}"
-            )
-        try:
-            return catalog.resolve(task, name)
-        except UnknownModel as exc:
-            raise InvalidArgument(str(exc)) from None
+        """The model answering `task` (`name`: champion or a family), from one read of the
+        catalog, so the whole request uses one model set (NotReady, ModelNotFound otherwise)."""
+        return self.catalog.resolve(task, name)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,11 +1,12 @@
-"""What every API answer shares: the headers naming the model, and JSON refusals."""
+"""What every API answer shares: the headers naming the model and the worker.
+
+Refusals are not built here: routes raise serving.errors types, mapped in one place."""
 
 from __future__ import annotations
 
 import os
 
 import bentoml
-from starlette.responses import JSONResponse
 
 from serving.bundle import ServedModel
 
@@ -13,16 +14,6 @@ from serving.bundle import ServedModel
 MODEL_HEADER, VERSION_HEADER = "X-Genops-Model", "X-Genops-Model-Version"
 # ... and the worker process that answered (GENOPS_WORKERS > 1 serves from several).
 WORKER_HEADER = "X-Genops-Worker"
-
-
-def refusal(
-    ctx: bentoml.Context, status: int, reason: str, retry_after_s: int | None = None
-) -> JSONResponse:
-    """A JSON error response with our reason (BentoML would blank 403/5xx bodies)."""
-    ctx.response.status_code = status
-    if retry_after_s is not None:
-        ctx.response.headers["Retry-After"] = str(retry_after_s)
-    return JSONResponse({"error": reason}, status_code=status)
 
 
 def name_the_model(ctx: bentoml.Context, served: ServedModel) -> None:

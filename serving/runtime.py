@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from models.spec import ANOMALY_COUNTER, SCORE_HISTOGRAM
+
 log = logging.getLogger("genops.serving")
 
 
@@ -104,13 +106,13 @@ def score_metrics() -> tuple[Any, Any]:
 
     buckets = tuple(round(10.0**e, 6) for e in np.arange(-4.0, 2.01, 0.25))
     histogram = prom.Histogram(
-        "genops_anomaly_score",
+        SCORE_HISTOGRAM,
         "Anomaly scores served by /score",
         ["family", "version"],
         buckets=buckets,
     )
     anomalies = prom.Counter(
-        "genops_anomalies", "Images /score flagged as anomalous", ["family", "version"]
+        ANOMALY_COUNTER, "Images /score flagged as anomalous", ["family", "version"]
     )
     return histogram, anomalies
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 
 from serving import imaging
-from serving.admission import Lane, Shed
+from serving.admission import Lane
 from serving.batching import ScoreBatcher
 from serving.bundle import SCORE_UNIT, ServedModel
+from serving.errors import BadInput
 from serving.responses import model_headers
 from serving.runtime import score_metrics
 from serving.schemas import MAX_SCORE
@@ -45,27 +45,24 @@ class Scoring:
         limit: int,
         pixels: str | None = None,
     ) -> np.ndarray:
-        """The request's images as (N, 1, 28, 28) float32 in [0, 1], or a 400."""
+        """The request's images as (N, 1, 28, 28) float32 in [0, 1]; BadInput otherwise."""
         inputs = {"images": images, "files": files, "pixels": pixels}
         given = [name for name, value in inputs.items() if value]
         if len(given) > 1:
-            raise InvalidArgument(f"send one of `images`, `files` or `pixels`, not {given}")
-        try:
-            if pixels:
-                return imaging.parse_pixels(pixels, limit)[:, None, :, :]
-            count = len(images or files)
-            if count == 0:
-                raise InvalidArgument(
-                    "no images given: send `images` (JSON arrays), `pixels` (base64) or `files`"
-                )
-            if count > limit:
-                raise InvalidArgument(f"too many images: {count} > {limit} per request")
-            if files:
-                decoded = await anyio.to_thread.run_sync(decode_files, files)
-            else:
-                decoded = imaging.parse_arrays(images, scale)  # type: ignore[arg-type]
-        except imaging.BadImage as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise BadInput(f"send one of `images`, `files` or `pixels`, not {given}")
+        if pixels:
+            return imaging.parse_pixels(pixels, limit)[:, None, :, :]
+        count = len(images or files)
+        if count == 0:
+            raise BadInput(
+                "no images given: send `images` (JSON arrays), `pixels` (base64) or `files`"
+            )
+        if count > limit:
+            raise BadInput(f"too many images: {count} > {limit} per request")
+        if files:
+            decoded = await anyio.to_thread.run_sync(decode_files, files)
+        else:
+            decoded = imaging.parse_arrays(images, scale)  # type: ignore[arg-type]
         return decoded[:, None, :, :]
 
     async def scores(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
@@ -109,23 +106,16 @@ class Scoring:
 
     async def score_body(
         self, body: bytes, content_type: str, model: str | None
-    ) -> tuple[int, Any, dict[str, str]]:
-        """POST /score/image: (status, JSON payload, headers) for a raw body (the fast path)."""
-        try:
-            served = self.resolve("anomaly", model)
-        except ServiceUnavailable as exc:
-            return 503, {"error": str(exc)}, {}
-        except InvalidArgument as exc:
-            return 400, [{"error": str(exc)}], {}
-        try:
-            batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
-        except imaging.BadImage as exc:
-            return 400, [{"error": str(exc)}], {}
-        try:
-            scores = await self.scores(served, batch)
-        except Shed as exc:
-            return 503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)}
-        return 200, self.payload(served, scores, batch), model_headers(served)
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """POST /score/image: (JSON payload, headers) for a raw body (the fast path).
+
+        Failures raise serving.errors types (NotReady, ModelNotFound, BadInput, Shed ...),
+        answered by whichever path called: the fast path or BentoML's API layer.
+        """
+        served = self.resolve("anomaly", model)
+        batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
+        scores = await self.scores(served, batch)
+        return self.payload(served, scores, batch), model_headers(served)
 
 
 def decode_files(files: list[Path]) -> np.ndarray:

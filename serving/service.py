@@ -8,8 +8,9 @@ docs/serving.md. Thin by design, one role per module:
     serving.modelset     the served model set: load, verify, reload, poll, resolve a model
     serving.scoring      reading images, scoring on the scoring lane, the /score answer
     serving.admission    the lanes (bounded queues, 503 + Retry-After, cancellation)
+    serving.errors       the one exception -> HTTP answer table (routes only raise)
     serving.admin        the admin token check
-    serving.responses    model/worker headers and JSON refusals
+    serving.responses    the model/worker headers of an answer
     serving.fastpath     POST /score/image without BentoML's API layer
     serving.web          GET /metadata, the web page and the model cards
 
@@ -20,43 +21,33 @@ from __future__ import annotations
 
 import logging
 import os
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from serving import imaging
+from serving import errors, imaging
 from serving.admin import admin_refusal
 from serving.admission import (
-    CLIENT_CLOSED,
     GENERATION_LANE,
     SCORING_LANE,
     Admission,
-    Cancelled,
     Lane,
-    Shed,
     current_stop,
     install_outermost,
 )
 from serving.batching import ScoreBatcher
 from serving.bundle import SAMPLE_UNIT, SCORE_UNIT, ServedModel
 from serving.catalog import Catalog
+from serving.errors import BadInput, Conflict, Forbidden
 from serving.fastpath import ScoreImageRoute
 from serving.http import BodySizeLimit, refuse_file_urls, release_request_timers
 from serving.modelset import ERROR_RETRY_S, ModelSet
-from serving.responses import (
-    MODEL_HEADER,
-    VERSION_HEADER,
-    WORKER_HEADER,
-    name_the_model,
-    refusal,
-)
+from serving.responses import MODEL_HEADER, VERSION_HEADER, WORKER_HEADER, name_the_model
 from serving.runtime import Settings, freeze_heap, setup_logging, worker_count, worker_info
 from serving.schemas import (
     MAX_RECONSTRUCT,
@@ -188,7 +179,7 @@ class GenOps:
 
     async def score_body(
         self, body: bytes, content_type: str, model: str | None
-    ) -> tuple[int, Any, dict[str, str]]:
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """POST /score/image, answered by serving.fastpath (see Scoring.score_body)."""
         return await self.scoring.score_body(body, content_type, model)
 
@@ -212,33 +203,19 @@ class GenOps:
         served = self.models.resolve("generation", model)
         name_the_model(ctx, served)
         if label is not None and not served.conditional:
-            raise InvalidArgument(f"{served.meta.family} model is unconditional: omit `label`")
+            raise BadInput(f"{served.meta.family} model is unconditional: omit `label`")
         if steps is not None and not served.supports_steps:
-            raise InvalidArgument(f"{served.meta.family} model has no sampling steps: omit `steps`")
+            raise BadInput(f"{served.meta.family} model has no sampling steps: omit `steps`")
         cost, budget = served.generate_cost(n, steps), self.settings.max_generate_cost
         if cost > budget:
-            raise InvalidArgument(
+            raise BadInput(
                 f"request cost n x steps = {n} x {served.effective_steps(steps)} = {cost} "
                 f"exceeds the per-request budget of {budget} (GENOPS_MAX_GENERATE_COST): "
                 "lower `n` or `steps`"
             )
         lane = self.lanes[GENERATION_LANE]
-        try:
-            images = await lane.run(
-                served.estimate_s(SAMPLE_UNIT, cost),
-                served.sample,
-                n,
-                seed,
-                label,
-                steps,
-                current_stop(),
-            )
-        except Shed as exc:
-            return refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
-        except Cancelled as exc:
-            return refusal(ctx, CLIENT_CLOSED, str(exc))  # type: ignore[return-value]
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        estimate = served.estimate_s(SAMPLE_UNIT, cost)
+        images = await lane.run(estimate, served.sample, n, seed, label, steps, current_stop())
         images = images[:, 0]
         out: dict[str, Any] = {"png_grid": "", "pngs": [], "array": []}
         if format == "png_grid":
@@ -278,10 +255,7 @@ class GenOps:
         served = self.models.resolve("anomaly", model)
         name_the_model(ctx, served)
         batch = await self.scoring.read_images(images, files, scale, MAX_SCORE, pixels)
-        try:
-            scores = await self.scoring.scores(served, batch)
-        except Shed as exc:
-            return refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
+        scores = await self.scoring.scores(served, batch)
         payload = self.scoring.payload(served, scores, batch)
         return ScoreResponse.model_construct(
             model=model_ref(served.meta),
@@ -299,11 +273,11 @@ class GenOps:
         `Content-Type: image/png` or `image/jpeg` (one image, grayscale-converted and resized
         to 28x28) or `application/octet-stream` (raw uint8 pixels, 784 bytes per image,
         row-major, 0 = background; up to 256 images back to back). `?model=<family>` picks a
-        model (default: the anomaly champion). Same answer as `/score`.
+        model (default: the anomaly champion). Same answer as `/score`. (serving.fastpath
+        answers this route; this declaration documents it in /docs.json and serves it when
+        the fast path is not installed.)
         """
-        status, payload, _ = await self.score_body(Path(image).read_bytes(), "image/png", None)
-        if status != 200:
-            raise InvalidArgument(str(payload))
+        payload, _ = await self.score_body(Path(image).read_bytes(), "image/png", None)
         return ScoreResponse.model_validate(payload)
 
     @bentoml.api(route="/reconstruct")
@@ -330,28 +304,23 @@ class GenOps:
         served = self.models.resolve("anomaly", model)
         name_the_model(ctx, served)
         if not served.has_reconstruction:
-            raise InvalidArgument(f"{served.meta.family} model has no reconstruction")
+            raise BadInput(f"{served.meta.family} model has no reconstruction")
         if denoise_strength is not None and not served.model.capabilities.denoising:
-            raise InvalidArgument(
+            raise BadInput(
                 f"{served.meta.family} model has no strength-controlled denoising: "
                 "omit `denoise_strength`"
             )
         batch = await self.scoring.read_images(images, files, scale, MAX_RECONSTRUCT, pixels)
         lane = self.lanes[SCORING_LANE]
-        try:
-            estimate = served.estimate_s(SCORE_UNIT, 2 * len(batch))
-            recon = await lane.run(estimate, served.reconstruct, batch, denoise_strength, seed)
-            scores = await self.scoring.scores(served, batch)
-        except Shed as exc:
-            return refusal(ctx, 503, str(exc), exc.retry_after_s)  # type: ignore[return-value]
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        errors = np.square(recon - batch)
+        estimate = served.estimate_s(SCORE_UNIT, 2 * len(batch))
+        recon = await lane.run(estimate, served.reconstruct, batch, denoise_strength, seed)
+        scores = await self.scoring.scores(served, batch)
+        squared = np.square(recon - batch)
         return ReconstructResponse(
             model=model_ref(served.meta),
             results=[
                 Reconstruction(score=s, reconstruction=r[0].tolist(), error_map=e[0].tolist())
-                for s, r, e in zip(scores.tolist(), recon, errors, strict=True)
+                for s, r, e in zip(scores.tolist(), recon, squared, strict=True)
             ],
         )
 
@@ -371,11 +340,11 @@ class GenOps:
         """
         refused = admin_refusal(self.settings.admin_token, ctx.request.headers)
         if refused:
-            return refusal(ctx, HTTPStatus.FORBIDDEN, refused)  # type: ignore[return-value]
+            raise Forbidden(refused)
         ctx.response.headers[WORKER_HEADER] = str(os.getpid())
         result = await anyio.to_thread.run_sync(self.reload, force)
         if result.refused:
-            return refusal(ctx, HTTPStatus.CONFLICT, result.reason)  # type: ignore[return-value]
+            raise Conflict(result.reason)
         return result
 
 
@@ -394,6 +363,7 @@ def _lanes() -> dict[str, Lane] | None:
 
 refuse_file_urls()
 release_request_timers()
+errors.install()  # every route's typed failures answered by serving.errors
 # admission first of all (before BentoML's tracing, metrics and access log: a refusal must be
 # cheap), then, inside BentoML's, the body-size limit and the one-image fast path
 install_outermost(Admission, lanes=_lanes)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from serving.errors import ModelNotFound, NotReady, ServingError, answer
+
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -28,8 +30,12 @@ def web_app(service: Callable[[], Any]) -> Any:
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
+    def refused(exc: ServingError) -> JSONResponse:
+        status, payload, headers = answer(exc)  # type: ignore[misc]  # always mapped
+        return JSONResponse(payload, status_code=status, headers=headers)
+
     def unavailable() -> JSONResponse:
-        return JSONResponse({"error": "service is starting"}, status_code=503)
+        return refused(NotReady("service is starting"))
 
     async def get_metadata(_: Any) -> Response:
         svc = service()
@@ -48,12 +54,10 @@ def web_app(service: Callable[[], Any]) -> Any:
         role = request.path_params["role"]
         served = svc.catalog.roles.get(role)
         if served is None:
-            return JSONResponse({"error": f"no model is served as {role!r}"}, status_code=404)
+            return refused(ModelNotFound(f"no model is served as {role!r}"))
         if served.card_dir is None:
-            return JSONResponse(
-                {"error": f"{served.meta.name} v{served.meta.version} has no model card"},
-                status_code=404,
-            )
+            meta = served.meta
+            return refused(ModelNotFound(f"{meta.name} v{meta.version} has no model card"))
         markdown = request.query_params.get("format") == "md"
         path = served.card_dir / ("card.md" if markdown else "card.html")
         media = "text/markdown; charset=utf-8" if markdown else "text/html; charset=utf-8"

@@ -83,7 +83,8 @@ class GAN(GenerativeModel):
         self.register_buffer("diversity", torch.tensor(1.0))  # last measured diversity ratio
         # oscillation monitor state (SwingTracker): not saved with the weights
         # (weights from before the monitor still load); after a resume it warms up again
-        self.register_buffer("gap_swing", torch.zeros(6, dtype=torch.float64), persistent=False)
+        swing = torch.zeros(SwingTracker.STATE_SIZE, dtype=torch.float64)
+        self.register_buffer("gap_swing", swing, persistent=False)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 

@@ -56,17 +56,23 @@ class SwingTracker:
     running mean (weight `CROSS` per crossing) of the largest |fast - slow| seen between
     two crossings. Batch noise crosses often but never far; a slow drift keeps the fast
     EMA on one side (no crossing, no growth); a swing with a period of tens of steps
-    crosses far from the slow EMA every half period. The state (six floats) is kept by
-    the caller, the GAN in a buffer: [fast, slow, amplitude, count, peak, side].
+    crosses far from the slow EMA every half period. A signal that settles smoothly stops
+    crossing, so a half-swing that lasts `HOLD` steps (far longer than the swings this
+    watches for) is folded in as if it had turned, and may only lower the amplitude: the
+    flag clears once the swings die out, while a slow drift still cannot raise it. The
+    state (STATE_SIZE floats) is kept by the caller, the GAN in a buffer:
+    [fast, slow, amplitude, count, peak, side, steps since the last turn].
     """
 
-    FAST, SLOW, CROSS = 0.9, 0.99, 0.5
+    FAST, SLOW, CROSS, HOLD = 0.9, 0.99, 0.5, 100
+    STATE_SIZE = 7
 
     @classmethod
     def update(cls, state: Tensor, value: float) -> float:
         """Fold `value` into `state` in place; the current amplitude."""
-        fast, slow, amplitude, count, peak, side = (float(v) for v in state)
+        fast, slow, amplitude, count, peak, side, since = (float(v) for v in state)
         count += 1
+        since += 1
         fast = cls.FAST * fast + (1 - cls.FAST) * value
         slow = cls.SLOW * slow + (1 - cls.SLOW) * value
         diff = fast / (1 - cls.FAST**count) - slow / (1 - cls.SLOW**count)  # bias-corrected
@@ -74,9 +80,13 @@ class SwingTracker:
         now = float((diff > 0) - (diff < 0))
         if side and now and now != side:  # the signal turned: fold in this half-swing's peak
             amplitude = (1 - cls.CROSS) * amplitude + cls.CROSS * peak
-            peak = abs(diff)
+            peak, since = abs(diff), 0.0
+        elif since >= cls.HOLD:  # no turn for HOLD steps: not a swing; may only lower it
+            amplitude = min(amplitude, (1 - cls.CROSS) * amplitude + cls.CROSS * peak)
+            peak, since = abs(diff), 0.0
         side = now or side
-        state.copy_(torch.tensor([fast, slow, amplitude, count, peak, side], dtype=state.dtype))
+        values = [fast, slow, amplitude, count, peak, side, since]
+        state.copy_(torch.tensor(values, dtype=state.dtype))
         return amplitude
 
 

@@ -5,17 +5,20 @@ Each command lives in the module named in COMMANDS and is imported only when it 
 stage depends on this file, its command's module and what that command imports
 (tests/pipelines/stages/test_dvc_deps.py).
 
-Exit codes (pipelines/errors.py): 0 success, 1 a failure a retry would not change,
-2 usage, 3 invalid data, 75 transient (retry may succeed).
+Every command exits with a documented code (pipelines/errors.py, EXIT_CODES below); a command
+that fails also records its failure class where a calling flow asked ($GENOPS_FAILURE_RECORD).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from pathlib import Path
 
 import click
+
+from pipelines.errors import ExitCode, exit_code_of, record_failure
 
 COMMANDS: dict[str, str] = {  # command -> "module:attribute"
     "data": "pipelines.cli.data:data",
@@ -30,7 +33,21 @@ COMMANDS: dict[str, str] = {  # command -> "module:attribute"
     "history": "pipelines.cli.registry:history_cmd",
     "champions": "pipelines.cli.registry:champions_cmd",
     "one-class": "pipelines.cli.research:one_class_cmd",
+    "flow": "pipelines.cli.flow:flow",
+    "drift": "pipelines.cli.drift:drift",
+    "bento": "pipelines.cli.bento:bento",
+    "stack": "pipelines.cli.stack:stack",
 }
+
+EXIT_CODES = f"""\b
+Exit codes (docs/architecture.md):
+  {ExitCode.OK:<3} success
+  {ExitCode.FAILED:<3} failed; a retry would not change it (a bug, a missing file, config)
+  {ExitCode.USAGE:<3} usage: a wrong command line
+  {ExitCode.INVALID_DATA:<3} invalid data: the GX gate or a data check failed
+  {ExitCode.TRANSIENT:<3} transient: a locked repository or database, a DVC remote, the
+      network; a retry may succeed
+"""
 
 
 class LazyGroup(click.Group):
@@ -49,8 +66,29 @@ class LazyGroup(click.Group):
         module, attribute = self.lazy[name].split(":")
         return getattr(importlib.import_module(module), attribute)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; an exception leaves with the exit code its type means."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            code = exit_code_of(exc)
+            record_failure(code, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+            if code == ExitCode.FAILED:
+                raise  # a bug or an unforeseen failure: its traceback, exit 1
+            if code == ExitCode.TRANSIENT:
+                logging.getLogger("genops").warning("transient failure", exc_info=exc)
+            click.secho(f"{code.name.lower()}: {type(exc).__name__}: {exc}", fg="red", err=True)
+            sys.exit(int(code))
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    epilog=EXIT_CODES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--params",
     "params_file",
@@ -62,7 +100,16 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def main(ctx: click.Context, params_file: Path, verbose: bool) -> None:
-    """genops: train, judge, register and serve generative digit models."""
+    """genops: train, judge, register and serve generative digit models.
+
+    \b
+    data, validate ...     the dvc.yaml stages, data to Bento (`dvc repro` runs them)
+    rollback, history ...  the registry by hand
+    flow                   the pipeline as a Prefect flow: run, serve, register, deploy
+    drift                  served scores vs the champion's calibration
+    bento                  the BentoML model store and the Bento
+    stack                  the loopback PostgreSQL/S3/MLflow/Prefect stack
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

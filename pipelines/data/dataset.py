@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import ModelConfig
+from models.config import Config
+from pipelines.errors import InvalidData
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
@@ -44,8 +45,9 @@ _IDX_DTYPES = {
 _DTYPE_CODES = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
 
 
-class DataError(ValueError):
-    """Input data that cannot be used, with a message naming the file and the problem."""
+class DataError(InvalidData, ValueError):
+    """Input data that cannot be used, with a message naming the file and the problem
+    (exit code 3, INVALID_DATA: pipelines/errors.py)."""
 
 
 def images_path(data_dir: Path, split: str) -> Path:
@@ -143,7 +145,7 @@ def load_pair(images_file: Path, labels_file: Path, *, strict: bool = True):
 
 # ---- splits ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SplitConfig(ModelConfig):
+class SplitConfig(Config):
     """How the splits are drawn (params.yaml `data`): same seed + same source -> same bytes.
 
     `test_fraction` applies to the 5k subset only: full MNIST keeps its official test set.

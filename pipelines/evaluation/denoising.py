@@ -25,6 +25,7 @@ from torch import Tensor
 
 from models.base import GenerativeModel
 from pipelines.evaluation import plots
+from pipelines.evaluation.anomalies import salt_and_pepper
 
 CORRUPTIONS = ("gaussian", "salt_pepper", "block")
 GAUSSIAN_SIGMA = 0.5
@@ -39,9 +40,7 @@ def _gaussian(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
 
 
 def _salt_pepper(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
-    hit = rng.random(clean.shape) < SALT_PEPPER_RATE
-    salt = rng.random(clean.shape) < 0.5
-    return np.where(hit, salt.astype(clean.dtype), clean)
+    return salt_and_pepper(rng, clean, SALT_PEPPER_RATE)
 
 
 def _block(rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.base import GenerativeModel, ModelConfig, require
+from models.base import GenerativeModel
 from models.calibration import Calibration
+from models.config import Config, require
 from models.io import atomic_write_bytes, atomic_write_json
 from models.tensors import check_images
 from pipelines.evaluation import metrics as M
@@ -63,8 +64,8 @@ Splits = Mapping[str, tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
-class EvalConfig(ModelConfig):
-    """Evaluation settings (reuses ModelConfig's validation and strict `from_dict`)."""
+class EvalConfig(Config):
+    """Evaluation settings (reuses Config's validation and strict `from_dict`)."""
 
     n_samples: int = 1000
     sample_seed: int = 0

@@ -22,7 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from models.base import ModelConfig
+from models.config import Config
 from models.imaging import from_uint8
 from models.io import atomic_write_bytes, atomic_write_json
 
@@ -32,7 +32,7 @@ JUDGE_CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
-class JudgeConfig(ModelConfig):
+class JudgeConfig(Config):
     """Widths of the three conv stages and the feature (penultimate) dimension."""
 
     channels: tuple[int, int, int] = (16, 32, 64)

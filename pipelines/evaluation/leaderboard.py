@@ -2,10 +2,11 @@
 
 Input: family -> one metrics dict, or a list of them (one per seed). Every numeric key is
 summarised as mean and spread (sample standard deviation over seeds; 0 for a single run).
-Rankings: generation by `fd_judge` ascending, anomaly detection by `anomaly_auroc_mean` (the
-mean of the tuned suite's and the held-out benchmark's mean AUROC) descending; families lacking
-the metric (or with NaN) come last with rank None. The Markdown also puts the tuned suite and the
-held-out benchmark side by side per kind and family (AUROC and share flagged).
+Rankings: each task by its metric in its direction (models.spec.TASKS: generation by `fd_judge`
+ascending, anomaly detection by `anomaly_auroc_mean` descending); families lacking the metric
+(or with NaN) come last with rank None. The Markdown's columns, labels and formats are the metric
+table's (pipelines.evaluation.metric_table); it also puts the tuned suite and the held-out
+benchmark side by side per kind and family (AUROC and share flagged).
 
 Baselines (the textbook references of `benchmarks/bench_baselines.py`, stored in
 metrics/baselines.json with the data version they were measured on) are shown beside the family
@@ -17,42 +18,35 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.spec import TASKS, competes, rank
+from models.spec import ANOMALY, GENERATION, TASKS, competes, rank
 from pipelines.evaluation.anomalies import ANOMALY_KINDS
 from pipelines.evaluation.heldout import HELDOUT_KINDS
+from pipelines.evaluation.metric_table import (
+    HELDOUT,
+    KIND_SETS,
+    METRICS,
+    TUNED,
+    KindSet,
+    MetricSpec,
+    Place,
+    format_value,
+    shown_in,
+    task_metric,
+)
 
-# (header, metric key, format) per table; stability shows as "mean ± spread" in each cell
-_GENERATION_COLUMNS = [
-    ("FD-judge ↓", "fd_judge", ".3g"),
-    ("real-vs-real FD", "fd_judge_real_reference", ".3g"),
-    ("Precision", "precision", ".3f"),
-    ("Recall", "recall", ".3f"),
-    ("Classes", "classes_covered", ".3g"),
-    ("IS", "inception_score", ".3g"),
-    ("Label agr.", "label_agreement", ".3f"),
-    ("ELBO (nats)", "elbo_nats", ".4g"),
-    ("Anomaly AUROC", "anomaly_auroc_mean", ".3f"),
-    ("Sample ms/img", "sample_ms_per_image", ".3g"),
-]
-_ANOMALY_COLUMNS = [
-    ("Task AUROC ↑", "anomaly_auroc_mean", ".3f"),
-    ("Tuned suite", "suite_auroc_mean", ".3f"),
-    ("Held-out", "heldout_auroc_mean", ".3f"),
-    ("Held-out real", "heldout_auroc_real_mean", ".3f"),
-    ("Held-out worst", "heldout_auroc_min", ".3f"),
-    ("Degenerate flagged", "degenerate_flagged_min", ".2f"),
-    ("TPR @ thr", "anomaly_tpr_at_threshold", ".3f"),
-    ("Test FPR", "test_fpr", ".3f"),
-    ("Target FPR", "target_fpr", ".3g"),
-    ("Recon MSE", "recon_mse", ".3g"),
-    ("FD-judge", "fd_judge", ".3g"),
-    ("Score ms/img", "score_ms_per_image", ".3g"),
-    ("Score img/s", "score_images_per_s", ".4g"),
-]
+# the tables' titles; their columns are the metric table's (pipelines.evaluation.metric_table)
+_TITLES = {GENERATION: "Generation", ANOMALY: "Anomaly detection"}
+_TABLE_OF = {GENERATION: Place.GENERATION_TABLE, ANOMALY: Place.ANOMALY_TABLE}
+_KNOWN_KINDS = {TUNED: ANOMALY_KINDS, HELDOUT: HELDOUT_KINDS}  # the suites' own kind order
+
+
+def _header(spec: MetricSpec, ranked: bool) -> str:
+    label = spec.label[:1].upper() + spec.label[1:]
+    return f"{label} {spec.arrow}" if ranked else label
 
 
 def _is_number(value: Any) -> bool:
@@ -162,29 +156,21 @@ def build_leaderboard(
     return board
 
 
-def _cell(stat: Mapping[str, float] | None, fmt: str) -> str:
+def _cell(stat: Mapping[str, float] | None, spec: MetricSpec, fmt: str | None = None) -> str:
+    """mean (± sample std over seeds) in the metric's format; a count is the same every seed."""
     if stat is None:
         return "—"
-    text = format(stat["mean"], fmt)
-    return f"{text} ± {format(stat['spread'], '.2g')}" if stat["n"] > 1 else text
+    text = format_value(stat["mean"], fmt or spec.fmt)
+    if stat["n"] > 1 and spec.fmt != "count":
+        return f"{text} ± {format(stat['spread'], '.2g')}"
+    return text
 
 
-def _params(stat: Mapping[str, float] | None) -> str:
-    if stat is None:
-        return "—"
-    value = stat["mean"]
-    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
-
-
-def _row_cells(rank: str, name: str, entry: Mapping[str, Any], columns: list) -> list[str]:
+def _row_cells(
+    rank: str, name: str, entry: Mapping[str, Any], columns: Sequence[MetricSpec]
+) -> list[str]:
     stats = entry["metrics"]
-    return [
-        rank,
-        name,
-        *[_cell(stats.get(key), fmt) for _, key, fmt in columns],
-        _params(stats.get("params")),
-        str(entry["n_runs"]),
-    ]
+    return [rank, name, *[_cell(stats.get(m.key), m) for m in columns], str(entry["n_runs"])]
 
 
 def _baselines_of(board: Mapping[str, Any], families: Sequence[str] | None) -> list[str]:
@@ -196,20 +182,18 @@ def _baselines_of(board: Mapping[str, Any], families: Sequence[str] | None) -> l
     return sorted(n for n, b in found.items() if b["family"] in families)
 
 
-def _baseline_line(board: Mapping[str, Any], name: str, columns: list) -> str:
+def _baseline_line(board: Mapping[str, Any], name: str, columns: Sequence[MetricSpec]) -> str:
     entry = board["baselines"][name]
     label = f"↳ baseline: {name}{' (capped)' if entry.get('capped') else ''}"
     return "| " + " | ".join(_row_cells("—", label, entry, columns)) + " |"
 
 
-def _table(
-    board: Mapping[str, Any],
-    task: str,
-    columns: list[tuple[str, str, str]],
-    with_baselines: bool = False,
-) -> list[str]:
-    """The task's ranked rows; with_baselines puts each family's baselines under it."""
-    headers = ["Rank", "Family", *[c[0] for c in columns], "Params", "Seeds"]
+def _table(board: Mapping[str, Any], task: str, with_baselines: bool = False) -> list[str]:
+    """The task's ranked rows, one column per metric the table shows there (the task's own
+    first); with_baselines puts each family's baselines under it."""
+    columns = shown_in(_TABLE_OF[task], first=task)
+    ranked = TASKS[task].metric
+    headers = ["Rank", "Family", *[_header(m, m.key == ranked) for m in columns], "Seeds"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in board[task]:
         rank = str(row["rank"]) if row["rank"] is not None else "—"
@@ -223,28 +207,34 @@ def _table(
     return lines
 
 
-def _kinds(board: Mapping[str, Any], prefix: str) -> list[str]:
-    """Kinds with an `<prefix>_auroc/<kind>` metric in any family, in the suites' order."""
-    keys = (k for fam in board["families"].values() for k in fam["metrics"])
-    found = {k.split("/", 1)[1] for k in keys if k.startswith(f"{prefix}_auroc/")}
-    known = ANOMALY_KINDS if prefix == "anomaly" else HELDOUT_KINDS
+def ordered_kinds(kind_set: KindSet, keys: Iterable[str]) -> list[str]:
+    """The kinds of `kind_set` with an AUROC among `keys`, in the suite's own order."""
+    found = kind_set.kinds_in(keys)
+    known = _KNOWN_KINDS[kind_set]
     return [k for k in known if k in found] + sorted(found - set(known))
+
+
+def _kinds(board: Mapping[str, Any], kind_set: KindSet) -> list[str]:
+    return ordered_kinds(kind_set, (k for f in board["families"].values() for k in f["metrics"]))
 
 
 def _per_kind_table(board: Mapping[str, Any]) -> list[str]:
     """Rows: tuned-suite kinds, then held-out kinds; columns: families in anomaly rank order.
     Cells: AUROC (share flagged by the calibrated verdict)."""
     families = [row["family"] for row in board["anomaly"]]
+    auroc = task_metric(ANOMALY)
     lines = ["| Set | Kind | " + " | ".join(families) + " |", "|" + "---|" * (len(families) + 2)]
-    for label, prefix in (("tuned suite", "anomaly"), ("held-out", "heldout")):
-        for kind in _kinds(board, prefix):
+    for kind_set in KIND_SETS:
+        for kind in _kinds(board, kind_set):
             cells = []
             for family in families:
                 stats = board["families"][family]["metrics"]
-                cell = _cell(stats.get(f"{prefix}_auroc/{kind}"), ".3f")
-                flagged = stats.get(f"{prefix}_tpr/{kind}")
-                cells.append(cell if flagged is None else f"{cell} ({flagged['mean']:.0%})")
-            lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+                cell = _cell(stats.get(kind_set.auroc(kind)), auroc, kind_set.auroc_fmt)
+                flagged = stats.get(kind_set.flagged(kind))
+                if flagged is not None:
+                    cell += f" ({format_value(flagged['mean'], kind_set.flagged_fmt)})"
+                cells.append(cell)
+            lines.append(f"| {kind_set.title} | {kind} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -260,15 +250,24 @@ def _baseline_note(board: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _stars(board: Mapping[str, Any], key: str, higher_is_better: bool) -> dict[str, str]:
-    """Family -> stars for `key` among the generating families: the best of N gets N, ties
+def _stars(board: Mapping[str, Any], spec: MetricSpec) -> dict[str, str]:
+    """Family -> stars for `spec` among the generating families: the best of N gets N, ties
     share; families without the metric get none."""
     names = [row["family"] for row in board["generation"]]
-    values = {n: board["families"][n]["metrics"].get(key) for n in names}
+    values = {n: board["families"][n]["metrics"].get(spec.key) for n in names}
     values = {n: v["mean"] for n, v in values.items() if v is not None and math.isfinite(v["mean"])}
-    ordered = sorted(set(values.values()), reverse=higher_is_better)
+    ordered = sorted(set(values.values()), reverse=spec.higher_is_better)
     total = len(names)
     return {n: "★" * (total - ordered.index(v)) for n, v in values.items()}
+
+
+# the comparison table's columns and the metric whose stars rank each (Place.COMPARISON)
+_COST, _STEADY, _QUALITY, _SPEED = (METRICS[k] for k in (
+    "train_wall_time_s", "train_warning_windows", TASKS[GENERATION].metric, "sample_ms_per_image"
+))  # fmt: skip
+_LOGGED, _RECALL, _TRAIN_RATE, _PARAMS = (METRICS[k] for k in (
+    "train_log_windows", "recall", "train_images_per_s", "params"
+))  # fmt: skip
 
 
 def _comparison_table(board: Mapping[str, Any]) -> list[str]:
@@ -277,37 +276,38 @@ def _comparison_table(board: Mapping[str, Any]) -> list[str]:
     names = [row["family"] for row in board["generation"]]
     stats = {n: board["families"][n]["metrics"] for n in names}
 
-    def num(name: str, key: str, fmt: str) -> str:
-        stat = stats[name].get(key)
-        return "—" if stat is None else _cell(stat, fmt)
+    def num(name: str, spec: MetricSpec) -> str:
+        return _cell(stats[name].get(spec.key), spec)
 
-    light = _stars(board, "train_wall_time_s", higher_is_better=False)
-    quality = _stars(board, "fd_judge", higher_is_better=False)
-    speed = _stars(board, "sample_ms_per_image", higher_is_better=False)
-    steady = _stars(board, "train_warning_windows", higher_is_better=False)
+    light, quality = _stars(board, _COST), _stars(board, _QUALITY)
+    speed, steady = _stars(board, _SPEED), _stars(board, _STEADY)
     lines = [
         "| Family | Training cost | Training stability | Sample quality | Sampling speed |",
         "|---|---|---|---|---|",
     ]
     for n in names:
-        seeds = stats[n].get("fd_judge", {}).get("n", 1)
-        flagged = stats[n].get("train_warning_windows")
+        seeds = stats[n].get(_QUALITY.key, {}).get("n", 1)
+        flagged = stats[n].get(_STEADY.key)
         if flagged is None:
             stability = f"no failure monitor; {seeds} seed(s)"
         else:
-            windows = stats[n].get("train_log_windows", {}).get("mean", 0)
-            stability = (f"{steady.get(n, '')} {flagged['mean']:.0f} of {windows:.0f} logged "
-                         f"windows flagged; {seeds} seed(s)")  # fmt: skip
+            windows = format_value(stats[n].get(_LOGGED.key, {}).get("mean", 0), _LOGGED.fmt)
+            stability = (f"{steady.get(n, '')} {format_value(flagged['mean'], _STEADY.fmt)} of "
+                         f"{windows} logged windows flagged; {seeds} seed(s)")  # fmt: skip
         if seeds > 1:
-            stability += f", FD-judge ± {stats[n]['fd_judge']['spread']:.2g}"
+            stability += f", {_QUALITY.label} ± {stats[n][_QUALITY.key]['spread']:.2g}"
         lines.append(
-            f"| {n} | {light.get(n, '')} {num(n, 'train_wall_time_s', '.0f')} s, "
-            f"{_params(stats[n].get('params'))} params | {stability} | "
-            f"{quality.get(n, '')} FD-judge {num(n, 'fd_judge', '.3g')}, recall "
-            f"{num(n, 'recall', '.2f')} | {speed.get(n, '')} {num(n, 'sample_ms_per_image', '.3g')}"
-            f" ms/sample, train {num(n, 'train_images_per_s', '.0f')} img/s |"
+            f"| {n} | {light.get(n, '')} {num(n, _COST)} s, {num(n, _PARAMS)} params | "
+            f"{stability} | {quality.get(n, '')} {_QUALITY.label} {num(n, _QUALITY)}, recall "
+            f"{num(n, _RECALL)} | {speed.get(n, '')} {num(n, _SPEED)} ms/sample, train "
+            f"{num(n, _TRAIN_RATE)} img/s |"
         )
     return lines
+
+
+def _heading(task: str) -> str:
+    spec = task_metric(task)
+    return f"## {_TITLES[task]} (ranked by {spec.label}, {spec.direction} is better)"
 
 
 def render_markdown(leaderboard: Mapping[str, Any]) -> str:
@@ -317,20 +317,20 @@ def render_markdown(leaderboard: Mapping[str, Any]) -> str:
         "",
         "Cells are mean ± sample std over seeds where several runs were given.",
         "",
-        "## Generation (ranked by FD-judge, lower is better)",
+        _heading(GENERATION),
         "",
-        *_table(leaderboard, "generation", _GENERATION_COLUMNS, with_baselines=True),
+        *_table(leaderboard, GENERATION, with_baselines=True),
         *_baseline_note(leaderboard),
         "",
-        "## Anomaly detection (ranked by the task AUROC, higher is better)",
+        _heading(ANOMALY),
         "",
-        "Task AUROC = mean of the tuned suite's and the held-out benchmark's mean AUROC (the "
-        "promotion gate's metric; docs/anomaly.md). Every AUROC ranks by the calibrated "
-        "two-sided atypicality that the verdict thresholds.",
+        f"{_header(task_metric(ANOMALY), ranked=False)} = mean of the tuned suite's and the "
+        "held-out benchmark's mean AUROC (the promotion gate's metric; docs/anomaly.md). Every "
+        "AUROC ranks by the calibrated two-sided atypicality that the verdict thresholds.",
         "",
-        *_table(leaderboard, "anomaly", _ANOMALY_COLUMNS),
+        *_table(leaderboard, ANOMALY),
     ]
-    if _kinds(leaderboard, "anomaly") or _kinds(leaderboard, "heldout"):
+    if any(_kinds(leaderboard, kind_set) for kind_set in KIND_SETS):
         lines += [
             "",
             "### Per kind: the tuned suite and the held-out benchmark side by side",

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from models.config import ModelConfig, require
+from models.config import Config, require
 
 METHOD = "sequential"
 METRIC = "relative_improvement"
@@ -49,7 +49,7 @@ FeatureSampler = Callable[[int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
-class SequentialConfig(ModelConfig):
+class SequentialConfig(Config):
     """params.yaml `registry.sequential`: rounds, blocks, the cap and the error rate."""
 
     statistic: str = "fd"  # per block: "fd" (FD-judge of the block vs all real items) or "kid"

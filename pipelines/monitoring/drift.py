@@ -11,14 +11,13 @@ normals, models.calibration) on the same bucket edges, and computes three statis
     W1         Wasserstein-1 distance in log10(score), in decades (reported, not alarmed on)
 
 plus the flagged rate against the calibrated target FPR. Everything here is numpy in, numbers
-out: no HTTP, Prefect or MLflow (those live in pipelines.orchestration.drift_flow, which also holds the CLI;
-`python -m pipelines.monitoring.drift run ...` forwards to it).
+out: no HTTP, Prefect or MLflow (those live in pipelines.orchestration.drift_flow; the report
+files in pipelines.monitoring.report; the command is `genops drift`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from models.calibration import Calibration
-from models.config import ModelConfig
+from models.config import Config
 
 PSI_FLOOR = 1e-4  # lowest bucket share used in PSI (see psi)
 OK, DRIFT, INSUFFICIENT = "ok", "drift", "insufficient data"
@@ -34,7 +33,7 @@ OK, DRIFT, INSUFFICIENT = "ok", "drift", "insufficient data"
 
 # ---- thresholds (params.yaml `drift:`) -------------------------------------------------------
 @dataclass(frozen=True)
-class DriftThresholds(ModelConfig):
+class DriftThresholds(Config):
     """Alarm levels; any one exceeded (with at least `min_count` live scores) means drift."""
 
     psi_alarm: float = 0.1
@@ -427,9 +426,3 @@ def report_markdown(
     if plot:
         lines += ["", f"![calibration vs live score distribution]({plot})"]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    from pipelines.orchestration.drift_flow import main
-
-    main(sys.argv[1:])

@@ -2,9 +2,9 @@
 
 Each run reads the service's `/metrics` (the served-score histogram and the anomaly counter of
 the anomaly champion's family/version), compares it with the champion's `calibration.json`
-(pipelines.monitoring.drift: PSI, KS, Wasserstein-1, flagged rate), writes a report (Markdown + PNG) to
-`reports/drift/`, to MLflow (a run tagged stage=drift) and as a Prefect artifact, and past the
-alarm levels in params.yaml `drift:` asks for the nightly retrain deployment to run now.
+(pipelines.monitoring.drift: PSI, KS, Wasserstein-1, flagged rate), writes a report (Markdown +
+PNG) to `reports/drift/`, to MLflow (a run tagged stage=drift) and as a Prefect artifact, and
+past the alarm levels in params.yaml `drift:` asks for the nightly retrain deployment to run now.
 
 Prometheus counters grow from the service's start, so each judged run stores what it saw in
 `.genops/drift/last_window.json` and the next run looks only at the scores served since then
@@ -12,16 +12,17 @@ Prometheus counters grow from the service's start, so each judged run stores wha
 "insufficient data" and keeps the old snapshot, so a quiet service's window grows until it can
 be judged.
 
-    python -m pipelines.monitoring.drift run --service-url http://127.0.0.1:3000 [--bundle DIR] [--no-trigger]
-    python -m pipelines.monitoring.drift serve                 # the hourly deployment, served
+    genops drift run --service-url http://127.0.0.1:3000 [--bundle DIR] [--no-trigger]
+    genops drift serve                 # the hourly deployment, served
+
+The statistics are pipelines.monitoring.drift (pure), the report files
+pipelines.monitoring.report, the command line pipelines/cli/drift.py.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from prefect.artifacts import create_markdown_artifact
 from models.bundle import BundleMeta, read_meta
 from models.calibration import Calibration
 from models.spec import ALIAS, ANOMALY, CALIBRATION_FILE, META_FILE, ROOT_ENV, TASKS
+from pipelines.errors import ChampionMissing, RetrainRequestFailed, ServiceUnreachable
 from pipelines.monitoring.drift import (
     INSUFFICIENT,
     DriftReport,
@@ -42,29 +44,19 @@ from pipelines.monitoring.drift import (
     parse_live_scores,
     report_markdown,
 )
-from pipelines.orchestration.pipeline_flow import TRANSIENT as _TRANSIENT
-from pipelines.orchestration.pipeline_flow import retry_transient
+from pipelines.monitoring.report import REPORT_DIR, write_report_files
+from pipelines.orchestration.deployments import (
+    DEFAULT_SERVICE_URL,
+    DRIFT_DEPLOYMENT,
+    DRIFT_FLOW,
+    HOURLY_CRON,
+    retrain_deployment,
+)
+from pipelines.orchestration.retry import TRANSIENT, retry_transient
 from pipelines.settings import load_params
 
-DRIFT_DEPLOYMENT = "hourly"
-HOURLY_CRON = "0 * * * *"
-DEFAULT_SERVICE_URL = "http://127.0.0.1:3000"
-REPORT_DIR = Path("reports") / "drift"
 STATE_FILE = Path(".genops") / "drift" / "last_window.json"
 CHAMPION_CACHE = Path(".genops") / "drift" / "champion"
-HISTORY_FILE = "history.jsonl"
-
-
-class ChampionMissing(RuntimeError):
-    """No anomaly champion to compare with: not transient, never retried."""
-
-
-class ServiceUnreachable(ConnectionError):
-    """/metrics could not be read (connection refused, timeout, 5xx): transient, retried."""
-
-
-class RetrainRequestFailed(RuntimeError):
-    """Drift was found but the retrain deployment could not be asked to run."""
 
 
 # ---- the champion ------------------------------------------------------------------------
@@ -83,9 +75,9 @@ def champion_bundle(bundle: str | None, root: Path, tracking_uri: str | None = N
         )
     from mlflow.exceptions import MlflowException
 
-    from models.spec import mlflow_client
+    from models.registry_copy import cache_problem, materialize_version, meta_from_version
+    from models.spec import mlflow_client, redact_uri
     from models.spec import tracking_uri as default_uri
-    from serving.sources import cache_problem, materialize_version, meta_from_version, redact_uri
 
     uri = tracking_uri or default_uri(root)
     name = TASKS[ANOMALY].registered_model
@@ -104,18 +96,18 @@ def champion_bundle(bundle: str | None, root: Path, tracking_uri: str | None = N
 
 # ---- the service -------------------------------------------------------------------------
 def score_metric_names() -> tuple[str, str]:
-    """The served-score histogram's and the anomaly counter's names, from their definition."""
-    from serving.runtime import score_metrics
+    """The served-score histogram's and the anomaly counter's names (models/spec.py, the one
+    definition serving's /metrics uses too)."""
+    from models.spec import ANOMALY_COUNTER, SCORE_HISTOGRAM
 
-    histogram, anomalies = score_metrics()
-    return histogram.describe()[0].name, anomalies.describe()[0].name
+    return SCORE_HISTOGRAM, ANOMALY_COUNTER
 
 
 def fetch_metrics(service_url: str, timeout_s: float = 10.0) -> str:
     """GET `<service_url>/metrics`; ServiceUnreachable on connection errors, timeouts and 5xx."""
     import httpx
 
-    from serving.sources import redact_uri
+    from models.spec import redact_uri
 
     url = f"{service_url.rstrip('/')}/metrics"
     try:
@@ -184,13 +176,11 @@ def retrain_request(report: DriftReport, champion: BundleMeta, day: str) -> Retr
     """The nightly deployment, to run now, if (and only if) the report found drift."""
     if not report.drifted:
         return None
-    from pipelines.orchestration.pipeline_flow import DEPLOYMENT, pipeline
-
     key = f"genops-drift:{champion.name}:v{champion.version}:{day}"
-    return RetrainRequest(f"{pipeline.name}/{DEPLOYMENT}", key)
+    return RetrainRequest(retrain_deployment(), key)
 
 
-@task(name="request-retrain", **_TRANSIENT)
+@task(name="request-retrain", **TRANSIENT)
 def request_retrain(request: RetrainRequest) -> str:
     """Create a run of the retrain deployment (not waited for); return its flow-run id."""
     from prefect.deployments import run_deployment
@@ -205,67 +195,7 @@ def request_retrain(request: RetrainRequest) -> str:
 
 
 # ---- the report --------------------------------------------------------------------------
-def distribution_plot(report: DriftReport, path: Path) -> Path:
-    """Calibration vs live bucket shares on a log score axis, with the threshold; a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from models.io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    if report.edges and report.live_shares:
-        edges = np.asarray(report.edges)
-        step = edges[1] / edges[0] if edges.size > 1 else 10.0
-        bounds = np.concatenate([[edges[0] / step], edges, [edges[-1] * step]])
-        ax.stairs(report.reference_shares, bounds, label="calibration (validation normals)")
-        ax.stairs(report.live_shares, bounds, label=f"live ({report.live_count} scores)")
-        used = np.flatnonzero(np.add(report.reference_shares, report.live_shares) > 0)
-        ax.set_xlim(bounds[max(used[0] - 1, 0)], bounds[min(used[-1] + 2, bounds.size - 1)])
-        ax.set_xscale("log")
-    else:
-        ax.text(0.5, 0.5, "no live scores", ha="center", va="center", transform=ax.transAxes)
-    ax.axvline(report.threshold, color="k", ls="--", lw=1, label="calibrated threshold")
-    ax.set_xlabel("anomaly score (service histogram buckets)")
-    ax.set_ylabel("share of scores")
-    ax.set_title(
-        f"{report.family} v{report.version}: {report.status} "
-        f"(PSI {report.psi:.3f}, KS {report.ks:.3f})",
-        fontsize=10,
-    )
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def write_report_files(out_dir: Path, report: DriftReport, markdown: str, summary: dict) -> dict:
-    """drift.md + drift.png + drift.json (the latest check) and one line in history.jsonl."""
-    from models.io import atomic_write_bytes, atomic_write_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = distribution_plot(report, out_dir / "drift.png")
-    atomic_write_bytes(out_dir / "drift.md", markdown.encode())
-    atomic_write_json(out_dir / "drift.json", summary)
-    line = {k: summary[k] for k in ("at", "status", "family", "version", "window", "retrain")}
-    line |= {k: v for k, v in summary["report"].items() if k in _HISTORY_KEYS}
-    with open(out_dir / HISTORY_FILE, "a") as fh:
-        fh.write(json.dumps(line, sort_keys=True) + "\n")
-    return {
-        "markdown": str(out_dir / "drift.md"),
-        "plot": str(png),
-        "json": str(out_dir / "drift.json"),
-    }
-
-
-_HISTORY_KEYS = ("psi", "ks", "wasserstein_log10", "flagged_rate", "live_count", "alarms")
-
-
-@task(name="log-drift-to-mlflow", **_TRANSIENT)
+@task(name="log-drift-to-mlflow", **TRANSIENT)
 def log_to_mlflow(root: str, report: DriftReport, summary: dict, report_dir: str) -> str:
     from pipelines.tracking import log_run
 
@@ -292,7 +222,7 @@ def log_to_mlflow(root: str, report: DriftReport, summary: dict, report_dir: str
 
 
 # ---- the flow ----------------------------------------------------------------------------
-load_champion = task(name="load-champion", **_TRANSIENT)(champion_bundle)
+load_champion = task(name="load-champion", **TRANSIENT)(champion_bundle)
 
 
 @dataclass(frozen=True)
@@ -333,7 +263,7 @@ def publish(
     at: str,
 ) -> dict[str, Any]:
     """reports/drift/ files, the Prefect artifact and the MLflow run; return the summary."""
-    from serving.sources import redact_uri
+    from models.spec import redact_uri
 
     shown_url = redact_uri(service_url)
     name = f"{champion.name} v{champion.version}"
@@ -365,7 +295,7 @@ def publish(
     return summary
 
 
-@flow(name="genops-drift", log_prints=True)
+@flow(name=DRIFT_FLOW, log_prints=True)
 def drift_watch(
     service_url: str = DEFAULT_SERVICE_URL,
     bundle: str | None = None,
@@ -431,62 +361,3 @@ def deployment(
         description="Hourly drift watch: served anomaly scores vs the champion's calibration",
         tags=["genops", "drift"],
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.monitoring.drift",
-        description="Compare the served anomaly scores with the champion's calibration.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command, text in (
-        ("run", "check once now"),
-        ("serve", "register the hourly deployment and serve it"),
-        ("register", "register the hourly deployment with the API without serving"),
-    ):
-        p = sub.add_parser(command, help=text)
-        p.add_argument("--service-url", default=DEFAULT_SERVICE_URL)
-        p.add_argument("--bundle", help="a served bundle folder (default: the registry champion)")
-        p.add_argument("--root", default=".", help="project root (params.yaml, reports/)")
-        if command == "run":
-            p.add_argument("--params", default="params.yaml")
-            p.add_argument("--no-trigger", action="store_true", help="report, never retrain")
-            p.add_argument(
-                "--cumulative", action="store_true", help="judge every score since service start"
-            )
-            p.add_argument(
-                "--fetch-retries", type=int, default=3, help="reads of an unreachable /metrics"
-            )
-        else:
-            p.add_argument("--cron", default=HOURLY_CRON)
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        try:
-            summary = drift_watch(
-                service_url=args.service_url,
-                bundle=args.bundle,
-                root=args.root,
-                params_file=args.params,
-                trigger=not args.no_trigger,
-                since_last_check=not args.cumulative,
-                fetch_retries=args.fetch_retries,
-            )
-        except (ChampionMissing, ConnectionError, RetrainRequestFailed, ValueError) as exc:
-            sys.exit(f"drift watch failed: {type(exc).__name__}: {exc}")
-        print(json.dumps({k: summary[k] for k in ("status", "retrain", "files")}, indent=2))
-        return
-    dep = deployment(
-        cron=args.cron, service_url=args.service_url, bundle=args.bundle, root=args.root
-    )
-    if args.command == "serve":
-        from prefect import serve as prefect_serve
-
-        prefect_serve(dep)
-    else:
-        print(dep.apply())
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -8,10 +8,12 @@ and a run after new data reruns exactly what depends on it. The stages run one a
 one checkout because DVC holds a repository lock while it runs; the families' training already
 uses every core. Only transient failures are retried (a locked repository or database, a DVC
 remote or network error); bad data, a missing file or a bug fails at once, and a data-validation
-failure fails the flow before any training with the GX summary as its message.
+failure fails the flow before any training with the GX summary as its message. A failure is
+classified by the failure class its stage command records (pipelines/errors.py), never by its
+output.
 
-    python -m pipelines.orchestration.pipeline_flow run                 # one run now, against the current Prefect API
-    python -m pipelines.orchestration.pipeline_flow serve               # register the deployments and serve them
+    genops flow run                 # one run now, against the current Prefect API
+    genops flow serve               # register the deployments and serve them
 
 On a work pool (docs/scale-out.md): `deploy --pool NAME` registers the nightly deployment and a
 per-family deployment on a process work pool, with the code taken from this checkout (no image,
@@ -21,16 +23,16 @@ families at once; DVC releases its repository lock while a stage's command runs,
 waits for the lock (`dvc --wait-for-lock`) while another one records its outputs. A child run
 that crashed (its worker or machine died) is submitted once more; one that failed fails the run.
 
-    python -m pipelines.orchestration.pipeline_flow deploy --pool genops-pool   # nightly + family deployments on a pool
-    python -m pipelines.orchestration.pipeline_flow run --pool genops-pool      # one run now, families on the workers
+    genops flow deploy --pool genops-pool   # nightly + family deployments on a pool
+    genops flow run --pool genops-pool      # one run now, families on the workers
+
+The command line is pipelines/cli/flow.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -41,58 +43,33 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.spec import FAMILIES, ROOT_ENV, check_family
+from models.spec import ROOT_ENV, check_family
+from pipelines.errors import (
+    FAILURE_RECORD_ENV,
+    DataValidationFailed,
+    ExitCode,
+    FailureRecord,
+    StageFailed,
+    TransientStageError,
+    read_failure,
+)
+from pipelines.orchestration.deployments import (
+    DEPLOYMENT,
+    FAMILY_DEPLOYMENT,
+    FAMILY_FLOW,
+    FAMILY_QUEUE,
+    NIGHTLY_CRON,
+    ON_DATA_DEPLOYMENT,
+    ON_DATA_INTERVAL_S,
+    PIPELINE_FLOW,
+)
+from pipelines.orchestration.retry import TRANSIENT
 from pipelines.registry.reports import promotion_markdown
 
-DEPLOYMENT = "nightly"
-NIGHTLY_CRON = "0 2 * * *"
-ON_DATA_DEPLOYMENT = "on-data-change"
-ON_DATA_INTERVAL_S = 900
-FAMILY_FLOW = "genops-family"
-FAMILY_DEPLOYMENT = "family"
-FAMILY_QUEUE = "families"  # family runs; the nightly parent runs from the pool's default queue
 CHILD_POLL_S = 2.0
 PENDING_TIMEOUT_S = 300.0  # a claimed child that has not started by then is declared crashed
-VALIDATE_STAGE = "validate"
 BENTO_STAGE = "bento"
-_TRANSIENT_OUTPUT = re.compile(
-    r"Unable to acquire lock|database is locked|Connection (refused|reset|aborted)|timed out"
-    r"|Temporary failure in name resolution|ConnectionError|RemoteCacheRequiredError",
-    re.IGNORECASE,
-)
-
-
-class DataValidationFailed(RuntimeError):
-    """The GX gate failed: not transient, never retried."""
-
-
-class StageFailed(RuntimeError):
-    """A DVC stage failed for a reason that a retry would not change."""
-
-
-class TransientStageError(RuntimeError):
-    """A DVC stage failed on a lock, the remote or the network: worth a retry."""
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Locks, remotes, networks and timeouts are transient; data, config and bugs are not."""
-    if isinstance(exc, TransientStageError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, sqlite3.OperationalError):
-        return "locked" in str(exc)
-    return False
-
-
-def retry_transient(task_, task_run, state) -> bool:
-    """Prefect retry condition: retry a failed task run only on a transient error."""
-    try:
-        state.result()
-    except BaseException as exc:
-        return is_transient(exc)
-    return False
-
-
-TRANSIENT = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_transient}
+FAILURES_DIR = Path(".genops") / "failures"  # one failure record per stage (errors.py)
 
 
 def stage_names(root: Path, families: list[str] | None = None) -> list[str]:
@@ -120,48 +97,73 @@ def _stage_env(root: Path) -> dict[str, str]:
     return env
 
 
+def stage_error(stage: str, failure: FailureRecord | None, output: str) -> Exception:
+    """The exception for a failed stage, chosen by the failure class its `genops` command
+    recorded; no record means DVC itself failed (or the command died): not retried."""
+    tail = output[-4000:]
+    if failure is None:
+        return StageFailed(f"stage {stage} failed, no failure recorded by its command:\n{tail}")
+    if failure.exit_code == ExitCode.INVALID_DATA:
+        return DataValidationFailed(failure.message)
+    if failure.exit_code == ExitCode.TRANSIENT:
+        return TransientStageError(f"stage {stage} failed (transient, {failure.error}):\n{tail}")
+    return StageFailed(f"stage {stage} failed ({failure.error}):\n{tail}")
+
+
 @task(name="dvc-stage", task_run_name="{stage}", **TRANSIENT)
 def run_stage(root: str, stage: str) -> dict[str, Any]:
-    """`dvc repro --single-item <stage>`: runs the stage only when its deps or params changed."""
+    """`dvc repro --single-item <stage>`: runs the stage only when its deps or params changed.
+
+    `dvc repro` exits 255 whatever its command's exit code was, so the failure class comes from
+    the record the command writes to $GENOPS_FAILURE_RECORD (pipelines/errors.py)."""
     started = time.perf_counter()
+    record = Path(root) / FAILURES_DIR / f"{stage}.json"
+    record.unlink(missing_ok=True)  # a record left by an earlier attempt is not this one's
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
         cwd=root,
-        env=_stage_env(Path(root)),
+        env={**_stage_env(Path(root)), FAILURE_RECORD_ENV: str(record)},
         capture_output=True,
         text=True,
     )
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        tail = output[-4000:]
-        if stage == VALIDATE_STAGE and "Data validation FAILED" in output:
-            raise DataValidationFailed(tail[tail.index("Data validation FAILED") :])
-        if _TRANSIENT_OUTPUT.search(output):
-            raise TransientStageError(f"stage {stage} failed (transient):\n{tail}")
-        raise StageFailed(f"stage {stage} failed:\n{tail}")
+        raise stage_error(stage, read_failure(record), output)
     ran = f"Running stage '{stage}'" in output
     get_run_logger().info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _dvc_transient_errors() -> tuple[type[BaseException], ...]:
+    """DVC's exception types that a retry may cure: a held lock, a failed transfer."""
+    from dvc.exceptions import FileTransferError
+    from dvc.lock import LockError
+
+    return LockError, FileTransferError
+
+
 @task(name="prepare-data", **TRANSIENT)
 def prepare_data(root: str, rev: str | None = None, remote: str | None = None) -> str:
-    """`dvc pull` data/ (at a git revision / from a named remote when given); return its version."""
-    from pipelines.data.sources import pull_or_rebuild
-    from pipelines.data.versioning import data_version, dvc
+    """`dvc pull` data/ (at a git revision / from a named remote when given); return its version.
 
+    DVC runs in process here, so a failure is classified by its exception type."""
+    from dvc.repo import Repo
+
+    from pipelines.data.sources import pull_or_rebuild
+    from pipelines.data.versioning import DATA_DVC, data_version
+
+    path = Path(root)
     try:
         if rev:
-            dvc("get", ".", "data", "--rev", rev, "-o", "data", "--force", cwd=Path(root))
+            Repo.get(str(path), "data", out=str(path / "data"), rev=rev, force=True)
         elif remote:
-            dvc("pull", "data.dvc", "-r", remote, cwd=Path(root))
+            with Repo(str(path)) as repo:
+                repo.pull(targets=[str(path / DATA_DVC)], remote=remote)
         else:
-            get_run_logger().info(pull_or_rebuild(Path(root)))
-    except RuntimeError as exc:  # a DVC command failed: transient only for remote/network
-        if _TRANSIENT_OUTPUT.search(str(exc)):
-            raise TransientStageError(str(exc)) from exc
-        raise
-    return data_version(Path(root))
+            get_run_logger().info(pull_or_rebuild(path))
+    except _dvc_transient_errors() as exc:
+        raise TransientStageError(f"data pull failed: {exc}") from exc
+    return data_version(path)
 
 
 def _publish(root: Path, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -302,7 +304,7 @@ def fan_out_families(
     return results
 
 
-@flow(name="genops-pipeline", log_prints=True)
+@flow(name=PIPELINE_FLOW, log_prints=True)
 def pipeline(
     root: str = ".",
     families: list[str] | None = None,
@@ -386,51 +388,3 @@ def deploy(pool: str, root: str = ".", cron: str = NIGHTLY_CRON) -> dict[str, st
         **common,
     )
     return {"nightly": str(nightly_id), "family": str(family_id)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.orchestration.pipeline_flow",
-        description="Run or serve the genops Prefect flow.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the flow once now (only out-of-date stages do work)")
-    run.add_argument("--family", action="append", choices=FAMILIES)
-    run.add_argument("--rev", help="git revision whose data.dvc to pull")
-    run.add_argument("--remote", help="DVC remote to pull from")
-    run.add_argument("--no-bento", action="store_true")
-    run.add_argument("--pool", help="run the per-family stages as flow runs on this work pool")
-    serve = sub.add_parser("serve", help="register the nightly + on-data-change deployments, serve")
-    serve.add_argument("--cron", default=NIGHTLY_CRON)
-    serve.add_argument("--interval", type=int, default=ON_DATA_INTERVAL_S)
-    sub.add_parser("register", help="register the deployments with the API without serving")
-    dep = sub.add_parser("deploy", help="nightly + per-family deployments on a process work pool")
-    dep.add_argument("--pool", required=True)
-    dep.add_argument("--cron", default=NIGHTLY_CRON)
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        if args.pool:
-            deploy(args.pool)  # the family deployment the run fans out to (an upsert)
-        result = pipeline(
-            families=args.family,
-            rev=args.rev,
-            remote=args.remote,
-            build_bento=not args.no_bento,
-            pool=bool(args.pool),
-        )
-        keys = ("data_version", "ran", "stages", "family_runs")
-        print(json.dumps({k: result[k] for k in keys}, indent=2))
-    elif args.command == "deploy":
-        print(json.dumps(deploy(args.pool, cron=args.cron), indent=2))
-    elif args.command == "serve":
-        from prefect import serve as prefect_serve
-
-        prefect_serve(deployment(cron=args.cron), data_change_deployment(interval_s=args.interval))
-    else:
-        print(deployment().apply(), data_change_deployment().apply())
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -4,7 +4,8 @@
 pipelines/stages/register.py needs this file among the stage's dvc.yaml deps). A card is built
 from what the evaluation already wrote (`artifacts/eval/<family>/`: `metrics.json`,
 `calibration.json`, `plots/*.png`) and from the version's registry tags (lineage, metrics,
-the promotion decision). It is logged to the version's run under
+the promotion decision). Which metrics it lists, and how, is the metric table's
+(pipelines.evaluation.metric_table, `Place.CARD`). It is logged to the version's run under
 `model_cards/<name>/v<version>/card/` (card.md, card.html and the plots) and the version is
 tagged `model_card=<that path>`, so anyone can find it from the registry, the serving sources
 copy it into the bundle (`card/`), and the service's page shows it (`/ui/cards/<role>`).
@@ -29,9 +30,11 @@ from models.spec import (
     MODEL_CARD_DIR,
     MODEL_CARD_TAG,
     Tag,
+    metrics_from_tags,
     model_card_artifact_path,
     redact_uri,
 )
+from pipelines.evaluation.metric_table import KIND_SETS, Direction, MetricSpec, Place, shown_in
 
 # (file in plots/, section title, what it shows); missing plots are left out of the card
 PLOTS = (
@@ -40,36 +43,6 @@ PLOTS = (
     ("reconstructions.png", "Reconstructions", "test digits (top) and their reconstructions"),
     ("roc.png", "ROC curves", "anomaly detection per anomaly kind, test normals vs anomalies"),
     ("score_histograms.png", "Score histograms", "normals vs anomalies, with the threshold"),
-)
-# metric -> its baseline on real data (the judge's own score of real digits)
-BASELINES = {
-    "fd_judge": "fd_judge_real_reference",
-    "inception_score": "inception_score_real_reference",
-}
-KEY_METRICS = (
-    "fd_judge",
-    "inception_score",
-    "precision",
-    "recall",
-    "coverage",
-    "classes_covered",
-    "label_agreement",
-    "anomaly_auroc_mean",  # the anomaly gate's metric: the mean of the next two
-    "suite_auroc_mean",
-    "heldout_auroc_mean",
-    "heldout_auroc_real_mean",
-    "heldout_auroc_min",
-    "degenerate_flagged_min",
-    "test_fpr",
-    "anomaly_aupr_mean",
-    "anomaly_tpr_at_threshold",
-    "nll_nats",
-    "elbo_nats",
-    "recon_mse",
-    "sample_ms_per_image",
-    "score_ms_per_image",
-    "score_images_per_s",
-    "params",
 )
 
 
@@ -100,7 +73,10 @@ def card_inputs(
     """Collect a card's contents from the evaluation folder and the version's tags."""
     eval_dir = Path(eval_dir)
     metrics_file = eval_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    # the evaluation's own numbers, then what the evaluate stage added (the training record,
+    # derived rates), which reach the card only through the version's `metric.<name>` tags
+    metrics: dict[str, Any] = metrics_from_tags(tags)
+    metrics |= json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     calibration: dict[str, Any] = {}
     if (eval_dir / CALIBRATION_FILE).is_file():
         raw = json.loads((eval_dir / CALIBRATION_FILE).read_text())
@@ -131,6 +107,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+METRIC_HEADER = ["metric", "value", "real-data baseline", "meaning"]
+
+
+def _meaning(spec: MetricSpec) -> str:
+    better = "" if spec.direction is Direction.NEITHER else f", {spec.direction} is better"
+    return spec.label + better
+
+
 def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str] | None]]:
     """(title, rows or text, header) of every table section, shared by Markdown and HTML."""
     tags = c.tags
@@ -151,18 +135,19 @@ def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str]
         for k, v in sorted(tags.items())
         if k.startswith(Tag.PROMOTION_PREFIX)
     }
-    metric_rows = []
-    for key in KEY_METRICS:
-        if key in c.metrics:
-            base = BASELINES.get(key)
+    metric_rows = []  # the metric table's card rows (pipelines.evaluation.metric_table)
+    for spec in shown_in(Place.CARD):
+        if spec.key in c.metrics:
+            base = spec.baseline
             baseline = _fmt(c.metrics[base]) if base and base in c.metrics else ""
-            metric_rows.append([key, _fmt(c.metrics[key]), baseline])
+            metric_rows.append([spec.key, _fmt(c.metrics[spec.key]), baseline, _meaning(spec)])
     per_kind = []  # the tuned suite's kinds, then the held-out benchmark's
-    for suite, prefix in (("tuned", "anomaly"), ("held-out", "heldout")):
-        for key in sorted(k for k in c.metrics if k.startswith(f"{prefix}_auroc/")):
-            kind = key.removeprefix(f"{prefix}_auroc/")
-            tpr = c.metrics.get(f"{prefix}_tpr/{kind}")
-            per_kind.append([f"{suite}: {kind}", _fmt(c.metrics[key]), _fmt(tpr)])
+    for kind_set in KIND_SETS:
+        for kind in sorted(kind_set.kinds_in(c.metrics)):
+            tpr = c.metrics.get(kind_set.flagged(kind))
+            per_kind.append(
+                [f"{kind_set.name}: {kind}", _fmt(c.metrics[kind_set.auroc(kind)]), _fmt(tpr)]
+            )
     calibration = [[k, _fmt(v)] for k, v in c.calibration.items()]
     lineage = [[k, v] for k, v in sorted(tags.items()) if not k.startswith(Tag.PROMOTION_PREFIX)]
     sections: list[tuple[str, list[list[str]] | str, list[str] | None]] = [
@@ -172,7 +157,7 @@ def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str]
         rows = [[k, v] for k, v in promotion.items()]
         sections.append(("Promotion decision", rows, None))
     sections += [
-        ("Metrics", metric_rows or "none recorded", ["metric", "value", "real-data baseline"]),
+        ("Metrics", metric_rows or "none recorded", METRIC_HEADER),
         ("Anomaly detection per kind", per_kind or "not evaluated", ["kind", "AUROC", "TPR"]),
         (
             "Calibration",

@@ -6,6 +6,14 @@ import time
 from typing import Any
 
 from models.spec import ANOMALY, rank
+from pipelines.evaluation.metric_table import (
+    KIND_SETS,
+    METRICS,
+    MetricSpec,
+    Place,
+    format_value,
+    shown_in,
+)
 from pipelines.evaluation.sequential import METHOD as SEQUENTIAL
 
 
@@ -36,52 +44,31 @@ def _interval(d: dict[str, Any]) -> str:
     return f"{interval['improvement']:+.4g} [{interval['ci_low']:+.4g}, {interval['ci_high']:+.4g}]"
 
 
-# the parts of the anomaly task's metric (the mean of the two means: pipelines.evaluation.paired),
-# then the verdict's behaviour and the cost per image, per candidate
-ANOMALY_COLUMNS = (
-    ("tuned suite mean", "suite_auroc_mean", ".4f"),
-    ("held-out mean", "heldout_auroc_mean", ".4f"),
-    ("held-out real kinds", "heldout_auroc_real_mean", ".4f"),
-    ("held-out worst kind", "heldout_auroc_min", ".4f"),
-    ("degenerate flagged (min)", "degenerate_flagged_min", ".0%"),
-    ("test FPR", "test_fpr", ".3f"),
-    ("score ms/image", "score_ms_per_image", ".3g"),
-    ("score images/s", "score_images_per_s", "rate"),
-)
-_SETS = (("tuned", "anomaly"), ("held-out", "heldout"))
+def _report_columns(metric: str) -> list[MetricSpec]:
+    """The promotion report's columns besides the gate metric (pipelines.evaluation.
+    metric_table, Place.REPORT): the parts of the anomaly task's metric (the mean of the two
+    means: pipelines.evaluation.paired), the verdict's behaviour and the cost per image."""
+    return [m for m in shown_in(Place.REPORT) if m.key != metric]
 
 
 def anomaly_breakdown(metrics: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
     """The anomaly gate's metric of each candidate beside its tuned-suite and held-out means,
     per kind and per family (best first), with the cost per image: for the promotion report."""
-    from pipelines.evaluation.anomalies import ANOMALY_KINDS
-    from pipelines.evaluation.heldout import HELDOUT_KINDS
+    from pipelines.evaluation.leaderboard import ordered_kinds
 
-    keys = [metric, *(key for _, key, _ in ANOMALY_COLUMNS)]
-    order = rank(metrics, lambda f: metrics[f].get(metric), higher_is_better=True)
+    keys = [metric, *(m.key for m in _report_columns(metric))]
+    higher = METRICS[metric].higher_is_better
+    order = rank(metrics, lambda f: metrics[f].get(metric), higher_is_better=higher)
     families = [
         {"family": f, **{k: metrics[f][k] for k in keys if k in metrics[f]}} for f, _ in order
     ]
     kinds: dict[str, dict[str, dict[str, float]]] = {}
-    for label, prefix in _SETS:
-        known = ANOMALY_KINDS if prefix == "anomaly" else HELDOUT_KINDS
-        found = {k.split("/", 1)[1] for m in metrics.values() for k in m
-                 if k.startswith(f"{prefix}_auroc/")}  # fmt: skip
-        kinds[label] = {}
-        for kind in [k for k in known if k in found] + sorted(found - set(known)):
-            key = f"{prefix}_auroc/{kind}"
-            kinds[label][kind] = {f: metrics[f][key] for f, _ in order if key in metrics[f]}
+    for kind_set in KIND_SETS:
+        kinds[kind_set.name] = {}
+        for kind in ordered_kinds(kind_set, (k for m in metrics.values() for k in m)):
+            key = kind_set.auroc(kind)
+            kinds[kind_set.name][kind] = {f: metrics[f][key] for f, _ in order if key in metrics[f]}
     return {"metric": metric, "families": families, "kinds": kinds}
-
-
-def _fmt(value: Any, spec: str) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if spec == "rate":  # 14,050 or 5.54: whole numbers once there are many
-        return format(value, ",.0f") if value >= 100 else format(value, ".3g")
-    return format(value, spec)
 
 
 def anomaly_markdown(breakdown: dict[str, Any]) -> list[str]:
@@ -89,7 +76,8 @@ def anomaly_markdown(breakdown: dict[str, Any]) -> list[str]:
     metric, rows = breakdown["metric"], breakdown["families"]
     if not rows:
         return []
-    headers = ["family", f"gate metric `{metric}`", *(h for h, _, _ in ANOMALY_COLUMNS)]
+    gate, columns = METRICS[metric], _report_columns(metric)
+    headers = ["family", f"gate metric `{metric}`", *(m.label for m in columns)]
     lines = [
         "## Anomaly task: what the gate metric is made of",
         "",
@@ -101,16 +89,16 @@ def anomaly_markdown(breakdown: dict[str, Any]) -> list[str]:
         "|" + "---|" * len(headers),
     ]
     for row in rows:
-        cells = [row["family"], _fmt(row.get(metric), ".4f")]
-        cells += [_fmt(row.get(key), spec) for _, key, spec in ANOMALY_COLUMNS]
+        cells = [row["family"], gate.format(row.get(metric), report=True)]
+        cells += [m.format(row.get(m.key), report=True) for m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     families = [row["family"] for row in rows]
     lines += ["", "AUROC per kind:", "", "| set | kind | " + " | ".join(families) + " |",
               "|" + "---|" * (len(families) + 2)]  # fmt: skip
-    for label, _ in _SETS:
-        for kind, values in breakdown["kinds"].get(label, {}).items():
-            cells = [_fmt(values.get(f), ".3f") for f in families]
-            lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+    for kind_set in KIND_SETS:
+        for kind, values in breakdown["kinds"].get(kind_set.name, {}).items():
+            cells = [format_value(values.get(f), kind_set.auroc_fmt) for f in families]
+            lines.append(f"| {kind_set.name} | {kind} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.config import ModelConfig, require
+from models.config import Config, require
 from models.io import load_model, save_model, sha256_file
 from models.spec import FAMILIES, WEIGHTS_FILE
 from pipelines.data.dataset import load_tensors
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EnsembleParams(ModelConfig):
+class EnsembleParams(Config):
     """params.yaml `ensemble`: which trained families it combines, how, and who samples."""
 
     members: tuple[str, ...] = FAMILIES

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.config import ModelConfig, require
+from models.config import Config, require
 from models.io import atomic_write_json
 from models.spec import ANOMALY, GENERATION, TASKS, Tag, competes, family_model_name, rank
 from pipelines.data.lineage import Overlap, Refusal, champion_overlap, write_unseen
 from pipelines.data.versioning import data_version
 from pipelines.evaluation.paired import Evidence, paired_bootstrap
 from pipelines.evaluation.sequential import SequentialConfig
-from pipelines.registry.cards import log_model_cards
 from pipelines.registry import client as registry
+from pipelines.registry.cards import log_model_cards
 from pipelines.registry.reports import anomaly_breakdown, history_markdown, promotion_markdown
 from pipelines.settings import section
 from pipelines.stages.evaluate import RUN_INFO, judge_version, registered_evidence
@@ -33,7 +33,7 @@ REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promoti
 
 
 @dataclass(frozen=True)
-class GateConfig(ModelConfig):
+class GateConfig(Config):
     """params.yaml `registry`: the margin per task and the paired bootstrap's settings."""
 
     margin: dict[str, float] = field(default_factory=dict)  # task -> margin (0 when absent)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.config import ModelConfig
+from models.config import Config
 from models.spec import Tag
 from pipelines import tracking
 from pipelines.data.dataset import load_tensors
@@ -28,7 +28,7 @@ def family_params(params: dict[str, Any], family: str) -> tuple[dict, TrainConfi
 
 
 @dataclass(frozen=True)
-class FamilySection(ModelConfig):
+class FamilySection(Config):
     """A family's params.yaml section: its model config and its trainer overrides."""
 
     model: dict[str, Any] | None = None

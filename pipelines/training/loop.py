@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from models.base import Batch, GenerativeModel, ModelConfig, require
+from models.base import Batch, GenerativeModel
+from models.config import Config, require
 from models.io import atomic_write_bytes, atomic_write_json, build_model, save_model
 from models.tensors import resolve_device
 from pipelines.training import distributed
@@ -45,7 +46,7 @@ _INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class TrainConfig(ModelConfig):
+class TrainConfig(Config):
     """The trainer's settings (`train:` in params.yaml, merged with `<family>.train`)."""
 
     steps: int = 1000

@@ -102,6 +102,24 @@ function setupControls() {
   fillSelect($("gen-model"), choices("generation"));
   fillSelect($("gen-label"), [["", "any"], ...[...Array(10).keys()].map((d) => [d, String(d)])]);
   updateGenerateControls();
+  updateScoreControls();
+}
+
+// /reconstruct's `denoise_strength` only for a model that declares denoising (its capabilities)
+function updateScoreControls() {
+  const model = modelFor("anomaly", $("score-model").value);
+  const denoises = Boolean(model && model.capabilities && model.capabilities.denoising);
+  $("denoise-strength").disabled = !denoises;
+  if (!denoises) $("denoise-strength").value = "";
+}
+
+// The strength to send (a number in [0, 1]), or null: the model's plain reconstruction.
+function denoiseStrength() {
+  const input = $("denoise-strength");
+  if (input.disabled || input.value === "") return null;
+  const value = Number(input.value);
+  if (!(value >= 0 && value <= 1)) throw new Error("denoise strength must be between 0 and 1");
+  return value;
 }
 
 function updateGenerateControls() {
@@ -232,24 +250,28 @@ function showScore(result) {
   $("score-result").hidden = false;
 }
 
-// `request(path)` gives the fetch options of one request, so /score and /reconstruct get the
-// same input (JSON `pixels` for a drawing, the uploaded file as multipart for an upload).
+// `request(model, extra)` gives the fetch options of one request, so /score and /reconstruct
+// get the same input (JSON `pixels` for a drawing, the uploaded file as multipart for an
+// upload); `extra` holds further fields (/reconstruct's `denoise_strength`).
 async function scoreWith(request, inputValues) {
   $("score-error").textContent = "";
   const choice = $("score-model").value;
   const model = modelFor("anomaly", choice);
   try {
-    showScore(await api("/score", request(choice)));
+    const strength = denoiseStrength();
+    showScore(await api("/score", request(choice, {})));
     if (inputValues) paint($("input-view"), inputValues, gray);
     for (const id of ["recon", "errmap"]) $(id).getContext("2d").clearRect(0, 0, 112, 112);
     const canReconstruct = model && model.has_reconstruction;
     $("recon-note").textContent = canReconstruct ? "" : `${model ? model.family : choice} has no reconstruction`;
     if (canReconstruct) {
-      const r = (await api("/reconstruct", request(choice))).results[0];
+      const extra = strength === null ? {} : { denoise_strength: strength };
+      const r = (await api("/reconstruct", request(choice, extra))).results[0];
       paint($("recon"), r.reconstruction.flat(), gray);
       const errors = r.error_map.flat();
       paint($("errmap"), errors, heat(Math.max(...errors)));
-      $("recon-note").textContent = `largest squared error ${Math.max(...errors).toFixed(3)}`;
+      const how = strength === null ? "reconstruction" : `denoised at strength ${strength}`;
+      $("recon-note").textContent = `${how}; largest squared error ${Math.max(...errors).toFixed(3)}`;
     }
   } catch (error) {
     $("score-error").textContent = error.message;
@@ -260,12 +282,13 @@ $("score-btn").addEventListener("click", () => {
   const pixels = padPixels();
   if (!pixels) { $("score-error").textContent = "draw a digit first"; return; }
   const encoded = base64(pixels);
-  scoreWith((model) => ({
+  scoreWith((model, extra) => ({
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ pixels: encoded, model }),
+    body: JSON.stringify({ pixels: encoded, model, ...extra }),
   }), Array.from(pixels, (p) => p / 255));
 });
 $("clear-btn").addEventListener("click", () => { clearPad(); $("score-result").hidden = true; });
+$("score-model").addEventListener("change", updateScoreControls);
 
 $("upload").addEventListener("change", async () => {
   const file = $("upload").files[0];
@@ -281,10 +304,12 @@ $("upload").addEventListener("change", async () => {
   for (let i = 0; i < SIDE * SIDE; i++) {
     preview.push((0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2]) / 255);
   }
-  scoreWith((model) => {
+  scoreWith((model, extra) => {
     const form = new FormData();
     form.append("files", file, file.name);
-    form.append("model", JSON.stringify(model));
+    for (const [name, value] of Object.entries({ model, ...extra })) {
+      form.append(name, JSON.stringify(value));
+    }
     return { method: "POST", body: form };
   }, preview);
 });

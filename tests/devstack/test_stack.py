@@ -272,16 +272,20 @@ def test_family_runs_spread_over_the_two_workers(live, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pipelines.orchestration import pipeline_flow as flows
+    from tests.conftest import drain_prefect_workers
 
     root = _pool_project(tmp_path / "proj")
     with temporary_settings({PREFECT_API_URL: live["prefect"]["api_url"]}):
-        ids = flows.deploy(live["prefect"]["pool"], root=str(root))
-        started = time.perf_counter()
-        result = flows.pipeline(root=str(root), build_bento=False, pool=True)
-        seconds = time.perf_counter() - started
-        with get_client(sync_client=True) as client:
-            nightly = client.read_deployment(ids["nightly"])
-            family = client.read_deployment(ids["family"])
+        try:
+            ids = flows.deploy(live["prefect"]["pool"], root=str(root))
+            started = time.perf_counter()
+            result = flows.pipeline(root=str(root), build_bento=False, pool=True)
+            seconds = time.perf_counter() - started
+            with get_client(sync_client=True) as client:
+                nightly = client.read_deployment(ids["nightly"])
+                family = client.read_deployment(ids["family"])
+        finally:  # while the stack's API is up: later tests' flows must not queue behind it
+            drain_prefect_workers()
     assert nightly.work_pool_name == family.work_pool_name == live["prefect"]["pool"]
     assert nightly.schedules and nightly.schedules[0].schedule.cron == flows.NIGHTLY_CRON
     assert family.work_queue_name == flows.FAMILY_QUEUE

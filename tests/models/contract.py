@@ -1,4 +1,4 @@
-"""Tiny configs and helpers shared by the contract suite and the family test files."""
+"""Helpers shared by the contract suite and the family tests (configs: tests/profile.py)."""
 
 from __future__ import annotations
 
@@ -7,57 +7,12 @@ from typing import Any
 
 import torch
 
+from models import spec
 from models.base import Batch, GenerativeModel
 from models.io import build_model
+from tests.profile import TINY
 
-FAMILIES = ("autoencoder", "vae", "gan", "diffusion")
-
-# the smallest configs that still learn something in a few dozen CPU steps
-TINY: dict[str, dict[str, Any]] = {
-    "autoencoder": {
-        "channels": (8, 16),
-        "latent_dim": 8,
-        "lr": 3e-3,
-        "prior_momentum": 0.1,
-        "denoise_std": 0.2,  # exercises the generator in training_step (resume test)
-        "mask_prob": 0.1,
-    },
-    "vae": {
-        "channels": (8, 16),
-        "hidden_dim": 64,
-        "latent_dim": 8,
-        "lr": 3e-3,
-        "kl_warmup_steps": 0,
-        "max_iwae_k": 64,
-    },
-    "gan": {
-        "latent_dim": 8,
-        "label_embed_dim": 4,
-        "g_width": 8,
-        "d_width": 8,
-        "e_width": 8,
-        "lr": 1e-3,
-        "monitor_every": 2,
-        "monitor_batch": 8,
-        "monitor_warmup": 0,  # tiny runs: flag from the first step
-        "encoder_start_step": 10,
-        "ema_decay": 0.9,
-    },
-    "diffusion": {
-        "base_channels": 8,
-        "channel_mults": (1, 2),
-        "attention": False,
-        "timesteps": 100,
-        "sample_steps": 4,
-        "score_timesteps": (10, 30),
-        "score_draws": 2,
-        "score_steps": 2,
-        "lr": 1e-2,
-        "warmup_steps": 5,
-        "ema_decay": 0.5,
-        "bf16_autocast": False,
-    },
-}
+FAMILIES = spec.FAMILIES  # every registered family goes through the contract suite
 
 
 def make(

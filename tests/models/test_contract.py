@@ -265,3 +265,12 @@ def test_a_cuda_model_computes_and_returns_on_its_device(family: str, batch) -> 
     logs, _, _ = run_steps(gpu, images.cuda(), labels.cuda(), range(2),
                            generator=torch.Generator(device="cuda").manual_seed(2))  # fmt: skip
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
+
+
+def test_every_registered_family_has_a_tiny_profile() -> None:
+    """A family registered in models/spec.py runs this suite only with a tests/profile.py entry."""
+    from tests.profile import TINY_PARAMS
+
+    assert set(TINY) == set(FAMILIES), "add the family's tiny model config to tests/profile.py"
+    missing = [f for f in FAMILIES if "model" not in TINY_PARAMS.get(f, {})]
+    assert not missing, f"add a `{missing}: model:` section to tests/profile.py TINY_PARAMS"

@@ -150,7 +150,7 @@ def test_monitor_functions():
 
 
 def _swing_of(signal: list[float]) -> float:
-    state = torch.zeros(6, dtype=torch.float64)
+    state = torch.zeros(SwingTracker.STATE_SIZE, dtype=torch.float64)
     return [SwingTracker.update(state, v) for v in signal][-1]
 
 
@@ -163,6 +163,20 @@ def test_oscillation_monitor_separates_swings_from_noise_and_drift():
     assert _swing_of(steady) < limit / 2 and _swing_of(drift) < limit / 2
     assert _swing_of(swings) > 2 * limit
     assert oscillation_warning(1.0, limit) and not oscillation_warning(limit / 2, limit)
+
+
+def test_oscillation_flag_clears_when_the_swings_die_out():
+    """Swings, then a D gap that settles smoothly (no noise, so no more turns): the flag
+    must clear; a signal that keeps swinging stays flagged."""
+    limit = GANConfig().oscillation_swing
+    swings = [0.5 + (0.4 if (i // 30) % 2 else -0.4) for i in range(300)]
+    settle = [0.5 + 0.4 * 0.97**i for i in range(600)]
+    state = torch.zeros(SwingTracker.STATE_SIZE, dtype=torch.float64)
+    during = [SwingTracker.update(state, v) for v in swings][-1]
+    after = [SwingTracker.update(state, v) for v in settle][-1]
+    assert oscillation_warning(during, limit)
+    assert not oscillation_warning(after, limit), after
+    assert _swing_of(swings * 3) > 2 * limit
 
 
 def test_oscillation_state_is_not_saved_with_the_weights():

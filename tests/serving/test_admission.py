@@ -23,7 +23,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx2, at import ti
 
 from models.spec import redact_text, redact_uri
 from serving.admission import Admission, Cancelled, Lane, RequestScope, Shed
-from serving.sources import private_cache_root, tree_problem
+from serving.model_cache import private_cache_root, tree_problem
 from tests.serving.test_asgi import _second_app
 
 DIGIT = slice(4500, 4501)
@@ -290,7 +290,7 @@ def test_score_image_fast_path_matches_score(app_env, real_digits):
         family = client.post("/score/image?model=autoencoder", content=digit.tobytes())
         assert family.json()["model"]["name"] == "genops-autoencoder"
         bad = client.post("/score/image", content=b"xyz", headers={"content-type": "text/plain"})
-        assert bad.status_code == 400 and "content type" in bad.text
+        assert bad.status_code == 415 and "content type" in bad.text
         short = client.post("/score/image", content=b"xyz")
         assert short.status_code == 400 and "784" in short.text
         spec = client.get("/docs.json").json()["paths"]["/score/image"]["post"]

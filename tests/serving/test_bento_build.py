@@ -19,9 +19,9 @@ def test_built_bento_serves_from_its_own_model_store(source_dir, tmp_path):
         "BENTOML_DO_NOT_TRACK": "True",
         "PYTHONPATH": str(REPO),
     }
-    for command in (["import-dir", str(source_dir)], ["bento"]):
+    for command in (["import-dir", str(source_dir)], ["build"]):
         done = subprocess.run(
-            [sys.executable, "-m", "serving.build", *command],
+            [sys.executable, "-m", "pipelines.cli", "bento", *command],  # `genops bento ...`
             cwd=REPO,
             env=env,
             capture_output=True,

@@ -1,4 +1,4 @@
-"""MLflow registry -> served bundles: the `mlflow` dev source and `serving.build import-models`."""
+"""MLflow registry -> served bundles: the `mlflow` dev source and `genops bento import-models`."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_import_models_cli_fills_the_bentoml_store(registry, tmp_path):
         "PYTHONPATH": str(REPO),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "serving.build", "import-models", "--tracking-uri", uri],
+        [sys.executable, "-m", "pipelines.cli", "bento", "import-models", "--tracking-uri", uri],
         cwd=REPO,
         env=env,
         capture_output=True,

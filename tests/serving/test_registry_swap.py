@@ -22,6 +22,7 @@ import pytest
 
 from models.bundle import read_meta, write_meta
 from models.io import sha256_file
+from models.registry_copy import cache_problem, meta_from_version
 from models.spec import (
     ALIAS,
     ANOMALY,
@@ -32,11 +33,12 @@ from models.spec import (
     Tag,
     family_model_name,
     metric_tag,
+    redact_uri,
 )
 from serving.bundle import load_bundle
 from serving.catalog import load_catalog
 from serving.service import VERSION_HEADER
-from serving.sources import MlflowSource, cache_problem, meta_from_version, redact_uri
+from serving.sources import MlflowSource
 from tests.serving.conftest import (
     CALIB,
     TRAIN,

@@ -1,7 +1,8 @@
 """The web page in a real browser: Debian's chromium, headless, driven by playwright.
 
 Draw a stroke and score it (verdict, percentile, reconstruction, error map), upload a digit,
-generate a grid, open a champion's model card; screenshots are saved under tmp_path (printed).
+generate a grid, open a champion's model card, send a denoise strength to a model that declares
+denoising; screenshots are saved under tmp_path (printed).
 Nothing is downloaded: playwright drives the system browser at /usr/bin/chromium, and the page
 itself must not reach past the service's own origin (no CDN).
 """
@@ -9,6 +10,7 @@ itself must not reach past the service's own origin (no CDN).
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -110,6 +112,7 @@ def test_draw_score_upload_generate_and_open_a_model_card(page, tmp_path, real_d
     assert "genops-anomaly v2" in page.inner_text("#score-by")
     assert _canvas_ink(page, "#recon") > 0 and _canvas_ink(page, "#errmap") > 0
     assert page.inner_text("#score-error") == ""
+    assert page.is_disabled("#denoise-strength")  # an autoencoder declares no denoising
     page.screenshot(path=str(tmp_path / "1-score-drawing.png"), full_page=True)
 
     # upload a real digit (PNG): scored by the server's own decoder
@@ -142,3 +145,44 @@ def test_draw_score_upload_generate_and_open_a_model_card(page, tmp_path, real_d
     assert "Model card: genops-anomaly v2" in heading.inner_text()
     assert card.locator("img").count() >= 1  # the inlined sample grid
     page.locator("#card-panel").screenshot(path=str(tmp_path / "3-model-card.png"))
+
+
+def test_the_denoise_strength_control_sends_the_field_reconstruct_takes(page, tmp_path):
+    """The served models are autoencoders (no denoising), so /metadata is shown to the page as
+    declaring it and /reconstruct's request is caught: the field the API takes is sent, and
+    the server's reconstruction (asked for without it) is drawn."""
+
+    def declare_denoising(route):
+        response = route.fetch()
+        body = response.json()
+        for model in body["models"].values():
+            model["capabilities"]["denoising"] = True
+        route.fulfill(response=response, json=body)
+
+    sent: list[dict] = []
+
+    def reconstruct(route):
+        body = json.loads(route.request.post_data)
+        sent.append(dict(body))
+        body.pop("denoise_strength", None)
+        route.fulfill(response=route.fetch(post_data=json.dumps(body)))
+
+    page.route("**/metadata", declare_denoising)
+    page.route("**/reconstruct", reconstruct)
+    page.reload()
+    page.wait_for_selector("#models tbody tr")
+    assert page.is_enabled("#denoise-strength")
+    page.fill("#denoise-strength", "0.4")
+    _draw_seven(page)
+    page.click("#score-btn")
+    expect(page.locator("#recon-note")).to_contain_text("denoised at strength 0.4")
+    assert sent and sent[-1]["denoise_strength"] == 0.4 and "pixels" in sent[-1]
+    assert _canvas_ink(page, "#recon") > 0 and page.inner_text("#score-error") == ""
+    page.fill("#denoise-strength", "1.5")
+    page.click("#score-btn")
+    expect(page.locator("#score-error")).to_contain_text("between 0 and 1")
+    page.fill("#denoise-strength", "")
+    page.click("#score-btn")
+    expect(page.locator("#recon-note")).to_contain_text("reconstruction;")
+    assert "denoise_strength" not in sent[-1]
+    page.screenshot(path=str(tmp_path / "4-denoise.png"), full_page=True)

@@ -23,6 +23,7 @@ from pipelines.data.dataset import (
     read_idx,
     write_idx,
 )
+from pipelines.errors import ExitCode
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -191,7 +192,7 @@ def test_cli_import_reports_the_file_and_problem(source_pair, default_data, tmp_
             str(out),
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.INVALID_DATA == 3
     assert "bad magic number" in result.output and str(ip) in result.output
     assert "left unchanged" in result.output
     assert images_path(out, "train").exists() and labels_path(out, "train").exists()

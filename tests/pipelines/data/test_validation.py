@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from pipelines.cli import main
 from pipelines.data.dataset import build_subset, images_path, labels_path, load_split, write_idx
 from pipelines.data.validation import ValidationConfig, validate_data
+from pipelines.errors import ExitCode
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_cli_validate_exits_nonzero_with_summary(clean_data, tmp_path):
             str(tmp_path / "r"),
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.INVALID_DATA == 3
     assert "FAILED" in result.output and "[train]" in result.output
 
 

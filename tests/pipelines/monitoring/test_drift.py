@@ -445,9 +445,12 @@ def test_drift_deployment_registers_hourly_with_its_parameters(prefect_api, tmp_
 def test_cli_against_a_real_service_flags_rotated_traffic(
     prefect_api, project, real_digits, drift_model, streams, tmp_path_factory
 ):
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
     from pipelines.monitoring.drift import cumulative_counts, shares
-    from pipelines.orchestration.drift_flow import REPORT_DIR, main
-    from pipelines.orchestration.pipeline_flow import DEPLOYMENT, pipeline
+    from pipelines.orchestration.deployments import retrain_deployment
+    from pipelines.orchestration.drift_flow import REPORT_DIR
     from tests.serving.conftest import Server, digits_as_lists, write_role
 
     images, _ = real_digits
@@ -467,7 +470,9 @@ def test_cli_against_a_real_service_flags_rotated_traffic(
                     "/score", json={"images": digits_as_lists(batch[start : start + 250])}
                 )
                 assert response.status_code == 200, response.text
-            main(["run", "--service-url", server.url, "--bundle", str(models), *options])
+            args = ["drift", "run", "--service-url", server.url, "--bundle", str(models)]
+            result = CliRunner().invoke(main, [*args, *options], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
             return json.loads((project / REPORT_DIR / "drift.json").read_text())
 
         normal = serve_and_check(images[HELD_OUT])
@@ -475,7 +480,7 @@ def test_cli_against_a_real_service_flags_rotated_traffic(
     finally:
         server.stop()
     assert normal["status"] == OK and rotated["status"] == DRIFT, rotated["report"]["reason"]
-    assert rotated["retrain"] == f"would run {pipeline.name}/{DEPLOYMENT} (trigger off)"
+    assert rotated["retrain"] == f"would run {retrain_deployment()} (trigger off)"
     edges = normal["report"]["edges"]
     served = normal["report"]["live_shares"]
     assert served == pytest.approx(shares(cumulative_counts(streams["held_out"], edges)).tolist())

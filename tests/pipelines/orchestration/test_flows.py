@@ -43,7 +43,8 @@ def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool
 
 
 def test_validation_failure_stops_the_flow_before_training(prefect_api, tmp_path, monkeypatch):
-    from pipelines.orchestration.pipeline_flow import DataValidationFailed, pipeline
+    from pipelines.errors import DataValidationFailed
+    from pipelines.orchestration.pipeline_flow import pipeline
 
     root = make_project(tmp_path / "proj", corrupt=True)
     monkeypatch.setenv("GENOPS_ROOT", str(root))
@@ -71,89 +72,3 @@ def test_deployment_registers_with_cron_schedule(prefect_api, tmp_path):
     crons = [s.schedule.cron for s in dep.schedules]
     assert crons == [NIGHTLY_CRON]
     assert dep.parameters["root"] == str(tmp_path.resolve())
-
-
-def test_transient_classification():
-    import sqlite3
-
-    from pipelines.orchestration.pipeline_flow import (
-        DataValidationFailed,
-        StageFailed,
-        TransientStageError,
-        is_transient,
-    )
-
-    assert is_transient(TimeoutError()) and is_transient(ConnectionError("remote"))
-    assert is_transient(sqlite3.OperationalError("database is locked"))
-    assert is_transient(TransientStageError("Unable to acquire lock"))
-    assert not is_transient(DataValidationFailed("bad data"))
-    assert not is_transient(ValueError("bad config"))
-    assert not is_transient(FileNotFoundError("model/train_metrics.json")), "a missing file"
-    assert not is_transient(StageFailed("a bug"))
-
-
-TINY_PARAMS = {
-    "train": {
-        "steps": 8,
-        "batch_size": 32,
-        "val_every": 4,
-        "checkpoint_every": 4,
-        "num_threads": 1,
-        "log_every": 4,
-        "progress": False,
-        "seed": 0,
-    },
-    "autoencoder": {"model": {"arch": "mlp", "hidden_dims": [32], "latent_dim": 4}},
-    "vae": {
-        "model": {
-            "channels": [8, 16],
-            "hidden_dim": 32,
-            "latent_dim": 4,
-            "kl_warmup_steps": 4,
-            "max_iwae_k": 64,
-        }
-    },
-    "gan": {
-        "model": {
-            "latent_dim": 8,
-            "label_embed_dim": 4,
-            "g_width": 8,
-            "d_width": 8,
-            "e_width": 8,
-            "monitor_every": 2,
-            "monitor_batch": 8,
-            "encoder_start_step": 5,
-            "ema_decay": 0.9,
-        }
-    },
-    "diffusion": {
-        "model": {
-            "base_channels": 8,
-            "channel_mults": [1, 2],
-            "attention": False,
-            "timesteps": 50,
-            "sample_steps": 2,
-            "score_timesteps": [10],
-            "score_steps": 1,
-            "score_draws": 1,
-            "warmup_steps": 2,
-            "ema_decay": 0.5,
-            "bf16_autocast": False,
-        }
-    },
-    "judge": {"epochs": 1, "max_steps": 10, "batch_size": 64, "progress": False},
-    # the generation gate draws fresh samples: a small cap keeps a tiny day-2 gate quick
-    "registry": {
-        "margin": {"generation": 0.05, "anomaly": 0.002},
-        "sequential": {"round_size": 100, "block_size": 20, "max_per_model": 300, "min_blocks": 5},
-        "n_bootstrap": 50,
-        "min_unseen": 20,  # a re-split of 5,000 digits leaves ~50 test digits unseen by v1
-    },
-    "evaluate": {
-        "n_samples": 40,
-        "anomaly_per_kind": 8,
-        "likelihood_max_images": 16,
-        "n_plot": 16,
-        "sample_batch_size": 40,
-    },
-}

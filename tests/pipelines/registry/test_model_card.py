@@ -12,11 +12,12 @@ from PIL import Image
 
 from models.calibration import Calibration
 from models.io import build_model, save_model
+from models.registry_copy import meta_from_version
 from models.spec import MODEL_CARD_DIR, MODEL_CARD_TAG, REGISTERED_ARTIFACT_PATH, Tag, metric_tag
 from pipelines import tracking
-from pipelines.registry.cards import card_inputs, log_model_cards, render_html, render_markdown
 from pipelines.registry import client as registry
-from serving.sources import MlflowSource, meta_from_version
+from pipelines.registry.cards import card_inputs, log_model_cards, render_html, render_markdown
+from serving.sources import MlflowSource
 
 
 def _png(path, value: int) -> None:

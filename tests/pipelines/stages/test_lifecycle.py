@@ -28,7 +28,8 @@ from models.spec import ALIAS, ANOMALY, FAMILIES, GENERATION, TASKS, Tag, family
 from pipelines.data.dataset import build_subset
 from pipelines.data.versioning import data_version, dvc
 from pipelines.settings import split_config
-from tests.pipelines.orchestration.test_flows import TINY_PARAMS, make_project
+from tests.pipelines.orchestration.test_flows import make_project
+from tests.profile import TINY_PARAMS
 from tests.serving.conftest import Server
 
 SWAP_TIMEOUT_S = 90.0

@@ -16,8 +16,9 @@ import pipelines.training.loop
 from pipelines.data.dataset import build_subset
 from pipelines.training.loop import CHECKPOINT_FILE, TrainConfig, train
 from tests.models.contract import FAMILIES, TINY
+from tests.profile import TINY_MLP_AE
 
-TINY_AE = {"arch": "mlp", "hidden_dims": [64], "latent_dim": 8}
+TINY_AE = TINY_MLP_AE
 
 
 def _tiny_data(real_digits, n=256):
