@@ -1,7 +1,8 @@
 """The served model set: read the source, load a catalog beside the serving one, swap, poll.
 
 `ModelSet` owns the catalog a worker serves and every way it changes: the load at start, a
-reload asked for by `/admin/reload`, and the poller (GENOPS_RELOAD_INTERVAL_S). A catalog
+reload asked for by `/admin/reload` (passed on to the other workers, serving.reload_notice), and
+the poller (GENOPS_RELOAD_INTERVAL_S). A catalog
 that is not ready never replaces one that is; a request takes the catalog once (`resolve`),
 so it finishes on the models it started with. Each worker process has its own ModelSet.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from models.spec import redact_text
 from serving.bundle import ServedModel
 from serving.catalog import Catalog, empty_catalog, load_catalog
+from serving.reload_notice import ReloadNotice, notice_path
 from serving.schemas import ReloadResponse
 from serving.sources import ModelSource, source_from_env
 
@@ -33,9 +35,20 @@ class ModelSet:
     `on_swap` runs after every swap (the service freezes the new heap for the collector).
     """
 
-    def __init__(self, reload_interval_s: float, on_swap: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        reload_interval_s: float,
+        on_swap: Callable[[], None] | None = None,
+        workers: int = 1,
+    ):
         self.reload_interval_s = reload_interval_s
         self.on_swap = on_swap
+        # with several workers, an admin reload on one is passed on to the others
+        self.notice = (
+            ReloadNotice(notice_path(), lambda force: self.reload(force, "notice"))
+            if workers > 1
+            else None
+        )
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self.source: ModelSource | None = None
@@ -56,9 +69,13 @@ class ModelSet:
             self.reload(force=True, trigger="startup")
         if self.reload_interval_s > 0 and self.source is not None:
             threading.Thread(target=self._poll, name="genops-reload", daemon=True).start()
+        if self.notice is not None:
+            self.notice.watch()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.notice is not None:
+            self.notice.stop()
 
     @property
     def ready(self) -> bool:
@@ -68,7 +85,15 @@ class ModelSet:
         """Re-read the source; build a new catalog, then swap the reference (atomically).
 
         A catalog that is not ready never replaces one that is: the old models keep serving.
+        An admin reload is passed on to the other workers, which reload the same way.
         """
+        try:
+            return self._reload_locked(force, trigger)
+        finally:
+            if trigger == "admin" and self.notice is not None:
+                self.notice.announce(force)
+
+    def _reload_locked(self, force: bool, trigger: str) -> ReloadResponse:
         with self._reload_lock:
             before, started = self.catalog, time.time()
             result = self._reload(force)

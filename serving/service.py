@@ -117,7 +117,9 @@ class GenOps:
             self.lanes[SCORING_LANE].executor, MAX_SCORE, enabled=settings.batching
         )
         self.models = ModelSet(
-            settings.reload_interval_s, on_swap=freeze_heap if settings.gc_freeze else None
+            settings.reload_interval_s,
+            on_swap=freeze_heap if settings.gc_freeze else None,
+            workers=worker_count(),
         )
         self.scoring = Scoring(self.lanes[SCORING_LANE], self.batcher, self.models.resolve)
         self.models.start()  # blocks until this worker's models are loaded and verified
@@ -335,8 +337,9 @@ class GenOps:
 
         Needs the `X-Admin-Token` header (or `Authorization: Bearer <token>`) equal to
         GENOPS_ADMIN_TOKEN; with no token configured the endpoint is disabled (403). With
-        several workers it reloads the worker that answers (its pid is in X-Genops-Worker):
-        use GENOPS_RELOAD_INTERVAL_S to have every worker follow the source.
+        several workers, the worker that answers (its pid is in X-Genops-Worker) reloads, then
+        tells the others, which reload the same way within a fraction of a second
+        (serving/reload_notice.py); the answer is the answering worker's.
         """
         refused = admin_refusal(self.settings.admin_token, ctx.request.headers)
         if refused:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from serving.responses import VERSION_HEADER, WORKER_HEADER
-from tests.serving.conftest import Server
+from tests.serving.conftest import ADMIN_TOKEN, Server
 
 HELD_OUT = slice(4500, 4508)
 WORKERS = 2
@@ -41,9 +44,17 @@ def _until_every_worker_answered(url: str, method: str, path: str, **kwargs) -> 
 
 
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory, source_dir):
-    env = {"GENOPS_WORKERS": str(WORKERS)}
-    with Server(f"dir:{source_dir}", tmp_path_factory.mktemp("workers"), env) as srv:
+def workers_dir(tmp_path_factory, source_dir) -> Path:
+    """A private copy of the bundles (the reload test rewrites it)."""
+    dst = tmp_path_factory.mktemp("workers-models") / "models"
+    shutil.copytree(source_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, workers_dir):
+    env = {"GENOPS_WORKERS": str(WORKERS), "GENOPS_ADMIN_TOKEN": ADMIN_TOKEN}
+    with Server(f"dir:{workers_dir}", tmp_path_factory.mktemp("workers"), env) as srv:
         yield srv
 
 
@@ -89,3 +100,28 @@ def test_scores_and_samples_are_identical_across_workers(two_workers, real_digit
     )
     images_seen = {tuple(r.json()["pngs"]) for responses in generated.values() for r in responses}
     assert len(images_seen) == 1, "same seed, different images across workers"
+
+
+def test_one_admin_reload_moves_every_worker(two_workers, workers_dir):
+    """Last in the module: it changes the served version. The answering worker reloads, the
+    other follows its notice; no poller runs (GENOPS_RELOAD_INTERVAL_S is 0)."""
+    meta_path = workers_dir / "families" / "autoencoder" / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"version": "9"}))
+    headers = {"X-Admin-Token": ADMIN_TOKEN, "Connection": "close"}
+    answered = _fresh(two_workers.url, "POST", "/admin/reload", json={}, headers=headers)
+    assert answered.status_code == 200 and answered.json()["swapped"], answered.text
+    started, latest = time.monotonic(), {}
+    while time.monotonic() - started < 10:  # the other worker checks for notices every 0.25 s
+        by_worker = _until_every_worker_answered(two_workers.url, "GET", "/metadata")
+        latest = {pid: responses[-1].json() for pid, responses in by_worker.items()}
+        versions = {m["models"]["families/autoencoder"]["version"] for m in latest.values()}
+        if versions == {"9"}:
+            break
+        time.sleep(0.2)
+    print(f"admin reload -> every worker on the new version: {time.monotonic() - started:.2f} s")
+    assert len(latest) == WORKERS
+    for pid, meta in latest.items():
+        assert meta["reload_interval_s"] == 0
+        assert meta["models"]["families/autoencoder"]["version"] == "9", pid
+        trigger = meta["last_reload"]["trigger"]
+        assert trigger == ("admin" if pid == answered.headers[WORKER_HEADER] else "notice")
