@@ -15,6 +15,7 @@ the test AUROC is for reporting only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.io import family_class
 from pipelines.data.dataset import load_tensors
 from pipelines.evaluation.evaluator import score_images
 from pipelines.evaluation.metrics import auroc
@@ -195,6 +197,27 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# config keys that name a training step: a phase that starts there (the GAN's encoder phase)
+PHASE_STEP_KEYS = ("encoder_start_step",)
+
+
+def phases_within(
+    family: str, model_cfg: dict[str, Any], configured_steps: int, steps: int
+) -> dict[str, Any]:
+    """`model_cfg` with every phase start moved to the same share of `steps` as it has of the
+    configured training steps: the GAN's encoder starts at 1,500 of 1,800 steps, so at 500 of
+    600 here. Without it, a 600-step GAN never trains its encoder and scores at random."""
+    defaults = {f.name: f.default for f in dataclasses.fields(family_class(family).config_cls)}
+    out = dict(model_cfg)
+    if configured_steps <= 0:
+        return out
+    for key in PHASE_STEP_KEYS:
+        if key in out or key in defaults:
+            start = int(out.get(key, defaults.get(key)))
+            out[key] = min(steps, round(start * steps / configured_steps))
+    return out
+
+
 def run_protocol(
     base: dict[str, tuple[Any, Any]],
     knn_cfg: KnnConfig | None,
@@ -213,7 +236,8 @@ def run_protocol(
     results: list[dict[str, Any]] = []
     for i, seed in enumerate(seeds):
         fitters = {"knn": knn_fitter(knn_cfg)} if knn_cfg and (i == 0 or ensemble) else {}
-        for family, (model_cfg, cfg) in base.items():
+        for family, (configured, cfg) in base.items():
+            model_cfg = phases_within(family, configured, cfg.steps, steps)
             run_cfg = cfg.__class__.from_dict(
                 {
                     **cfg.__dict__,

@@ -2,8 +2,8 @@
 
 Unit tests and system tests: a test that starts a real server (a BentoML service, the Prefect
 API, the loopback PostgreSQL/S3/MLflow stack), itself or through a fixture, is marked `system`
-at collection. `make test-unit` (`pytest -m "not system"`) runs the others, in about a third of
-the time; `make test` runs both.
+at collection. `make test-unit` (`pytest -m "not system"`) runs the others; `make test` runs
+both.
 """
 
 from __future__ import annotations

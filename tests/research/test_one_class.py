@@ -155,3 +155,14 @@ def test_family_scorer_ensemble_and_rerun_resumes(tiny_data, tmp_path) -> None:
     # day two: the same run resumes the finished checkpoints and gives the same numbers
     again = one_class_run(fitters, tiny_data, digits=(1, 7), ensemble=True)
     assert [r["per_digit_auroc"] for r in again] == [r["per_digit_auroc"] for r in first]
+
+
+def test_a_shorter_run_keeps_the_gans_encoder_phase():
+    """600 steps of a GAN configured for 1,800 with the encoder from 1,500: encoder from 500."""
+    from research.one_class import phases_within
+
+    assert phases_within("gan", {"encoder_start_step": 1500}, 1800, 600) == {
+        "encoder_start_step": 500
+    }
+    assert phases_within("gan", {}, 1800, 600)["encoder_start_step"] == 500  # the default, 1500
+    assert phases_within("vae", {"latent_dim": 16}, 1800, 600) == {"latent_dim": 16}
