@@ -43,7 +43,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.spec import ROOT_ENV, check_family
+from models.spec import ROOT_ENV, TASKS, check_family
 from pipelines.errors import (
     FAILURE_RECORD_ENV,
     DataValidationFailed,
@@ -53,6 +53,7 @@ from pipelines.errors import (
     TransientStageError,
     read_failure,
 )
+from pipelines.evaluation.metric_table import Place, shown_in, task_metric
 from pipelines.orchestration.deployments import (
     DEPLOYMENT,
     FAMILY_DEPLOYMENT,
@@ -176,17 +177,9 @@ def _publish(root: Path, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not (board_file.is_file() and promotion_file.is_file()):
         return None
     board = json.loads(board_file.read_text())
-    columns = (
-        "fd_judge",
-        "precision",
-        "recall",
-        "classes_covered",
-        "anomaly_auroc_mean",
-        "elbo_nats",
-        "train_wall_time_s",
-        "sample_ms_per_image",
-        "score_ms_per_image",
-    )
+    # the tasks' deciding metrics, then the leaderboard's comparison table (the metric table's)
+    deciding = [task_metric(task).key for task in TASKS]
+    columns = list(dict.fromkeys([*deciding, *(m.key for m in shown_in(Place.COMPARISON))]))
     rows = []
     for family, stats in board["families"].items():
         means = {c: round(stats["metrics"][c]["mean"], 4) for c in columns if c in stats["metrics"]}
