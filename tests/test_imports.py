@@ -7,6 +7,8 @@ import ast
 import itertools
 from pathlib import Path
 
+from tests.source_imports import imported_names
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "pipelines", "serving", "research", "devstack")
 # pipelines may reach serving only to package it (lazily, inside the functions)
@@ -26,19 +28,9 @@ MODULES = modules()
 
 
 def imported(name: str, path: Path) -> set[str]:
-    out: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                out.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
-    return {m for m in out if m in MODULES and m != name}
+    names = imported_names([ast.parse(path.read_text())], package)
+    return {m for m in names if m in MODULES and m != name}
 
 
 GRAPH = {name: imported(name, path) for name, path in MODULES.items()}

@@ -13,6 +13,7 @@ import yaml
 from models.spec import FAMILIES, family_role
 from pipelines.cli import COMMANDS
 from pipelines.orchestration.pipeline_flow import stage_names
+from tests.source_imports import imported_names
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("models", "pipelines", "serving")
@@ -29,22 +30,6 @@ def module_file(module: str) -> Path | None:
     return None
 
 
-def _imports(nodes: list[ast.AST], package: str) -> set[str]:
-    """Module names imported anywhere inside `nodes` (relative imports resolved)."""
-    found: set[str] = set()
-    for node in (n for top in nodes for n in ast.walk(top)):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import mod`
-    return found
-
-
 def closure(modules: set[str]) -> set[Path]:
     """Project files reached from `modules`, with every parent package's __init__.py."""
     seen: set[Path] = set()
@@ -58,7 +43,7 @@ def closure(modules: set[str]) -> set[Path]:
             continue
         seen.add(path)
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        todo += sorted(_imports([ast.parse(path.read_text())], package))
+        todo += sorted(imported_names([ast.parse(path.read_text())], package))
     return seen
 
 
@@ -76,7 +61,11 @@ def command_files(cmd: str) -> set[Path]:
     assert body, f"{module} has no function {attribute}"
     package = module.rpartition(".")[0]
     # the module's other commands' imports are not this stage's
-    return {path} | closure({"pipelines.cli"}) | closure(_imports(top + body, package) - {module})
+    return (
+        {path}
+        | closure({"pipelines.cli"})
+        | closure(imported_names(top + body, package) - {module})
+    )
 
 
 def expanded_stages() -> dict[str, dict]:
