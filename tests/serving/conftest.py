@@ -115,12 +115,16 @@ def source_dir(tmp_path_factory, tiny_models, real_digits) -> Path:
     return make_source_dir(tmp_path_factory.mktemp("models"), *tiny_models, images[CALIB])
 
 
-@pytest.fixture(scope="session")
-def served_dir(tmp_path_factory, source_dir) -> Path:
-    """A private copy of the bundles for the server (tests may rewrite it to test reload)."""
-    dst = tmp_path_factory.mktemp("served") / "models"
+def private_copy(tmp_path_factory, source_dir: Path, name: str) -> Path:
+    """A copy of the bundles that one server owns (its tests may rewrite it to test reload)."""
+    dst = tmp_path_factory.mktemp(name) / "models"
     shutil.copytree(source_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def served_dir(tmp_path_factory, source_dir) -> Path:
+    return private_copy(tmp_path_factory, source_dir, "served")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from serving.responses import VERSION_HEADER, WORKER_HEADER
-from tests.serving.conftest import ADMIN_TOKEN, Server
+from tests.serving.conftest import ADMIN_TOKEN, Server, private_copy
 
 HELD_OUT = slice(4500, 4508)
 WORKERS = 2
@@ -45,10 +44,7 @@ def _until_every_worker_answered(url: str, method: str, path: str, **kwargs) -> 
 
 @pytest.fixture(scope="module")
 def workers_dir(tmp_path_factory, source_dir) -> Path:
-    """A private copy of the bundles (the reload test rewrites it)."""
-    dst = tmp_path_factory.mktemp("workers-models") / "models"
-    shutil.copytree(source_dir, dst)
-    return dst
+    return private_copy(tmp_path_factory, source_dir, "workers-models")  # the reload test edits it
 
 
 @pytest.fixture(scope="module")
