@@ -43,7 +43,8 @@ def _per_image_cost(
     model: Any, calibration: Calibration, image: torch.Tensor, n: int
 ) -> dict[str, float]:
     """What /score does per image after decoding, median over `n` calls (3 warm-up calls
-    excluded): the model's score (ms), then the verdict and percentile (us)."""
+    excluded): the model's raw score (ms), then the verdict, calibrated score and percentile
+    (us)."""
     model_ms, verdict_us = [], []
     pixels = image.numpy()
     with torch.no_grad():
@@ -52,7 +53,7 @@ def _per_image_cost(
             score = float(model.anomaly_score(image).reshape(-1)[0])
             middle = time.perf_counter()
             calibration.is_anomaly(score, pixels)
-            calibration.percentile(score)
+            calibration.percentile(float(calibration.statistic(np.array([score]), pixels)[0]))
             if i >= 3:
                 model_ms.append(1e3 * (middle - start))
                 verdict_us.append(1e6 * (time.perf_counter() - middle))

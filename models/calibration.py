@@ -16,6 +16,13 @@ the "how much ink, how bright" that reconstruction and likelihood scores are bli
 et al. 2020 correct a likelihood for input complexity the same way) on both sides of the
 validation normals' energies: blank, dot and faint inputs fall far below every digit.
 
+The served score. `statistic` turns a raw model statistic (and the image's energy) into one
+calibrated atypicality: greater than SCORE_THRESHOLD (1) exactly where the verdict flags the
+input, larger = more atypical on any side of any test. The service returns it as `score` (the
+raw statistic stays beside it as `raw_score`), and `percentile` places it among the validation
+normals' own atypicalities (`val_statistic`), so score, percentile and verdict all mean the same
+thing: a blank image's raw reconstruction error is tiny, its score is far above 1.
+
 The false-positive budget `target_fpr` is split: `low_fpr` below the score's low threshold,
 `energy_fpr` (half per side) outside the energy interval, and the rest above the score's high
 threshold `threshold`; every threshold is a quantile of the validation normals. The union of
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ import numpy as np
 from models.spec import CALIBRATION_FILE
 
 _TINY = float(np.finfo(np.float64).tiny)
+SCORE_THRESHOLD = 1.0  # the verdict's threshold on the calibrated score (`statistic`)
 
 
 def image_energy(images: Any) -> np.ndarray:
@@ -95,6 +103,9 @@ class Calibration:
     energy_high: float | None = None  # inputs with more energy are anomalous
     energy_fpr: float = 0.0  # the part of target_fpr spent on the energy test (half per side)
     val_energy: tuple[float, ...] = ()  # sorted energies of the validation normals
+    # sorted calibrated scores (`statistic`) of the validation normals, each from its own score
+    # and image; empty in files written before the served score was calibrated
+    val_statistic: tuple[float, ...] = ()
 
     @classmethod
     def fit(
@@ -128,8 +139,11 @@ class Calibration:
                 raise ValueError(f"{energies.size} validation images for {scores.size} scores")
             energy = _quantiles(energies, energy_fpr / 2, energy_fpr / 2)
             val_energy = tuple(float(e) for e in energies)
-        return cls(float(high), float(target_fpr), tuple(float(s) for s in scores), low,
-                   float(low_fpr), *energy, float(energy_fpr), val_energy)  # fmt: skip
+        fitted = cls(float(high), float(target_fpr), tuple(float(s) for s in scores), low,
+                     float(low_fpr), *energy, float(energy_fpr), val_energy)  # fmt: skip
+        paired = np.asarray(val_scores, dtype=np.float64).reshape(-1)
+        own = fitted.statistic(paired, val_images if fitted.tests_energy else None)
+        return replace(fitted, val_statistic=tuple(float(v) for v in np.sort(own)))
 
     @property
     def two_sided(self) -> bool:
@@ -149,9 +163,24 @@ class Calibration:
             flagged = flagged or not self.energy_low <= energy <= self.energy_high
         return bool(flagged)
 
+    @property
+    def reference_statistic(self) -> tuple[float, ...]:
+        """Sorted calibrated scores of the validation normals. Files written before they were
+        stored give their raw scores' part alone (no energy test: the pairs are not kept)."""
+        if self.val_statistic:
+            return self.val_statistic
+        own = self.statistic(np.asarray(self.val_scores, dtype=np.float64))
+        return tuple(float(v) for v in np.sort(own))
+
     def percentile(self, score: float) -> float:
-        """Share (0..100) of validation normals scoring at or below `score`."""
-        return 100.0 * bisect.bisect_right(self.val_scores, float(score)) / len(self.val_scores)
+        """Share (0..100) of validation normals whose calibrated score (`statistic`) is at or
+        below `score`, itself a calibrated score."""
+        reference = self.reference_statistic
+        return 100.0 * bisect.bisect_right(reference, float(score)) / len(reference)
+
+    def raw_percentile(self, raw_score: float) -> float:
+        """Share (0..100) of validation normals whose raw statistic is at or below `raw_score`."""
+        return 100.0 * bisect.bisect_right(self.val_scores, float(raw_score)) / len(self.val_scores)
 
     def statistic(self, scores: np.ndarray, images: Any = None) -> np.ndarray:
         """Atypicality of each input, the quantity the verdict thresholds: > 1 exactly where
@@ -175,6 +204,7 @@ class Calibration:
         payload = asdict(self) | {
             "val_scores": list(self.val_scores),
             "val_energy": list(self.val_energy),
+            "val_statistic": list(self.val_statistic),
         }
         atomic_write_json(path, payload)
         return path
@@ -198,4 +228,5 @@ class Calibration:
             optional("energy_high"),
             float(payload.get("energy_fpr", 0.0)),
             tuple(float(e) for e in payload.get("val_energy", ())),
+            tuple(float(v) for v in payload.get("val_statistic", ())),
         )

@@ -124,7 +124,7 @@ def metrics_from_tags(tags: Mapping[str, str]) -> dict[str, float]:
 
 
 # ---- served Prometheus metrics (written by serving's /metrics, read by the drift watch) --------
-SCORE_HISTOGRAM = "genops_anomaly_score"  # per (family, version): the scores /score served
+SCORE_HISTOGRAM = "genops_anomaly_score"  # per (family, version): the raw_score /score served
 ANOMALY_COUNTER = "genops_anomalies"  # per (family, version): images /score flagged (…_total)
 
 

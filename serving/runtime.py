@@ -107,7 +107,7 @@ def score_metrics() -> tuple[Any, Any]:
     buckets = tuple(round(10.0**e, 6) for e in np.arange(-4.0, 2.01, 0.25))
     histogram = prom.Histogram(
         SCORE_HISTOGRAM,
-        "Anomaly scores served by /score",
+        "Raw anomaly statistics (raw_score) served by /score: the drift watch reads them",
         ["family", "version"],
         buckets=buckets,
     )

@@ -53,13 +53,22 @@ class ModelRef(BaseModel):
 
 
 class ImageScore(BaseModel):
-    score: float = Field(description="anomaly score, higher = more anomalous")
-    threshold: float = Field(description="calibrated threshold (from calibration.json)")
-    is_anomaly: bool = Field(
-        description="the calibrated two-sided verdict: score too high or too low, or atypical "
-        "input energy (blank, faint, dot); see docs/anomaly.md"
+    score: float = Field(
+        description="calibrated anomaly score, the quantity the verdict thresholds: > 1 exactly "
+        "when is_anomaly, higher = more atypical on any side (raw statistic too high or too low, "
+        "or atypical input energy: blank, faint, dot); rank and threshold by this"
     )
-    percentile: float = Field(description="share (0..100) of validation normals scoring <= score")
+    threshold: float = Field(description="the verdict's threshold on `score` (always 1)")
+    is_anomaly: bool = Field(
+        description="the calibrated two-sided verdict (score > threshold); see docs/anomaly.md"
+    )
+    percentile: float = Field(
+        description="share (0..100) of validation normals whose calibrated score is <= score"
+    )
+    raw_score: float = Field(
+        description="the model's raw statistic (reconstruction error, -ELBO, ...): one-sided, "
+        "low for blank or faint inputs, so not for ranking; see docs/anomaly.md"
+    )
     model: str
     family: str
     version: str
@@ -67,8 +76,12 @@ class ImageScore(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: ModelRef
-    threshold: float
-    target_fpr: float
+    threshold: float = Field(description="the verdict's threshold on each result's score (1)")
+    target_fpr: float = Field(description="false-positive budget on validation normals")
+    raw_threshold: float = Field(description="the raw statistic's high threshold")
+    raw_low_threshold: float | None = Field(
+        description="the raw statistic's low threshold (null for a one-sided calibration)"
+    )
     results: list[ImageScore]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from models.calibration import SCORE_THRESHOLD
 from serving import imaging
 from serving.admission import Lane
 from serving.batching import ScoreBatcher
@@ -80,18 +81,20 @@ class Scoring:
         meta, calibration = served.meta, served.calibration
         histogram, anomalies = score_metrics()
         family_version = (meta.family, meta.version)
+        calibrated = calibration.statistic(scores, images).tolist()
         results = []
-        for value, image in zip(scores.tolist(), images, strict=True):
-            flagged = calibration.is_anomaly(value, image)
-            histogram.labels(*family_version).observe(value)
+        for value, raw, image in zip(calibrated, scores.tolist(), images, strict=True):
+            flagged = calibration.is_anomaly(raw, image)
+            histogram.labels(*family_version).observe(raw)
             if flagged:
                 anomalies.labels(*family_version).inc()
             results.append(
                 {
                     "score": value,
-                    "threshold": calibration.threshold,
+                    "threshold": SCORE_THRESHOLD,
                     "is_anomaly": flagged,
                     "percentile": calibration.percentile(value),
+                    "raw_score": raw,
                     "model": meta.name,
                     "family": meta.family,
                     "version": meta.version,
@@ -99,8 +102,10 @@ class Scoring:
             )
         return {
             "model": {"name": meta.name, "version": meta.version, "family": meta.family},
-            "threshold": calibration.threshold,
+            "threshold": SCORE_THRESHOLD,
             "target_fpr": calibration.target_fpr,
+            "raw_threshold": calibration.threshold,
+            "raw_low_threshold": calibration.low_threshold,
             "results": results,
         }
 

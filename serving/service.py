@@ -246,7 +246,7 @@ class GenOps:
         scale: PixelScale = "auto",
         pixels: Pixels | None = None,
     ) -> ScoreResponse:
-        """Anomaly score, calibrated threshold, verdict and percentile for each image.
+        """Calibrated anomaly score (> 1 = anomalous), verdict, percentile and raw statistic.
 
         Send one of: `images`, JSON arrays (784 values or 28x28; [0, 1] or [0, 255], see
         `scale`), never resized; `pixels`, base64 of raw uint8 pixels (784 bytes per image),
@@ -263,6 +263,8 @@ class GenOps:
             model=model_ref(served.meta),
             threshold=payload["threshold"],
             target_fpr=payload["target_fpr"],
+            raw_threshold=payload["raw_threshold"],
+            raw_low_threshold=payload["raw_low_threshold"],
             results=[ImageScore.model_construct(**r) for r in payload["results"]],
         )
 

@@ -32,7 +32,7 @@ def calibration_from_dict(values: dict[str, Any]) -> Calibration:
 
 def calibration_to_dict(calibration: Calibration) -> dict[str, Any]:
     out = dataclasses.asdict(calibration)
-    return out | {"val_scores": list(out["val_scores"]), "val_energy": list(out["val_energy"])}
+    return out | {key: list(out[key]) for key in ("val_scores", "val_energy", "val_statistic")}
 
 
 @dataclass(frozen=True)

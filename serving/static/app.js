@@ -243,6 +243,9 @@ function showScore(result) {
   const r = result.results[0];
   $("score-value").textContent = r.score.toPrecision(4);
   $("threshold").textContent = r.threshold.toPrecision(4);
+  const low = result.raw_low_threshold === null ? "" : `${result.raw_low_threshold.toPrecision(3)} – `;
+  $("raw-score").textContent =
+    `${r.raw_score.toPrecision(4)} (normal range ${low}${result.raw_threshold.toPrecision(3)})`;
   $("verdict").textContent = r.is_anomaly ? "anomalous" : "normal";
   $("verdict").className = r.is_anomaly ? "verdict-anomaly" : "verdict-normal";
   $("percentile").textContent = `${r.percentile.toFixed(1)} % of validation digits score lower or equal`;

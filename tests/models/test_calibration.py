@@ -29,7 +29,9 @@ def test_default_fit_is_the_one_sided_test_and_old_files_load_as_such(tmp_path):
     loaded = Calibration.load(tmp_path)
     assert loaded == Calibration(1.5, 0.05, (0.5, 1.0, 1.5, 2.0))
     assert loaded.is_anomaly(0.0, image=np.zeros((28, 28))) is False  # no energy test to apply
-    assert loaded.percentile(1.0) == 50.0
+    assert loaded.raw_percentile(1.0) == 50.0
+    # no stored val_statistic: the percentile of a calibrated score uses the raw scores' part
+    assert loaded.percentile(float(loaded.statistic(np.array([1.0]))[0])) == 50.0
 
 
 def test_two_sided_budgets_hold_on_the_validation_normals(tmp_path):
@@ -58,6 +60,26 @@ def test_statistic_exceeds_one_exactly_where_the_verdict_flags():
         assert (with_images[i] > 1) == cal.is_anomaly(score, probe_images[i]), i
         assert (score_only[i] > 1) == cal.is_anomaly(score), i
     assert with_images[-5] > 10 and with_images[-4] > 1  # blank far out; saturated flagged
+
+
+def test_the_served_percentile_places_a_score_among_the_normals_own_scores(tmp_path):
+    """val_statistic pairs each normal's raw score with its own image: the percentile of a
+    calibrated score is the share of normals at or below it, and the share above 1 is exactly
+    the flagged share (within the budget)."""
+    scores, images = RNG.lognormal(-4, 0.7, size=1000), _digits_like(1000, RNG)
+    cal = Calibration.fit(scores, 0.05, low_fpr=0.01, val_images=images, energy_fpr=0.01)
+    own = cal.statistic(scores, images)
+    assert cal.val_statistic == tuple(np.sort(own))
+    flagged = np.mean([cal.is_anomaly(s, img) for s, img in zip(scores, images, strict=True)])
+    assert 100.0 - cal.percentile(1.0) == pytest.approx(100.0 * flagged)
+    assert 0.04 <= flagged <= 0.05
+    blank = float(cal.statistic(np.array([scores.min()]), np.zeros((1, 28, 28)))[0])
+    assert blank > 1 and cal.percentile(blank) == 100.0  # the raw score alone would say 0.1 %
+    assert cal.raw_percentile(scores.min()) == pytest.approx(0.1)
+    loaded = Calibration.load(cal.save(tmp_path).parent)
+    assert loaded.val_statistic == cal.val_statistic and loaded.percentile(1.0) == cal.percentile(
+        1.0
+    )
 
 
 def test_statistic_ranks_both_tails_above_the_typical_middle():

@@ -48,13 +48,16 @@ def write_role(
     version: str,
     tasks: list[str],
 ) -> None:
-    """One bundle: weights + calibration fitted on held-out digits + meta.json."""
+    """One bundle: weights + calibration fitted on held-out digits the product's way (two-sided
+    with the input-energy test, params.yaml's budgets) + meta.json."""
     with torch.no_grad():
         val_scores = model.anomaly_score(calib_images).numpy()
     write_bundle(
         root / role,
         model,
-        Calibration.fit(val_scores, target_fpr=0.05),
+        Calibration.fit(
+            val_scores, 0.05, low_fpr=0.01, val_images=calib_images.numpy(), energy_fpr=0.01
+        ),
         {
             "name": name,
             "version": version,

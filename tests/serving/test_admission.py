@@ -283,9 +283,9 @@ def test_score_image_fast_path_matches_score(app_env, real_digits):
         pixels = client.post("/score", json={"pixels": base64.b64encode(digit.tobytes()).decode()})
         for response in (reference, raw, as_png, pixels):
             assert response.status_code == 200, response.text
-        want = reference.json()["results"][0]["score"]
+        want = reference.json()["results"][0]["raw_score"]
         for response in (raw, as_png, pixels):
-            assert response.json()["results"][0]["score"] == pytest.approx(want, abs=1e-6)
+            assert response.json()["results"][0]["raw_score"] == pytest.approx(want, abs=1e-6)
         assert raw.headers["x-genops-model"] == "genops-anomaly"
         family = client.post("/score/image?model=autoencoder", content=digit.tobytes())
         assert family.json()["model"]["name"] == "genops-autoencoder"

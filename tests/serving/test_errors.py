@@ -153,8 +153,8 @@ def test_the_declared_score_image_route_maps_a_shed_to_503(app_env, monkeypatch)
         declared = client.post("/score/image", **png)
         assert declared.status_code == 200, declared.text
         reference = client.post("/score", json={"pixels": PIXELS})
-        want = reference.json()["results"][0]["score"]
-        assert declared.json()["results"][0]["score"] == pytest.approx(want, abs=1e-6)
+        want = reference.json()["results"][0]["raw_score"]
+        assert declared.json()["results"][0]["raw_score"] == pytest.approx(want, abs=1e-6)
         lane = bentoml.get_current_service().lanes["scoring"]
         lane.backlog_s = 1e4
         try:

@@ -49,5 +49,6 @@ def test_score_uses_the_ensemble(ensemble_server, ensemble, real_digits):
     assert body["model"]["family"] == "ensemble"
     with torch.no_grad():
         local = ensemble.anomaly_score(images).double().numpy()
-    np.testing.assert_allclose([r["score"] for r in body["results"]], local, rtol=1e-5)
+    np.testing.assert_allclose([r["raw_score"] for r in body["results"]], local, rtol=1e-5)
     assert body["results"][-1]["is_anomaly"] is True  # every member's energy test: too simple
+    assert body["results"][-1]["score"] > 1 and body["results"][-1]["percentile"] == 100.0

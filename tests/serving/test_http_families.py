@@ -97,7 +97,7 @@ def test_score_serves_the_bundles_scores(family_server, family_models, family, r
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"]["family"] == family
-    served = [r["score"] for r in body["results"]]
+    served = [r["raw_score"] for r in body["results"]]
     with torch.no_grad():
         local = family_models[family].anomaly_score(digits).double().numpy()
     np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)

@@ -217,7 +217,7 @@ def _traffic(url: str, endpoint: str, payload: dict, stop: threading.Event, call
                     200,
                     version=version,
                     header=response.headers.get(VERSION_HEADER),
-                    score=results[0].get("score"),
+                    score=results[0].get("raw_score"),
                 )
             )
 

@@ -106,8 +106,10 @@ def test_draw_score_upload_generate_and_open_a_model_card(page, tmp_path, real_d
     _draw_seven(page)
     page.click("#score-btn")
     expect(page.locator("#recon-note")).not_to_be_empty()
-    assert float(page.inner_text("#score-value")) > 0
-    assert page.inner_text("#verdict") in ("normal", "anomalous")
+    score = float(page.inner_text("#score-value"))
+    assert page.inner_text("#verdict") == ("anomalous" if score > 1 else "normal")
+    assert page.inner_text("#threshold") == "1.000"
+    assert "normal range" in page.inner_text("#raw-score")  # the raw statistic, beside it
     assert "%" in page.inner_text("#percentile")
     assert "genops-anomaly v2" in page.inner_text("#score-by")
     assert _canvas_ink(page, "#recon") > 0 and _canvas_ink(page, "#errmap") > 0

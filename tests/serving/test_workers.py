@@ -83,7 +83,7 @@ def test_scores_and_samples_are_identical_across_workers(two_workers, real_digit
         headers={"Content-Type": "application/octet-stream"},
     )
     scores = {
-        pid: np.array([[r["score"] for r in resp.json()["results"]] for resp in responses])
+        pid: np.array([[r["raw_score"] for r in resp.json()["results"]] for resp in responses])
         for pid, responses in scored.items()
     }
     reference = next(iter(scores.values()))[0]
