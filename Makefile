@@ -75,6 +75,10 @@ bench-gate: install ## the promotion gate's error rates on the last `make run` (
 bench-seeds: install ## every family over training seeds 0 1 2: mean ± std, margins (docs/seeds.md)
 	$(BIN)/python benchmarks/bench_seeds.py --threads 1
 
+.PHONY: reference-detectors
+reference-detectors: install ## kNN + Mahalanobis reference rows (after `make run`; the next run shows them in the leaderboard)
+	$(BIN)/genops reference-detectors --threads 1
+
 clean: ## remove generated state (keeps data/, the DVC remote and the committed benchmark results)
 	rm -rf reports artifacts .genops .mlflow .pytest_cache .ruff_cache
 	rm -f $(filter-out metrics/baselines.json metrics/seeds.json metrics/gate.json,$(wildcard metrics/*.json))

@@ -105,12 +105,15 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 def leaderboard_markdown(results: dict[str, dict[str, dict[str, float]]], data: Path) -> str:
     """The pipeline's own leaderboard (tables, per-kind, the measured comparison table), fed
-    every seed's metrics: cells read mean ± std, beside the textbook baselines' rows."""
+    every seed's metrics: cells read mean ± std, beside the textbook baselines' and the reference
+    detectors' rows."""
     from pipelines.data.versioning import data_version
     from pipelines.evaluation.leaderboard import build_leaderboard, load_baselines, render_markdown
 
     runs = {family: list(by_seed.values()) for family, by_seed in results.items()}
-    baselines = load_baselines(REPO / "metrics" / "baselines.json", data_version(data_dir=data))
+    version = data_version(data_dir=data)
+    baselines = load_baselines(REPO / "metrics" / "baselines.json", version)
+    baselines |= load_baselines(REPO / "metrics" / "reference_detectors.json", version)
     return render_markdown(build_leaderboard(runs, baselines))
 
 

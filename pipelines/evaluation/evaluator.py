@@ -37,7 +37,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,23 +283,40 @@ def _reconstruction(model: GenerativeModel, test_x: Tensor, cfg: EvalConfig) -> 
 def _anomaly(
     model: GenerativeModel, splits: Splits, cfg: EvalConfig, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any]]:
+    """`detection_metrics` of the model's anomaly score."""
+
+    def score(images: np.ndarray) -> np.ndarray:
+        return score_images(model, torch.from_numpy(images), cfg.score_batch_size)
+
+    return detection_metrics(score, splits, cfg, out_dir)
+
+
+def detection_metrics(
+    score: Callable[[np.ndarray], np.ndarray], splits: Splits, cfg: EvalConfig, out_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Calibration on val normals, detection metrics on the tuned suite and the held-out
-    benchmark, all ranked by the calibrated atypicality; the atypicalities for plots/evidence."""
+    benchmark, all ranked by the calibrated atypicality; the atypicalities for plots/evidence.
+
+    `score` maps (N, 1, 28, 28) float32 images in [0, 1] to N raw anomaly scores: a family's
+    `anomaly_score`, or a reference detector's (research.reference_detectors), measured alike.
+    Writes calibration.json and test_scores.npy to `out_dir`.
+    """
     test_x, val_x = splits["test"][0].numpy(), splits["val"][0].numpy()
     t0 = time.perf_counter()
-    test_scores = score_images(model, splits["test"][0], cfg.score_batch_size)
+    test_scores = score(test_x)
     score_ms = 1000.0 * (time.perf_counter() - t0) / max(test_x.shape[0], 1)
-    val_scores = score_images(model, splits["val"][0], cfg.score_batch_size)
+    val_scores = score(val_x)
     calibration = Calibration.fit(
         val_scores, cfg.target_fpr, cfg.anomaly_low_fpr, val_x, cfg.anomaly_energy_fpr
     )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     calibration.save(out_dir)
     buf = io.BytesIO()
     np.save(buf, test_scores)
-    atomic_write_bytes(out_dir / "test_scores.npy", buf.getvalue())
+    atomic_write_bytes(Path(out_dir) / "test_scores.npy", buf.getvalue())
 
     def scored(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = score_images(model, torch.from_numpy(images), cfg.score_batch_size)
+        scores = score(images)
         return scores, calibration.statistic(scores, images)
 
     suite, kinds = build_anomaly_suite(

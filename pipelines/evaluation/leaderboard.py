@@ -12,6 +12,9 @@ Baselines (the textbook references of `benchmarks/bench_baselines.py`, stored in
 metrics/baselines.json with the data version they were measured on) are shown beside the family
 they are a baseline of, marked as baselines and never ranked: the task rankings, which the
 promotion gate shares, hold families only. Only rows measured on the current data are shown.
+Reference detectors (research/reference_detectors.py: kNN, Mahalanobis in the judge's features;
+metrics/reference_detectors.json, same row format with `is_reference`) are shown the same way
+in the anomaly tables, under the families, so that every generative score is read against them.
 """
 
 from __future__ import annotations
@@ -95,7 +98,11 @@ def baseline_runs(
             continue
         if data_version is not None and row.get("data_version") != data_version:
             continue
-        entry = out.setdefault(row["name"], {"family": row["family"], "runs": [], "capped": False})
+        entry = out.setdefault(
+            row["name"],
+            {"family": row["family"], "runs": [], "capped": False,
+             "reference": bool(row.get("is_reference"))},
+        )  # fmt: skip
         run = {**row.get("metrics", {})}
         run |= {k: row[k] for k in ("train_cpu_seconds", "steps") if row.get(k) is not None}
         entry["runs"].append(run)
@@ -144,6 +151,7 @@ def build_leaderboard(
                 "is_baseline": True,
                 "n_runs": len(entry["runs"]),
                 "capped": bool(entry.get("capped")),
+                "reference": bool(entry.get("reference")),
                 "metrics": summarise_runs(entry["runs"]),
             }
             for name, entry in (baselines or {}).items()
@@ -174,17 +182,24 @@ def _row_cells(
 
 
 def _baselines_of(board: Mapping[str, Any], families: Sequence[str] | None) -> list[str]:
-    """Baselines of `families` (a one-name list), or with None those of no listed family."""
-    found = board.get("baselines", {})
+    """Baselines of `families` (a one-name list), or with None those of no listed family
+    (reference detectors excepted: `_references`)."""
+    found = {n: b for n, b in board.get("baselines", {}).items() if not b.get("reference")}
     if families is None:
         listed = {row["family"] for row in board["generation"]}
         return sorted(n for n, b in found.items() if b["family"] not in listed)
     return sorted(n for n, b in found.items() if b["family"] in families)
 
 
+def _references(board: Mapping[str, Any]) -> list[str]:
+    """The reference detectors' names (not generative; shown in the anomaly tables)."""
+    return sorted(n for n, b in board.get("baselines", {}).items() if b.get("reference"))
+
+
 def _baseline_line(board: Mapping[str, Any], name: str, columns: Sequence[MetricSpec]) -> str:
     entry = board["baselines"][name]
-    label = f"↳ baseline: {name}{' (capped)' if entry.get('capped') else ''}"
+    kind = "reference" if entry.get("reference") else "baseline"
+    label = f"↳ {kind}: {name}{' (capped)' if entry.get('capped') else ''}"
     return "| " + " | ".join(_row_cells("—", label, entry, columns)) + " |"
 
 
@@ -204,6 +219,8 @@ def _table(board: Mapping[str, Any], task: str, with_baselines: bool = False) ->
             lines += [_baseline_line(board, n, columns) for n in names]
     if with_baselines:
         lines += [_baseline_line(board, n, columns) for n in _baselines_of(board, None)]
+    if task == ANOMALY:
+        lines += [_baseline_line(board, n, columns) for n in _references(board)]
     return lines
 
 
@@ -219,16 +236,20 @@ def _kinds(board: Mapping[str, Any], kind_set: KindSet) -> list[str]:
 
 
 def _per_kind_table(board: Mapping[str, Any]) -> list[str]:
-    """Rows: tuned-suite kinds, then held-out kinds; columns: families in anomaly rank order.
-    Cells: AUROC (share flagged by the calibrated verdict)."""
+    """Rows: tuned-suite kinds, then held-out kinds; columns: families in anomaly rank order,
+    then the reference detectors. Cells: AUROC (share flagged by the calibrated verdict)."""
     families = [row["family"] for row in board["anomaly"]]
+    references = _references(board)
+    entries = [board["families"][f] for f in families]
+    entries += [board["baselines"][n] for n in references]
+    names = families + [f"{n} (reference)" for n in references]
     auroc = task_metric(ANOMALY)
-    lines = ["| Set | Kind | " + " | ".join(families) + " |", "|" + "---|" * (len(families) + 2)]
+    lines = ["| Set | Kind | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
     for kind_set in KIND_SETS:
         for kind in _kinds(board, kind_set):
             cells = []
-            for family in families:
-                stats = board["families"][family]["metrics"]
+            for entry in entries:
+                stats = entry["metrics"]
                 cell = _cell(stats.get(kind_set.auroc(kind)), auroc, kind_set.auroc_fmt)
                 flagged = stats.get(kind_set.flagged(kind))
                 if flagged is not None:
@@ -239,7 +260,9 @@ def _per_kind_table(board: Mapping[str, Any]) -> list[str]:
 
 
 def _baseline_note(board: Mapping[str, Any]) -> list[str]:
-    if not board.get("baselines"):
+    if not _baselines_of(board, None) and not any(
+        _baselines_of(board, [row["family"]]) for row in board["generation"]
+    ):
         return []
     return [
         "",
@@ -247,6 +270,17 @@ def _baseline_note(board: Mapping[str, Any]) -> list[str]:
         "benchmarks/bench_baselines.py at one CPU budget and evaluated with this evaluation on "
         "this data; shown under the family they are a baseline of, never ranked and never "
         "candidates for promotion. Capped: trained fewer steps than its config asks.",
+    ]
+
+
+def _reference_note(board: Mapping[str, Any]) -> list[str]:
+    if not _references(board):
+        return []
+    return [
+        "",
+        "↳ reference rows are detectors that are not generative (research/reference_detectors.py: "
+        "kNN over the training digits, Mahalanobis in the judge's features), measured by this "
+        "evaluation on this data by `genops reference-detectors`; never ranked, never promoted.",
     ]
 
 
@@ -329,6 +363,7 @@ def render_markdown(leaderboard: Mapping[str, Any]) -> str:
         "AUROC ranks by the calibrated two-sided atypicality that the verdict thresholds.",
         "",
         *_table(leaderboard, ANOMALY),
+        *_reference_note(leaderboard),
     ]
     if any(_kinds(leaderboard, kind_set) for kind_set in KIND_SETS):
         lines += [

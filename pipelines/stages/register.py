@@ -29,6 +29,7 @@ from pipelines.settings import section
 from pipelines.stages.evaluate import RUN_INFO, judge_version, registered_evidence
 
 BASELINES_FILE = "baselines.json"  # benchmarks/bench_baselines.py writes it into metrics/
+REFERENCE_FILE = "reference_detectors.json"  # `genops reference-detectors` writes it there
 REPORT_FILES = ("leaderboard.json", "leaderboard.md", "promotion.json", "promotion.md")
 
 
@@ -81,7 +82,9 @@ def register_and_promote(
     settings = GateConfig.from_dict(section(params, "registry"))
     metrics = {f: json.loads((Path(metrics_root) / f"{f}.json").read_text()) for f in families}
     # textbook baselines measured on this data are shown, never candidates (only `families` are)
-    baselines = load_baselines(Path(metrics_root) / BASELINES_FILE, data_version(data_dir=data_dir))
+    current = data_version(data_dir=data_dir)
+    baselines = load_baselines(Path(metrics_root) / BASELINES_FILE, current)
+    baselines |= load_baselines(Path(metrics_root) / REFERENCE_FILE, current)  # never candidates
     board = build_leaderboard(metrics, baselines)
     report_dir = Path(report_dir)
     atomic_write_json(report_dir / "leaderboard.json", board)

@@ -223,6 +223,9 @@ def test_a_baseline_is_never_registered_or_promoted(tmp_path, monkeypatch):
     best = _row("mlp-vae", 0, 0.1)
     best["metrics"] |= {"anomaly_auroc_mean": 1.0}
     (metrics_root / "baselines.json").write_text(json.dumps(_results(best)))
+    reference = {"name": "knn", "family": "reference", "is_baseline": True, "is_reference": True,
+                 "data_version": DATA_MD5, "metrics": {"anomaly_auroc_mean": 1.0}}  # fmt: skip
+    (metrics_root / "reference_detectors.json").write_text(json.dumps(_results(reference)))
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {DATA_MD5}\n  path: data\n")
@@ -253,4 +256,6 @@ def test_a_baseline_is_never_registered_or_promoted(tmp_path, monkeypatch):
     assert gated  # the gate ran, on families
     board = json.loads((tmp_path / "reports" / "leaderboard.json").read_text())
     assert board["baselines"]["mlp-vae"]["is_baseline"]
-    assert "↳ baseline: mlp-vae" in (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert board["baselines"]["knn"]["reference"]
+    markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "↳ baseline: mlp-vae" in markdown and "↳ reference: knn" in markdown

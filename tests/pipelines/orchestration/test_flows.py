@@ -22,8 +22,9 @@ def make_project(root: Path, params_overrides: dict | None = None, corrupt: bool
     for name in ("models", "pipelines", "serving"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    (root / "metrics").mkdir()  # the committed baselines results: a dep of `register`
-    shutil.copy(ROOT / "metrics" / "baselines.json", root / "metrics" / "baselines.json")
+    (root / "metrics").mkdir()  # the committed baselines and reference results: deps of `register`
+    for name in ("baselines.json", "reference_detectors.json"):
+        shutil.copy(ROOT / "metrics" / name, root / "metrics" / name)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc("init", "-q", cwd=root)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
