@@ -117,3 +117,36 @@ def test_reference_rows_sit_in_the_anomaly_tables_only_and_are_never_ranked():
     assert "| Set | Kind | gan | vae | knn (reference) | mahalanobis (reference) |" in per_kind
     assert "| tuned suite | blur | 0.800 | 0.900 | 0.999 | 0.500 |" in per_kind
     assert "never ranked, never promoted" in anomaly
+
+
+def test_the_score_study_candidates_on_real_digits(real_digits):
+    """benchmarks/bench_scores.py's parts: the class Gaussians rank codes far from every class
+    above codes of the class; the compressed length is longer for noise than for a digit; a
+    combination fitted on validation normals flags about the budget of held-out normals."""
+    from benchmarks.bench_scores import (
+        class_gaussians,
+        combine,
+        compressed_length,
+        gaussian_over_scores,
+    )
+    from pipelines.evaluation.evaluator import EvalConfig
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 60)
+    codes = rng.normal(size=(600, 3)) + 8.0 * np.eye(10, 3)[labels]
+    nll = class_gaussians(codes, labels)
+    assert nll(np.array([[40.0, 40.0, 40.0]]))[0] > nll(codes).max()
+
+    images = real_digits[0][:400].numpy()
+    noise = rng.random((5, 1, 28, 28)).astype(np.float32)
+    assert compressed_length(noise).min() > compressed_length(images).max()
+
+    def ink(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1).mean(1) + 1e-3
+
+    cfg = EvalConfig.from_dict(EVALUATE)
+    mean_of = combine({"recon": ink, "length": compressed_length}, images[:200], "mean", cfg)
+    learned = gaussian_over_scores({"ink": ink, "length": compressed_length}, images[:200])
+    for score in (mean_of, learned):
+        normal = score(images[200:])
+        assert score(noise).min() > np.quantile(normal, 0.95)
