@@ -48,7 +48,8 @@ TASK_MODELS = {name: task.registered_model for name, task in TASKS.items()}
 
 def meta_from_version(mv: Any, role: str) -> BundleMeta:
     """BundleMeta from a registered version's tags (family, weights_sha256, metric.<name>...)."""
-    tasks = (role,) if role in TASK_MODELS else ()
+    task = role.removeprefix(spec.CHALLENGERS_ROLE_PREFIX)
+    tasks = (task,) if task in TASK_MODELS else ()
     source = redact_uri(str(mv.source))  # stored in meta.json and shown by /metadata
     return meta_from_tags(mv.name, str(mv.version), dict(mv.tags or {}), tasks, source)
 

@@ -37,6 +37,7 @@ def check_family(family: str) -> str:
 
 # ---- tasks, registered models, alias ----------------------------------------------------------
 ALIAS = "champion"
+CHALLENGER = "challenger"  # the alias of a task's challenger: served beside the champion
 MODEL_PREFIX = "genops-"
 GENERATION, ANOMALY = "generation", "anomaly"
 
@@ -140,9 +141,17 @@ FAMILIES_ROLE_PREFIX = "families/"
 REGISTERED_ARTIFACT_PATH = "model"  # the artifact folder of an evaluate run that gets registered
 
 
+CHALLENGERS_ROLE_PREFIX = "challengers/"
+
+
 def family_role(family: str) -> str:
     """The serving role of a family's latest version: "families/<family>"."""
     return f"{FAMILIES_ROLE_PREFIX}{family}"
+
+
+def challenger_role(task: str) -> str:
+    """The serving role of a task's challenger (`<registered model>@challenger`)."""
+    return f"{CHALLENGERS_ROLE_PREFIX}{task}"
 
 
 # ---- ranking ----------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from models.spec import ALIAS, ANOMALY, FAMILIES_ROLE_PREFIX, GENERATION, redact_text
+from models.spec import (
+    ALIAS,
+    ANOMALY,
+    CHALLENGER,
+    FAMILIES_ROLE_PREFIX,
+    GENERATION,
+    challenger_role,
+    redact_text,
+)
 from serving.bundle import ServedModel, load_bundle
 from serving.errors import ModelNotFound, NotReady
 from serving.sources import ModelSource, Snapshot
@@ -50,22 +58,36 @@ class Catalog:
             if role.startswith(FAMILIES_ROLE_PREFIX)
         }
 
-    def model_names(self) -> list[str]:
-        return [CHAMPION, *sorted(self.families)]
+    def challenger(self, task: str) -> ServedModel | None:
+        """The task's challenger (`<registered model>@challenger`), when one is served."""
+        return self.roles.get(challenger_role(task))
+
+    def model_names(self, task: str | None = None) -> list[str]:
+        challenged = task is None or self.challenger(task) is not None
+        return [CHAMPION, *([CHALLENGER] if challenged else []), *sorted(self.families)]
 
     def resolve(self, task: str, name: str | None) -> ServedModel:
-        """The task's champion (name None or "champion") or a family's latest by family name.
+        """The task's champion (name None or "champion"), its challenger ("challenger"), or a
+        family's latest by family name.
 
         NotReady when the champion is not loaded (why is in /metadata, not in the answer);
-        ModelNotFound for a family this catalog does not serve.
+        ModelNotFound for a family this catalog does not serve, or a challenger the task has
+        not got.
         """
         if name is None or name == CHAMPION:
             if task not in self.roles:
                 raise NotReady(f"no {task} model is being served (see `errors` in /metadata)")
             return self.roles[task]
+        if name == CHALLENGER:
+            found = self.challenger(task)
+            if found is None:
+                raise ModelNotFound(
+                    f"the {task} task has no challenger; known: {self.model_names(task)}"
+                )
+            return found
         families = self.families
         if name not in families:
-            raise ModelNotFound(f"unknown model {name!r}; known: {self.model_names()}")
+            raise ModelNotFound(f"unknown model {name!r}; known: {self.model_names(task)}")
         return families[name]
 
     def versions(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Le, Len
 from pydantic import BaseModel, Field
 
-from models.spec import ALIAS, FAMILIES
+from models.spec import ALIAS, CHALLENGER, FAMILIES
 
 MAX_GENERATE = 256  # images per /generate
 MAX_SCORE = 256  # images per /score
@@ -22,8 +22,9 @@ Label = Annotated[int, Ge(0), Le(9)]
 Steps = Annotated[int, Ge(1), Le(MAX_STEPS)]
 # /reconstruct's denoising strength: the share of the noise schedule (models with `denoising`)
 DenoiseStrength = Annotated[float, Ge(0), Le(1)]
-# "champion" (the task's champion) or a family name; families come from models.spec.FAMILIES
-ModelName = Literal[(ALIAS, *FAMILIES)]  # type: ignore[valid-type]
+# "champion" (the task's champion), "challenger" (its challenger, where it has one) or a family
+# name; families come from models.spec.FAMILIES
+ModelName = Literal[(ALIAS, CHALLENGER, *FAMILIES)]  # type: ignore[valid-type]
 OutputFormat = Literal["png_grid", "pngs", "array"]
 PixelScale = Literal["auto", "unit", "uint8"]
 

@@ -9,6 +9,7 @@ Chosen by `GENOPS_MODEL_SOURCE`:
 Every source resolves to the same layout of bundle folders (see serving.bundle):
     generation/           the `genops-generation@champion` bundle
     anomaly/              the `genops-anomaly@champion` bundle
+    challengers/<task>/   the `genops-<task>@challenger` bundle, where the task has one
     families/<family>/    the highest version of `genops-<family>`
 
 `mlflow` is imported lazily and only by the mlflow paths: a Bento serving from its own model
@@ -19,6 +20,7 @@ serving.model_cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,10 +37,12 @@ from models.spec import (
     ALIAS,
     ANOMALY,
     BUNDLE_FILES,
+    CHALLENGER,
     FAMILIES,
     FAMILIES_ROLE_PREFIX,
     GENERATION,
     MODEL_CARD_DIR,
+    challenger_role,
     family_model_name,
     family_role,
     redact_text,
@@ -87,7 +91,8 @@ class ModelSource(ABC):
 
 
 class DirSource(ModelSource):
-    """A folder with generation/, anomaly/ and families/<family>/ bundle subfolders."""
+    """A folder with generation/, anomaly/, challengers/<task>/ and families/<family>/ bundle
+    subfolders."""
 
     def __init__(self, root: Path, spec: str | None = None) -> None:
         self.root = Path(root)
@@ -97,6 +102,7 @@ class DirSource(ModelSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"model source folder {self.root} does not exist")
         found = {role: self.root / role for role in (GENERATION, ANOMALY)}
+        found |= {challenger_role(t): self.root / challenger_role(t) for t in (GENERATION, ANOMALY)}
         families = self.root / FAMILIES_ROLE_PREFIX.rstrip("/")
         if families.is_dir():
             for sub in sorted(p for p in families.iterdir() if p.is_dir()):
@@ -205,7 +211,8 @@ def versions_fingerprint(versions: Mapping[str, Any]) -> str:
 
 
 def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
-    """Role -> MLflow ModelVersion: both champions (by alias) and each family's latest."""
+    """Role -> MLflow ModelVersion: both champions (by alias), each task's challenger where
+    it has one, and each family's latest."""
     from mlflow.exceptions import MlflowException
 
     from models.spec import mlflow_client
@@ -217,6 +224,8 @@ def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
             found[role] = client.get_model_version_by_alias(name, ALIAS)
         except MlflowException as exc:
             log.warning("no %s@%s in the registry: %s", name, ALIAS, exc)
+        with contextlib.suppress(MlflowException):  # most of the time there is none
+            found[challenger_role(role)] = client.get_model_version_by_alias(name, CHALLENGER)
     for family in FAMILIES:
         try:
             versions = client.search_model_versions(f"name='{family_model_name(family)}'")

@@ -1,4 +1,5 @@
-"""MLflow model registry: candidates, the `champion` alias per task, the promotion gate, rollback.
+"""MLflow model registry: candidates, the `champion` alias per task, the promotion gate, rollback,
+and the `challenger` alias a task may hold beside its champion (served beside it, issue 22).
 
 Registered models (names in models.spec):
     genops-generation   task "generation", primary metric fd_judge (lower is better)
@@ -21,12 +22,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from models.spec import ALIAS, TASKS, Tag, Task, family_model_name, metric_tag  # noqa: F401
+from models.spec import (  # noqa: F401
+    ALIAS,
+    CHALLENGER,
+    TASKS,
+    Tag,
+    Task,
+    family_model_name,
+    metric_tag,
+)
 from pipelines import tracking
 
 log = logging.getLogger(__name__)
 P = Tag.PROMOTION_PREFIX
 ROLLBACK_PREFIX = "rollback."
+CHALLENGE_PREFIX = "challenge."  # tag key prefix of a challenger alias move, by its time
 # what a decision records of its interval: both gates' CI, the sequential gate's cost and rounds
 INTERVAL_TAGS = ("improvement", "ci_low", "ci_high", "rounds", "n_per_model", "p_value",
                  "seconds", "candidate", "champion")  # fmt: skip
@@ -92,14 +102,57 @@ def register_version(
     return str(version.version)
 
 
-def champion(task: Task) -> Any | None:
-    """The ModelVersion holding the task's champion alias, or None."""
+def champion(task: Task, alias: str = ALIAS) -> Any | None:
+    """The ModelVersion holding the task's champion alias (or `alias`), or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return _client().get_model_version_by_alias(task.registered_model, ALIAS)
+        return _client().get_model_version_by_alias(task.registered_model, alias)
     except MlflowException:
         return None
+
+
+def challenger(task: Task) -> Any | None:
+    """The ModelVersion holding the task's challenger alias, or None."""
+    return champion(task, CHALLENGER)
+
+
+def set_challenger(task_name: str, version: str | None, reason: str = "by hand") -> str:
+    """Point the task's challenger alias at `version` (None: remove it); return the previous
+    holder ("none" when there was none). The champion's own version is refused: a challenger
+    is compared with the champion, and a version cannot challenge itself."""
+    task = TASKS[task_name]
+    client = _client()
+    previous = challenger(task)
+    before = "none" if previous is None else str(previous.version)
+    if version is None:
+        if previous is not None:
+            with tracking.write_lock():
+                client.delete_registered_model_alias(task.registered_model, CHALLENGER)
+                client.set_model_version_tag(
+                    task.registered_model, before, f"{CHALLENGE_PREFIX}{time.time():.3f}",
+                    f"challenger cleared ({reason})",
+                )  # fmt: skip
+        return before
+    target = client.get_model_version(task.registered_model, str(version))  # raises if missing
+    current = champion(task)
+    if current is not None and str(current.version) == str(target.version):
+        raise ValueError(f"{task.registered_model} v{version} is the champion: it cannot challenge")
+    holder = "none" if current is None else str(current.version)
+    with tracking.write_lock():
+        client.set_registered_model_alias(task.registered_model, CHALLENGER, str(target.version))
+        client.set_model_version_tag(
+            task.registered_model, str(target.version), f"{CHALLENGE_PREFIX}{time.time():.3f}",
+            f"made challenger ({reason}); champion v{holder}",
+        )  # fmt: skip
+    return before
+
+
+def _drop_challenger(client: Any, task: Task, held: Any | None, champion_version: str) -> None:
+    """A version that becomes champion stops being the challenger. `held` is the challenger
+    read before the write lock was taken (reading opens the store: not inside the lock)."""
+    if held is not None and str(held.version) == str(champion_version):
+        client.delete_registered_model_alias(task.registered_model, CHALLENGER)
 
 
 def gate(
@@ -193,9 +246,11 @@ def _record(client: Any, task: Task, d: Decision) -> None:
         **({"stop": str(interval["decision"])} if "decision" in interval else {}),
         **{f"overlap_{k}": str(v) for k, v in (d.overlap or {}).items()},
     }
+    held = challenger(task) if d.promoted else None
     with tracking.write_lock():
         if d.promoted:
             client.set_registered_model_alias(task.registered_model, ALIAS, d.candidate_version)
+            _drop_challenger(client, task, held, d.candidate_version)
         for key, val in tags.items():
             client.set_model_version_tag(task.registered_model, d.candidate_version, P + key, val)
 
@@ -207,8 +262,10 @@ def rollback(task_name: str, version: str) -> str:
     target = client.get_model_version(task.registered_model, str(version))  # raises if missing
     previous = champion(task)
     before = "none" if previous is None else str(previous.version)
+    held = challenger(task)
     with tracking.write_lock():
         client.set_registered_model_alias(task.registered_model, ALIAS, str(target.version))
+        _drop_challenger(client, task, held, str(target.version))
         client.set_model_version_tag(
             task.registered_model,
             str(target.version),
@@ -222,17 +279,18 @@ def registry_state() -> dict[str, Any]:
     """Champion of each task with its family and primary metric (for reports and the README)."""
     state = {}
     for task in TASKS.values():
-        current = champion(task)
-        state[task.name] = (
-            None
-            if current is None
-            else {
-                "version": str(current.version),
-                "family": current.tags.get(Tag.FAMILY),
-                task.metric: current.tags.get(metric_tag(task.metric)),
-                "data_version": current.tags.get(Tag.DATA_VERSION),
-            }
-        )
+
+        def describe(mv: Any, task: Task = task) -> dict[str, Any] | None:
+            return None if mv is None else {
+                "version": str(mv.version),
+                "family": mv.tags.get(Tag.FAMILY),
+                task.metric: mv.tags.get(metric_tag(task.metric)),
+                "data_version": mv.tags.get(Tag.DATA_VERSION),
+            }  # fmt: skip
+
+        state[task.name] = describe(champion(task))
+        if state[task.name] is not None:
+            state[task.name]["challenger"] = describe(challenger(task))
     return state
 
 
@@ -267,8 +325,12 @@ def history() -> list[dict[str, Any]]:
                 at = float(fields.get("decided_at") or mv.creation_timestamp / 1000)
                 events.append({**base, "at": at, "event": fields["decision"], **fields})
             for key, value in tags.items():
-                if key.startswith(ROLLBACK_PREFIX):
-                    at = float(key.removeprefix(ROLLBACK_PREFIX))
-                    events.append({**base, "at": at, "event": "rollback", "reason": value,
-                                   "data_version": tags.get(Tag.DATA_VERSION)})  # fmt: skip
+                for prefix, event in (
+                    (ROLLBACK_PREFIX, "rollback"),
+                    (CHALLENGE_PREFIX, "challenge"),
+                ):
+                    if key.startswith(prefix):
+                        at = float(key.removeprefix(prefix))
+                        events.append({**base, "at": at, "event": event, "reason": value,
+                                       "data_version": tags.get(Tag.DATA_VERSION)})  # fmt: skip
     return sorted(events, key=lambda e: (e["at"], e["task"]))

@@ -45,7 +45,8 @@ function renderModels() {
   body.replaceChildren();
   for (const [role, model] of Object.entries(metadata.models)) {
     const row = document.createElement("tr");
-    cell(row, role.startsWith("families/") ? `latest ${role.slice(9)}` : `${role} champion`);
+    cell(row, role.startsWith("families/") ? `latest ${role.slice(9)}`
+      : role.startsWith("challengers/") ? `${role.slice(12)} challenger` : `${role} champion`);
     cell(row, `${model.name} v${model.version}`);
     cell(row, model.family);
     cell(row, model.data_version);
@@ -86,7 +87,9 @@ function fillSelect(select, options) {
 }
 
 function modelFor(task, choice) {
-  return choice === "champion" ? metadata.models[task] : metadata.models[`families/${choice}`];
+  if (choice === "champion") return metadata.models[task];
+  if (choice === "challenger") return metadata.models[`challengers/${task}`];
+  return metadata.models[`families/${choice}`];
 }
 
 function setupControls() {
@@ -96,7 +99,9 @@ function setupControls() {
     const m = modelFor(task, name);
     return m ? `${name} (${m.family} v${m.version})` : name;
   };
-  const choices = (task) => [["champion", describe(task, "champion")],
+  const challenger = (task) => (modelFor(task, "challenger")
+    ? [["challenger", describe(task, "challenger")]] : []);
+  const choices = (task) => [["champion", describe(task, "champion")], ...challenger(task),
     ...families.map((f) => [f, describe(task, f)])];
   fillSelect($("score-model"), choices("anomaly"));
   fillSelect($("gen-model"), choices("generation"));

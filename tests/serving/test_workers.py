@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,11 +99,16 @@ def test_scores_and_samples_are_identical_across_workers(two_workers, real_digit
     assert len(images_seen) == 1, "same seed, different images across workers"
 
 
-def test_one_admin_reload_moves_every_worker(two_workers, workers_dir):
-    """Last in the module: it changes the served version. The answering worker reloads, the
-    other follows its notice; no poller runs (GENOPS_RELOAD_INTERVAL_S is 0)."""
+def test_one_admin_reload_moves_every_worker(two_workers, workers_dir, real_digits):
+    """Last in the module: it changes the served version and adds an anomaly challenger. The
+    answering worker reloads, the other follows its notice; no poller runs
+    (GENOPS_RELOAD_INTERVAL_S is 0). Then every worker serves the challenger by name."""
     meta_path = workers_dir / "families" / "autoencoder" / "meta.json"
     meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"version": "9"}))
+    challenger = workers_dir / "challengers" / "anomaly"
+    shutil.copytree(workers_dir / "anomaly", challenger)
+    meta = json.loads((challenger / "meta.json").read_text())
+    (challenger / "meta.json").write_text(json.dumps(meta | {"version": "5"}))
     headers = {"X-Admin-Token": ADMIN_TOKEN, "Connection": "close"}
     answered = _fresh(two_workers.url, "POST", "/admin/reload", json={}, headers=headers)
     assert answered.status_code == 200 and answered.json()["swapped"], answered.text
@@ -110,8 +116,12 @@ def test_one_admin_reload_moves_every_worker(two_workers, workers_dir):
     while time.monotonic() - started < 10:  # the other worker checks for notices every 0.25 s
         by_worker = _until_every_worker_answered(two_workers.url, "GET", "/metadata")
         latest = {pid: responses[-1].json() for pid, responses in by_worker.items()}
-        versions = {m["models"]["families/autoencoder"]["version"] for m in latest.values()}
-        if versions == {"9"}:
+        versions = {
+            (m["models"]["families/autoencoder"]["version"],
+             m["models"].get("challengers/anomaly", {}).get("version"))
+            for m in latest.values()
+        }  # fmt: skip
+        if versions == {("9", "5")}:
             break
         time.sleep(0.2)
     print(f"admin reload -> every worker on the new version: {time.monotonic() - started:.2f} s")
@@ -119,5 +129,18 @@ def test_one_admin_reload_moves_every_worker(two_workers, workers_dir):
     for pid, meta in latest.items():
         assert meta["reload_interval_s"] == 0
         assert meta["models"]["families/autoencoder"]["version"] == "9", pid
+        assert meta["models"]["challengers/anomaly"]["version"] == "5", pid
+        assert meta["models"]["challengers/anomaly"]["tasks"] == ["anomaly"]
         trigger = meta["last_reload"]["trigger"]
         assert trigger == ("admin" if pid == answered.headers[WORKER_HEADER] else "notice")
+    digits = np.round(real_digits[0][HELD_OUT].reshape(-1, 784).numpy() * 255).astype(np.uint8)
+    by_worker = _until_every_worker_answered(
+        two_workers.url, "POST", "/score", json={"images": digits.tolist(), "model": "challenger"}
+    )
+    for pid, responses in by_worker.items():
+        assert {r.headers[VERSION_HEADER] for r in responses} == {"5"}, pid
+        assert {r.json()["model"]["version"] for r in responses} == {"5"}, pid
+    champion = _fresh(two_workers.url, "POST", "/score", json={"images": digits.tolist()})
+    assert champion.headers[VERSION_HEADER] == "2"
+    none = _fresh(two_workers.url, "POST", "/generate", json={"n": 1, "model": "challenger"})
+    assert none.status_code == 404 and "no challenger" in none.json()["error"], none.text

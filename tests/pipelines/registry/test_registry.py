@@ -113,3 +113,47 @@ def test_paired_gate_needs_the_interval_to_clear_the_margin(store):
 
     text = history_markdown(events)
     assert "rollback" in text and "[+0.05, +0.09]" in text
+
+
+def test_the_challenger_alias_beside_the_champion(store):
+    """`genops challenge`: a version made challenger is listed beside the champion and in the
+    history; the champion itself is refused; promotion or rollback to the challenger's version
+    ends its challenge; --clear removes it."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+    from serving.sources import registry_versions
+
+    task = registry.TASKS["anomaly"]
+    v1 = _candidate(store, "autoencoder", 40.0, 0.98, task="anomaly")
+    v2 = _candidate(store, "vae", 30.0, 0.97, task="anomaly")
+    registry.gate(task, v1, "autoencoder", {"anomaly_auroc_mean": 0.98}, "d1", margin=0.0)
+    assert registry.challenger(task) is None
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["challenge", "--task", "anomaly", "--version", v2])
+    assert made.exit_code == 0 and f"challenger vnone -> v{v2}" in made.output, made.output
+    assert str(registry.challenger(task).version) == v2
+    assert str(registry.champion(task).version) == v1  # the champion is untouched
+    state = registry.registry_state()["anomaly"]
+    assert state["version"] == v1 and state["challenger"]["version"] == v2
+    assert state["challenger"]["family"] == "vae"
+    roles = registry_versions()
+    assert str(roles["challengers/anomaly"].version) == v2 and "challengers/generation" not in roles
+    assert [e["version"] for e in registry.history() if e["event"] == "challenge"] == [v2]
+
+    itself = runner.invoke(main, ["challenge", "--task", "anomaly", "--version", v1])
+    assert itself.exit_code == 2 and "is the champion" in itself.output
+    missing = runner.invoke(main, ["challenge", "--task", "anomaly", "--version", "99"])
+    assert missing.exit_code == 2
+    both = runner.invoke(main, ["challenge", "--task", "anomaly", "--version", v2, "--clear"])
+    assert both.exit_code == 2 and "exactly one" in both.output
+    assert str(registry.challenger(task).version) == v2  # refusals changed nothing
+
+    registry.rollback("anomaly", v2)  # the challenger becomes champion: its challenge ends
+    assert str(registry.champion(task).version) == v2 and registry.challenger(task) is None
+    registry.set_challenger("anomaly", v1)
+    cleared = runner.invoke(main, ["challenge", "--task", "anomaly", "--clear"])
+    assert cleared.exit_code == 0 and f"challenger v{v1} -> none" in cleared.output
+    assert registry.challenger(task) is None and "challengers/anomaly" not in registry_versions()
+    assert registry.registry_state()["anomaly"]["challenger"] is None
