@@ -31,6 +31,8 @@ class Settings:
     score_max_queue_s: float = 2.0  # GENOPS_SCORE_MAX_QUEUE_S: queued work, seconds
     generate_nice: int = 10  # GENOPS_GENERATE_NICE: CPU niceness of the generation threads
     gc_freeze: bool = True  # GENOPS_GC_FREEZE=0: keep the loaded heap in the collector's scans
+    shadow_share: float = 0.0  # GENOPS_SHADOW_SHARE: share of champion /score traffic shadowed
+    shadow_capacity: int = 2  # GENOPS_SHADOW_CAPACITY: shadow requests in flight, at most
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -48,6 +50,8 @@ class Settings:
             score_max_queue_s=float(env.get("GENOPS_SCORE_MAX_QUEUE_S", "2") or 2),
             generate_nice=int(env.get("GENOPS_GENERATE_NICE", "10") or 0),
             gc_freeze=_flag(env, "GENOPS_GC_FREEZE", True),
+            shadow_share=float(env.get("GENOPS_SHADOW_SHARE", "0") or 0),
+            shadow_capacity=_positive(env, "GENOPS_SHADOW_CAPACITY", 2),
         )
 
 

@@ -15,14 +15,17 @@ import anyio.to_thread
 import numpy as np
 
 from models.calibration import SCORE_THRESHOLD
+from models.spec import ALIAS as CHAMPION
+from models.spec import CHALLENGER
 from serving import imaging
 from serving.admission import Lane
 from serving.batching import ScoreBatcher
 from serving.bundle import SCORE_UNIT, ServedModel
-from serving.errors import BadInput
+from serving.errors import BadInput, ModelNotFound
 from serving.responses import model_headers
 from serving.runtime import score_metrics
 from serving.schemas import MAX_SCORE
+from serving.shadow import Shadow
 
 
 class Scoring:
@@ -33,10 +36,26 @@ class Scoring:
         lane: Lane,
         batcher: ScoreBatcher,
         resolve: Callable[[str, str | None], ServedModel],
+        shadow: Shadow | None = None,
     ) -> None:
         self.lane = lane
         self.batcher = batcher
         self.resolve = resolve
+        self.shadow = shadow
+
+    def offer_shadow(self, model: str | None, images: np.ndarray, payload: dict[str, Any]) -> str:
+        """After the champion answered (`model` None or "champion"), maybe shadow the request
+        on the challenger (serving.shadow); other requests are never shadowed."""
+        if self.shadow is None or model not in (None, CHAMPION):
+            return "off"
+        try:
+            challenger = self.resolve("anomaly", CHALLENGER)
+        except ModelNotFound:
+            return "off"
+        results = payload["results"]
+        scores = np.array([r["score"] for r in results], dtype=np.float64)
+        flags = np.array([r["is_anomaly"] for r in results], dtype=bool)
+        return self.shadow.offer("anomaly", challenger, images, scores, flags)
 
     async def read_images(
         self,
@@ -120,7 +139,9 @@ class Scoring:
         served = self.resolve("anomaly", model)
         batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
         scores = await self.scores(served, batch)
-        return self.payload(served, scores, batch), model_headers(served)
+        payload = self.payload(served, scores, batch)
+        self.offer_shadow(model, batch, payload)
+        return payload, model_headers(served)
 
 
 def decode_files(files: list[Path]) -> np.ndarray:

@@ -71,6 +71,7 @@ from serving.schemas import (
     model_ref,
 )
 from serving.scoring import Scoring
+from serving.shadow import Shadow
 from serving.web import web_app
 
 log = logging.getLogger("genops.serving")
@@ -121,7 +122,12 @@ class GenOps:
             on_swap=freeze_heap if settings.gc_freeze else None,
             workers=worker_count(),
         )
-        self.scoring = Scoring(self.lanes[SCORING_LANE], self.batcher, self.models.resolve)
+        self.shadow = Shadow(
+            settings.shadow_share, settings.shadow_capacity, self.lanes[SCORING_LANE]
+        )
+        self.scoring = Scoring(
+            self.lanes[SCORING_LANE], self.batcher, self.models.resolve, self.shadow
+        )
         self.models.start()  # blocks until this worker's models are loaded and verified
         if settings.gc_freeze:
             freeze_heap()
@@ -134,6 +140,7 @@ class GenOps:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.models.stop()
+        self.shadow.shutdown()
         for lane in self.lanes.values():
             lane.shutdown()
 
@@ -169,6 +176,7 @@ class GenOps:
             "lanes": {name: lane.describe() for name, lane in self.lanes.items()},
             "admin_reload": "enabled" if self.settings.admin_token else "disabled (no token)",
             "batching": self.settings.batching,
+            "shadow": self.shadow.describe(),
             **reloads,
             "worker": worker_info(),
         }
@@ -259,6 +267,7 @@ class GenOps:
         batch = await self.scoring.read_images(images, files, scale, MAX_SCORE, pixels)
         scores = await self.scoring.scores(served, batch)
         payload = self.scoring.payload(served, scores, batch)
+        self.scoring.offer_shadow(model, batch, payload)
         return ScoreResponse.model_construct(
             model=model_ref(served.meta),
             threshold=payload["threshold"],

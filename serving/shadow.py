@@ -1,0 +1,251 @@
+"""Shadow scoring: a share of the champion's `/score` traffic also runs on the task's challenger,
+outside the client's response path, and the two are compared on the same live images (issue 22).
+
+When a request answered by the anomaly champion is done, `Shadow.offer` draws it with
+probability `GENOPS_SHADOW_SHARE` (0 = off, the default). A drawn request runs on the challenger
+in a lane of its own: one thread at a low CPU priority (`GENOPS_SHADOW_NICE`), at most
+`GENOPS_SHADOW_CAPACITY` requests in flight. Shadow work is dropped first: when its lane is
+full, or when the scoring lane has queued work (the champion is busy), the request is counted
+as dropped and nothing runs. The client's answer is never delayed by the challenger, and a
+challenger that fails is counted, never seen by the client.
+
+Live evidence per challenger version (this worker's; /metrics sums workers):
+    requests, images, errors, dropped, latency p50/p99 of the challenger's scoring,
+    score rank agreement with the champion (Spearman, over the last `PAIRS` image pairs),
+    verdict agreement, the challenger's flagged rate beside its calibrated target FPR and the
+    champion's flagged rate on the same images.
+`/metadata` shows it under `shadow`; /metrics carries the counters and the latency histogram
+with `task` and `version` labels, and the rank agreement as a gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from serving.bundle import ServedModel
+
+log = logging.getLogger("genops.serving")
+
+PAIRS = 5000  # image pairs kept for the rank agreement (per challenger version, per worker)
+LATENCIES = 2000  # shadow latencies kept for p50/p99
+
+
+@cache
+def shadow_metrics() -> dict[str, Any]:
+    """Prometheus metrics, created lazily (BentoML sets the multiprocess dir first)."""
+    import prometheus_client as prom
+
+    labels = ["task", "version"]
+    return {
+        "requests": prom.Counter(
+            "genops_shadow_requests", "Requests offered to the challenger, by outcome",
+            [*labels, "outcome"],
+        ),
+        "images": prom.Counter(
+            "genops_shadow_images", "Shadow-scored images, by verdict agreement with the champion",
+            [*labels, "agreement"],
+        ),
+        "flagged": prom.Counter(
+            "genops_shadow_flagged", "Shadow-scored images the challenger flagged", labels
+        ),
+        "latency": prom.Histogram(
+            "genops_shadow_latency_seconds", "The challenger's scoring time per shadow request",
+            labels, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        ),
+        "rank": prom.Gauge(
+            "genops_shadow_rank_agreement",
+            "Spearman correlation of challenger and champion scores on shadowed images",
+            labels, multiprocess_mode="liveall",
+        ),
+    }  # fmt: skip
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below 3 pairs or constant."""
+    from scipy.stats import rankdata
+
+    if len(a) < 3:
+        return None
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass
+class Evidence:
+    """What one challenger version showed on this worker's live traffic."""
+
+    task: str
+    name: str
+    version: str
+    family: str
+    target_fpr: float
+    requests: int = 0  # run on the challenger (ok or error)
+    images: int = 0
+    errors: int = 0
+    dropped: int = 0  # drawn, but shed because the shadow lane or the champion was busy
+    agree: int = 0  # images whose verdicts agree
+    flagged: int = 0  # images the challenger flagged
+    champion_flagged: int = 0  # the same images, flagged by the champion
+    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCIES))
+    pairs: deque = field(default_factory=lambda: deque(maxlen=PAIRS))
+
+    def describe(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies, dtype=np.float64) * 1e3
+        pairs = np.asarray(self.pairs, dtype=np.float64).reshape(-1, 2)
+        share = (lambda n: n / self.images) if self.images else (lambda n: None)
+        return {
+            "task": self.task,
+            "model": self.name,
+            "version": self.version,
+            "family": self.family,
+            "requests": self.requests,
+            "images": self.images,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
+            "rank_agreement": spearman(pairs[:, 0], pairs[:, 1]),
+            "verdict_agreement": share(self.agree),
+            "flagged_rate": share(self.flagged),
+            "champion_flagged_rate": share(self.champion_flagged),
+            "target_fpr": self.target_fpr,
+        }
+
+
+class Shadow:
+    """Offers finished champion requests to the task's challenger (see the module doc)."""
+
+    def __init__(
+        self, share: float, capacity: int, busy: Any, nice: int = 15, seed: int | None = None
+    ) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"GENOPS_SHADOW_SHARE must be in [0, 1], got {share}")
+        if capacity < 1:
+            raise ValueError(f"GENOPS_SHADOW_CAPACITY must be >= 1, got {capacity}")
+        self.share, self.capacity, self.nice = share, capacity, nice
+        self.busy = busy  # the champion's lane: shadow work waits for nothing it queues
+        self.in_flight = 0  # event-loop thread only
+        self.random = random.Random(seed)
+        self.evidence: dict[tuple[str, str, str], Evidence] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            from serving.admission import _thread_setup
+
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix="genops-shadow", initializer=_thread_setup,
+                initargs=(1, self.nice),
+            )  # fmt: skip
+        return self._executor
+
+    def _of(self, task: str, challenger: ServedModel) -> Evidence:
+        meta = challenger.meta
+        key = (task, meta.name, meta.version)
+        if key not in self.evidence:
+            self.evidence[key] = Evidence(
+                task, meta.name, meta.version, meta.family, challenger.calibration.target_fpr
+            )
+        return self.evidence[key]
+
+    def offer(
+        self,
+        task: str,
+        challenger: ServedModel | None,
+        images: np.ndarray,
+        champion_scores: np.ndarray,
+        champion_flags: np.ndarray,
+    ) -> str:
+        """Maybe run `images` on the challenger in the background; returns what happened:
+        "off" (no share or no challenger), "skipped" (not drawn), "dropped" or "sent"."""
+        if challenger is None or self.share <= 0.0:
+            return "off"
+        if self.random.random() >= self.share:
+            return "skipped"
+        evidence = self._of(task, challenger)
+        if self.in_flight >= self.capacity or self.busy.backlog_s > 0:
+            evidence.dropped += 1
+            shadow_metrics()["requests"].labels(task, evidence.version, "dropped").inc()
+            return "dropped"
+        self.in_flight += 1
+        job = asyncio.get_running_loop().create_task(
+            self._run(evidence, challenger, images, champion_scores, champion_flags)
+        )
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+        return "sent"
+
+    async def _run(
+        self,
+        evidence: Evidence,
+        challenger: ServedModel,
+        images: np.ndarray,
+        champion_scores: np.ndarray,
+        champion_flags: np.ndarray,
+    ) -> None:
+        metrics, labels = shadow_metrics(), (evidence.task, evidence.version)
+        started = time.perf_counter()
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(
+                self._pool(), challenger.score, images
+            )
+            scores = challenger.calibration.statistic(raw, images)
+        except Exception as exc:  # the client never sees it; the evidence does
+            evidence.requests += 1
+            evidence.errors += 1
+            metrics["requests"].labels(*labels, "error").inc()
+            log.warning("shadow: %s v%s failed: %s", evidence.name, evidence.version, exc)
+            return
+        finally:
+            self.in_flight -= 1
+        seconds = time.perf_counter() - started
+        flags = scores > 1.0
+        agree = int(np.sum(flags == champion_flags))
+        evidence.requests += 1
+        evidence.images += len(flags)
+        evidence.agree += agree
+        evidence.flagged += int(flags.sum())
+        evidence.champion_flagged += int(np.sum(champion_flags))
+        evidence.latencies.append(seconds)
+        evidence.pairs.extend(zip(champion_scores.tolist(), scores.tolist(), strict=True))
+        metrics["requests"].labels(*labels, "ok").inc()
+        metrics["latency"].labels(*labels).observe(seconds)
+        metrics["images"].labels(*labels, "agree").inc(agree)
+        metrics["images"].labels(*labels, "disagree").inc(len(flags) - agree)
+        metrics["flagged"].labels(*labels).inc(int(flags.sum()))
+        if evidence.requests % 25 == 1:  # ranking 5,000 pairs takes ~1 ms of the event loop
+            rank = spearman(*np.asarray(evidence.pairs, dtype=np.float64).reshape(-1, 2).T)
+            if rank is not None:
+                metrics["rank"].labels(*labels).set(rank)
+
+    async def drain(self) -> None:
+        """Wait for the shadow work in flight (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "share": self.share,
+            "capacity": self.capacity,
+            "in_flight": self.in_flight,
+            "challengers": [e.describe() for e in self.evidence.values()],
+        }
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
