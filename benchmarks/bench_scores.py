@@ -48,7 +48,7 @@ import torch
 from models.calibration import Calibration
 from models.io import load_model
 from pipelines.data.dataset import SPLITS, load_tensors
-from pipelines.evaluation.evaluator import EvalConfig, detection_metrics
+from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, scored_normals
 from pipelines.evaluation.heldout import REAL_KINDS
 from pipelines.settings import load_params, section
 
@@ -185,7 +185,7 @@ def main() -> None:
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     model = load_model(args.models / args.family).eval()
     scores, fit = candidates(model, splits, cfg, args.knn)
-    scored = {k: splits[k] for k in ("val", "test")}
+    scored = scored_normals(splits, cfg)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, score in scores.items():

@@ -110,7 +110,12 @@ def run_reference_detectors(
     """
     from pipelines.data.dataset import SPLITS, load_tensors
     from pipelines.data.versioning import data_version
-    from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, stratified_slice
+    from pipelines.evaluation.evaluator import (
+        EvalConfig,
+        detection_metrics,
+        scored_normals,
+        stratified_slice,
+    )
     from pipelines.evaluation.judge import load_judge
     from pipelines.settings import section
     from pipelines.stages.evaluate import judge_version
@@ -120,10 +125,7 @@ def run_reference_detectors(
         raise ValueError(f"unknown detector(s) {unknown}; known: {list(DETECTORS)}")
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(data_dir, s) for s in SPLITS}
-    scored = {k: splits[k] for k in ("val", "test")}
-    if cfg.score_max_normals is not None:  # the families' slice, drawn the same way
-        scored = {k: tuple(t[stratified_slice(v[1], cfg.score_max_normals, cfg.slice_seed + i)]
-                           for t in v) for i, (k, v) in enumerate(scored.items())}  # fmt: skip
+    scored = scored_normals(splits, cfg)  # the families' normals (their slice, if capped)
     train_x, train_y = splits["train"]
     version = data_version(data_dir=data_dir)
     rows = []

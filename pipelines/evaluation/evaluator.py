@@ -208,6 +208,16 @@ def stratified_slice(labels: Tensor, n: int | None, seed: int) -> Tensor:
     return torch.from_numpy(np.sort(np.concatenate(picked)))
 
 
+def scored_normals(splits: Splits, cfg: EvalConfig) -> Splits:
+    """The val and test normals every detector scores: all of them, or with
+    `score_max_normals` the same stratified, seeded slice for every model (paired)."""
+    scored = {k: splits[k] for k in ("val", "test")}
+    if cfg.score_max_normals is not None:
+        scored = {k: tuple(t[stratified_slice(v[1], cfg.score_max_normals, cfg.slice_seed + i)]
+                           for t in v) for i, (k, v) in enumerate(scored.items())}  # fmt: skip
+    return scored
+
+
 def score_images(model: GenerativeModel, images: Tensor, batch_size: int) -> np.ndarray:
     """Anomaly scores (N,) in batches, under no_grad (families needing autograd enable it)."""
     out = []
@@ -485,10 +495,7 @@ def evaluate_model(
     splits = {k: (check_images(torch.as_tensor(x)), torch.as_tensor(y).long())
               for k, (x, y) in splits.items()}  # fmt: skip
     test_x = splits["test"][0]
-    scored = {k: splits[k] for k in ("val", "test")}  # all of them unless capped
-    if cfg.score_max_normals is not None:  # the slice every model scores (paired across models)
-        scored = {k: tuple(t[stratified_slice(v[1], cfg.score_max_normals, cfg.slice_seed + i)]
-                           for t in v) for i, (k, v) in enumerate(scored.items())}  # fmt: skip
+    scored = scored_normals(splits, cfg)
     if reference is None:
         reference = real_reference(judge, splits["train"][0], test_x, cfg)
     _check_reference(reference, cfg, splits["train"][0].shape[0])
