@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -138,7 +137,7 @@ class Shadow:
         self.share, self.capacity, self.nice = share, capacity, nice
         self.busy = busy  # the champion's lane: shadow work waits for nothing it queues
         self.in_flight = 0  # event-loop thread only
-        self.random = random.Random(seed)
+        self.random = np.random.default_rng(seed)  # not the random module: hypothesis flags it
         self.evidence: dict[tuple[str, str, str], Evidence] = {}
         self._tasks: set[asyncio.Task] = set()
         self._executor: ThreadPoolExecutor | None = None
