@@ -94,16 +94,16 @@ class Scoring:
     def payload(served: ServedModel, scores: np.ndarray, images: np.ndarray) -> dict[str, Any]:
         """The /score answer as plain JSON-ready data; records the score metrics.
 
-        The verdict gets each image too, so a calibration with an input-energy test applies it
-        exactly as the pipeline's evaluation does.
+        The calibrated score gets each image too, so a calibration with an input-energy test
+        applies it exactly as the pipeline's evaluation does; the verdict is that score > 1.
         """
         meta, calibration = served.meta, served.calibration
         histogram, anomalies = score_metrics()
         family_version = (meta.family, meta.version)
         calibrated = calibration.statistic(scores, images).tolist()
         results = []
-        for value, raw, image in zip(calibrated, scores.tolist(), images, strict=True):
-            flagged = calibration.is_anomaly(raw, image)
+        for value, raw in zip(calibrated, scores.tolist(), strict=True):
+            flagged = value > SCORE_THRESHOLD  # is_anomaly(raw, image), already computed
             histogram.labels(*family_version).observe(raw)
             if flagged:
                 anomalies.labels(*family_version).inc()
