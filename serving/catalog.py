@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from models.canary import Canary
 from models.spec import (
     ALIAS,
     ANOMALY,
@@ -36,6 +37,21 @@ CHAMPION = ALIAS
 
 
 @dataclass(frozen=True)
+class Route:
+    """Who answers one request: `served`, and when that is a canary, the champion to fall
+    back on (`fallback`) should it fail. `canary` is the task's live canary, whoever answers
+    (its requests are measured for both sides)."""
+
+    served: ServedModel
+    fallback: ServedModel | None = None
+    canary: Canary | None = None
+
+    @property
+    def role(self) -> str:
+        return "canary" if self.fallback is not None else CHAMPION
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Loaded models by role, and why any role is not being served."""
 
@@ -45,6 +61,7 @@ class Catalog:
     errors: Mapping[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = REQUIRED_ROLES
     loaded_at: float = 0.0
+    canaries: Mapping[str, Canary] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -61,6 +78,25 @@ class Catalog:
     def challenger(self, task: str) -> ServedModel | None:
         """The task's challenger (`<registered model>@challenger`), when one is served."""
         return self.roles.get(challenger_role(task))
+
+    def canary(self, task: str) -> Canary | None:
+        """The task's canary, only while its version is the challenger served here."""
+        canary, challenger = self.canaries.get(task), self.challenger(task)
+        if canary is None or challenger is None or challenger.meta.version != canary.version:
+            return None
+        return canary
+
+    def route(self, task: str, name: str | None, client: str) -> Route:
+        """`resolve`, except that a request for the champion (name None or "champion") from a
+        client the task's canary takes (models.canary: sticky by client key) goes to the
+        challenger, with the champion as its fallback."""
+        served = self.resolve(task, name)
+        canary = self.canary(task) if name in (None, CHAMPION) else None
+        if canary is None:
+            return Route(served)
+        if canary.takes(client):
+            return Route(self.roles[challenger_role(task)], served, canary)
+        return Route(served, None, canary)
 
     def model_names(self, task: str | None = None) -> list[str]:
         challenged = task is None or self.challenger(task) is not None
@@ -103,6 +139,10 @@ class Catalog:
             "versions": self.versions(),
             "models": {role: m.describe() for role, m in sorted(self.roles.items())},
             "errors": dict(self.errors),
+            "canaries": {
+                task: {**asdict(c), "live": self.canary(task) is not None}
+                for task, c in sorted(self.canaries.items())
+            },
         }
 
 
@@ -161,6 +201,7 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
         MappingProxyType(errors),
         required,
         time.time(),
+        MappingProxyType(dict(snapshot.canaries)),
     )
 
 

@@ -13,6 +13,8 @@ itself; `answer` turns it into `(status, {"error": reason}, headers)`:
     NotReady               503  the model a request needs is not loaded (yet)
     Overloaded             503  a full lane (admission control), with Retry-After
     Abandoned              499  the client went away (logged, nobody receives it)
+    ModelFailed            500  the model produced no usable answer (non-finite scores), with
+                                the reason; a canary's failure is answered by the champion
 
 Every other exception is a bug of ours: BentoML answers it `500` with a fixed message and
 logs the traceback; a response never carries one. BentoML's own 4xx (its request parser,
@@ -90,6 +92,12 @@ class Abandoned(ServingError):
     """The request was abandoned (client gone or timed out) before or while its work ran."""
 
     status = CLIENT_CLOSED
+
+
+class ModelFailed(ServingError):
+    """The model ran but its output is unusable (e.g. NaN scores): 500 with the reason."""
+
+    status = 500
 
 
 def answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]] | None:

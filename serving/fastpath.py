@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from serving.canary import client_key
 from serving.errors import ServingError
 from serving.http import Message, Receive, Scope, Send, send_error, send_json
 
@@ -48,8 +49,9 @@ class ScoreImageRoute:
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model = query.get("model", [None])[-1]
+        client = client_key(headers, scope.get("client"))
         try:
-            payload, extra = await service.score_body(b"".join(chunks), content_type, model)
+            payload, extra = await service.score_body(b"".join(chunks), content_type, model, client)
         except ServingError as exc:  # anything else is a bug: a bare 500
             await send_error(send, exc)
             return

@@ -18,7 +18,7 @@ from typing import Any
 
 from models.spec import redact_text
 from serving.bundle import ServedModel
-from serving.catalog import Catalog, empty_catalog, load_catalog
+from serving.catalog import Catalog, Route, empty_catalog, load_catalog
 from serving.reload_notice import ReloadNotice, notice_path
 from serving.schemas import ReloadResponse
 from serving.sources import ModelSource, source_from_env
@@ -178,6 +178,10 @@ class ModelSet:
         """The model answering `task` (`name`: champion or a family), from one read of the
         catalog, so the whole request uses one model set (NotReady, ModelNotFound otherwise)."""
         return self.catalog.resolve(task, name)
+
+    def route(self, task: str, name: str | None, client: str) -> Route:
+        """`resolve`, with the task's canary applied for this client (Catalog.route)."""
+        return self.catalog.route(task, name, client)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -17,11 +17,12 @@ import numpy as np
 from models.calibration import SCORE_THRESHOLD
 from models.spec import ALIAS as CHAMPION
 from models.spec import CHALLENGER
-from serving import imaging
+from serving import canary, imaging
 from serving.admission import Lane
 from serving.batching import ScoreBatcher
 from serving.bundle import SCORE_UNIT, ServedModel
-from serving.errors import BadInput, ModelNotFound
+from serving.catalog import Route
+from serving.errors import BadInput, ModelFailed, ModelNotFound
 from serving.responses import model_headers
 from serving.runtime import score_metrics
 from serving.schemas import MAX_SCORE
@@ -37,16 +38,26 @@ class Scoring:
         batcher: ScoreBatcher,
         resolve: Callable[[str, str | None], ServedModel],
         shadow: Shadow | None = None,
+        route: Callable[[str, str | None, str], Route] | None = None,
     ) -> None:
         self.lane = lane
         self.batcher = batcher
         self.resolve = resolve
         self.shadow = shadow
+        self.route = route or (lambda task, name, client: Route(resolve(task, name)))
 
-    def offer_shadow(self, model: str | None, images: np.ndarray, payload: dict[str, Any]) -> str:
-        """After the champion answered (`model` None or "champion"), maybe shadow the request
-        on the challenger (serving.shadow); other requests are never shadowed."""
-        if self.shadow is None or model not in (None, CHAMPION):
+    async def answer(self, route: Route, batch: np.ndarray) -> tuple[ServedModel, np.ndarray]:
+        """The scores of `batch` from whoever the route names (a failing canary falls back
+        on the champion, serving.canary)."""
+        return await canary.answer(route, lambda served: self.scores(served, batch))
+
+    def offer_shadow(
+        self, model: str | None, images: np.ndarray, payload: dict[str, Any], route: Route
+    ) -> str:
+        """After the champion answered a request for it (`model` None or "champion"), maybe
+        shadow the request on the challenger (serving.shadow); other requests, and those a
+        canary answered, are never shadowed."""
+        if self.shadow is None or model not in (None, CHAMPION) or route.fallback is not None:
             return "off"
         try:
             challenger = self.resolve("anomaly", CHALLENGER)
@@ -88,7 +99,13 @@ class Scoring:
     async def scores(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
         """Scores of a validated batch, queued on the scoring lane (may raise Shed)."""
         estimate = served.estimate_s(SCORE_UNIT, len(batch))
-        return await self.lane.hold(estimate, self.batcher.score(served, batch))
+        scores = await self.lane.hold(estimate, self.batcher.score(served, batch))
+        if not np.isfinite(scores).all():
+            raise ModelFailed(
+                f"{served.meta.name} v{served.meta.version} produced non-finite scores "
+                f"for {int((~np.isfinite(scores)).sum())} of {len(scores)} images"
+            )
+        return scores
 
     @staticmethod
     def payload(served: ServedModel, scores: np.ndarray, images: np.ndarray) -> dict[str, Any]:
@@ -129,18 +146,18 @@ class Scoring:
         }
 
     async def score_body(
-        self, body: bytes, content_type: str, model: str | None
+        self, body: bytes, content_type: str, model: str | None, client: str = ""
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """POST /score/image: (JSON payload, headers) for a raw body (the fast path).
 
         Failures raise serving.errors types (NotReady, ModelNotFound, BadInput, Shed ...),
         answered by whichever path called: the fast path or BentoML's API layer.
         """
-        served = self.resolve("anomaly", model)
+        route = self.route("anomaly", model, client)
         batch = imaging.decode_body(body, content_type, MAX_SCORE)[:, None, :, :]
-        scores = await self.scores(served, batch)
+        served, scores = await self.answer(route, batch)
         payload = self.payload(served, scores, batch)
-        self.offer_shadow(model, batch, payload)
+        self.offer_shadow(model, batch, payload, route)
         return payload, model_headers(served)
 
 

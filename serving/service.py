@@ -30,7 +30,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from serving import errors, imaging
+from serving import canary, errors, imaging
 from serving.admin import admin_refusal
 from serving.admission import (
     GENERATION_LANE,
@@ -42,7 +42,8 @@ from serving.admission import (
 )
 from serving.batching import ScoreBatcher
 from serving.bundle import SAMPLE_UNIT, SCORE_UNIT, ServedModel
-from serving.catalog import Catalog
+from serving.canary import client_key
+from serving.catalog import Catalog, Route
 from serving.errors import BadInput, Conflict, Forbidden
 from serving.fastpath import ScoreImageRoute
 from serving.http import BodySizeLimit, refuse_file_urls, release_request_timers
@@ -126,7 +127,11 @@ class GenOps:
             settings.shadow_share, settings.shadow_capacity, self.lanes[SCORING_LANE]
         )
         self.scoring = Scoring(
-            self.lanes[SCORING_LANE], self.batcher, self.models.resolve, self.shadow
+            self.lanes[SCORING_LANE],
+            self.batcher,
+            self.models.resolve,
+            self.shadow,
+            self.models.route,
         )
         self.models.start()  # blocks until this worker's models are loaded and verified
         if settings.gc_freeze:
@@ -188,10 +193,10 @@ class GenOps:
         return self.scoring.payload(served, scores, images)
 
     async def score_body(
-        self, body: bytes, content_type: str, model: str | None
+        self, body: bytes, content_type: str, model: str | None, client: str = ""
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """POST /score/image, answered by serving.fastpath (see Scoring.score_body)."""
-        return await self.scoring.score_body(body, content_type, model)
+        return await self.scoring.score_body(body, content_type, model, client)
 
     # ---- API --------------------------------------------------------------------------
     @bentoml.api(route="/generate")
@@ -210,22 +215,19 @@ class GenOps:
         `label` only for class-conditional models and `steps` only for models with a sampling
         step count (diffusion); either one given to another model is a 400.
         """
-        served = self.models.resolve("generation", model)
-        name_the_model(ctx, served)
-        if label is not None and not served.conditional:
-            raise BadInput(f"{served.meta.family} model is unconditional: omit `label`")
-        if steps is not None and not served.supports_steps:
-            raise BadInput(f"{served.meta.family} model has no sampling steps: omit `steps`")
-        cost, budget = served.generate_cost(n, steps), self.settings.max_generate_cost
-        if cost > budget:
-            raise BadInput(
-                f"request cost n x steps = {n} x {served.effective_steps(steps)} = {cost} "
-                f"exceeds the per-request budget of {budget} (GENOPS_MAX_GENERATE_COST): "
-                "lower `n` or `steps`"
-            )
+        route = self.models.route("generation", model, _client(ctx))
+        if route.fallback is not None and not _can_sample(route.served, n, label, steps, self):
+            route = Route(route.fallback, None, route.canary)  # the canary cannot take this one
+        _can_sample(route.served, n, label, steps, self, explain=True)
+        name_the_model(ctx, route.served)
         lane = self.lanes[GENERATION_LANE]
-        estimate = served.estimate_s(SAMPLE_UNIT, cost)
-        images = await lane.run(estimate, served.sample, n, seed, label, steps, current_stop())
+
+        async def sample(served: ServedModel) -> np.ndarray:
+            estimate = served.estimate_s(SAMPLE_UNIT, served.generate_cost(n, steps))
+            return await lane.run(estimate, served.sample, n, seed, label, steps, current_stop())
+
+        served, images = await canary.answer(route, sample)
+        name_the_model(ctx, served)
         images = images[:, 0]
         out: dict[str, Any] = {"png_grid": "", "pngs": [], "array": []}
         if format == "png_grid":
@@ -262,12 +264,13 @@ class GenOps:
         resized to 28x28. At most 256 images per request. For one image, `POST /score/image`
         with the PNG or the 784 raw bytes as the body is the fastest path.
         """
-        served = self.models.resolve("anomaly", model)
-        name_the_model(ctx, served)
+        route = self.models.route("anomaly", model, _client(ctx))
+        name_the_model(ctx, route.served)  # kept on a refusal: who would have answered
         batch = await self.scoring.read_images(images, files, scale, MAX_SCORE, pixels)
-        scores = await self.scoring.scores(served, batch)
+        served, scores = await self.scoring.answer(route, batch)
+        name_the_model(ctx, served)  # the champion, where a failing canary fell back
         payload = self.scoring.payload(served, scores, batch)
-        self.scoring.offer_shadow(model, batch, payload)
+        self.scoring.offer_shadow(model, batch, payload, route)
         return ScoreResponse.model_construct(
             model=model_ref(served.meta),
             threshold=payload["threshold"],
@@ -360,6 +363,39 @@ class GenOps:
         if result.refused:
             raise Conflict(result.reason)
         return result
+
+
+def _client(ctx: bentoml.Context) -> str:
+    """The request's sticky canary key (serving.canary.client_key)."""
+    request = ctx.request
+    return client_key(request.headers, request.client)
+
+
+def _can_sample(
+    served: ServedModel,
+    n: int,
+    label: int | None,
+    steps: int | None,
+    service: GenOps,
+    explain: bool = False,
+) -> bool:
+    """Whether `served` takes this /generate request; with `explain`, BadInput if not."""
+    problem = None
+    if label is not None and not served.conditional:
+        problem = f"{served.meta.family} model is unconditional: omit `label`"
+    elif steps is not None and not served.supports_steps:
+        problem = f"{served.meta.family} model has no sampling steps: omit `steps`"
+    else:
+        cost, budget = served.generate_cost(n, steps), service.settings.max_generate_cost
+        if cost > budget:
+            problem = (
+                f"request cost n x steps = {n} x {served.effective_steps(steps)} = {cost} "
+                f"exceeds the per-request budget of {budget} (GENOPS_MAX_GENERATE_COST): "
+                "lower `n` or `steps`"
+            )
+    if problem and explain:
+        raise BadInput(problem)
+    return problem is None
 
 
 def _current() -> Any:

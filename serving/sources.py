@@ -11,6 +11,9 @@ Every source resolves to the same layout of bundle folders (see serving.bundle):
     anomaly/              the `genops-anomaly@champion` bundle
     challengers/<task>/   the `genops-<task>@challenger` bundle, where the task has one
     families/<family>/    the highest version of `genops-<family>`
+and each task's live canary, if any (models.canary: a registered-model tag in MLflow,
+`canary.json` in a folder); a change of canary changes the fingerprint, so every worker
+reloads to it like to an alias move.
 
 `mlflow` is imported lazily and only by the mlflow paths: a Bento serving from its own model
 store needs neither MLflow nor a tracking server. The `mlflow` source copies versions with
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -32,6 +36,7 @@ from typing import Any
 
 from models import spec
 from models.bundle import BundleMeta
+from models.canary import CANARY_FILE, CANARY_TAG, Canary
 from models.registry_copy import TASK_MODELS, fetch_card, materialize_version, meta_from_version
 from models.spec import (
     ALIAS,
@@ -63,12 +68,14 @@ class Snapshot:
     `expected` is the source's own word on each role's identity (for the registry: the
     registered name, version and weights sha256); a loaded bundle that disagrees is refused.
     `errors` says why a role the source lists has no bundle (e.g. a failed download).
+    `canaries` are the tasks' live canaries (task -> Canary).
     """
 
     fingerprint: str
     bundles: Mapping[str, Path]
     expected: Mapping[str, BundleMeta] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
+    canaries: Mapping[str, Canary] = field(default_factory=dict)
 
 
 class ModelSource(ABC):
@@ -84,10 +91,14 @@ class ModelSource(ABC):
     def bundles(self) -> dict[str, Path]:
         """Role -> local bundle folder (downloaded first where needed)."""
 
+    def canaries(self) -> dict[str, Canary]:
+        """Task -> its live canary (none by default)."""
+        return {}
+
     def snapshot(self) -> Snapshot:
         """Fingerprint, then bundles: a change in between only causes one more reload."""
         fingerprint = self.fingerprint()
-        return Snapshot(fingerprint, self.bundles())
+        return Snapshot(fingerprint, self.bundles(), canaries=self.canaries())
 
 
 class DirSource(ModelSource):
@@ -109,12 +120,22 @@ class DirSource(ModelSource):
                 found[family_role(sub.name)] = sub
         return {role: path for role, path in found.items() if path.is_dir()}
 
+    def canaries(self) -> dict[str, Canary]:
+        """`canary.json` at the root: {task: {"version", "share", "started_at"}}."""
+        path = self.root / CANARY_FILE
+        if not path.is_file():
+            return {}
+        records = json.loads(path.read_text())
+        return {task: Canary.loads(task, record) for task, record in records.items()}
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         try:
             bundles = self.bundles()
         except FileNotFoundError:
             return "missing"
+        with contextlib.suppress(FileNotFoundError):
+            digest.update(b"canary:" + (self.root / CANARY_FILE).read_bytes())
         for role, path in sorted(bundles.items()):
             digest.update(role.encode())
             for name in BUNDLE_FILES:
@@ -171,14 +192,16 @@ class MlflowSource(ModelSource):
         return self.cache_dir / self.namespace / name / str(version)
 
     def fingerprint(self) -> str:
-        return versions_fingerprint(registry_versions(self.tracking_uri))
+        client = mlflow_client(self.tracking_uri)
+        return versions_fingerprint(registry_versions(client=client), registry_canaries(client))
 
     def bundles(self) -> dict[str, Path]:
         return dict(self.snapshot().bundles)
 
     def snapshot(self) -> Snapshot:
         """One registry read: the fingerprint always describes the versions downloaded."""
-        versions = registry_versions(self.tracking_uri)
+        client = mlflow_client(self.tracking_uri)
+        versions, canaries = registry_versions(client=client), registry_canaries(client)
         bundles: dict[str, Path] = {}
         expected: dict[str, BundleMeta] = {}
         errors: dict[str, str] = {}
@@ -190,7 +213,8 @@ class MlflowSource(ModelSource):
                 reason = redact_text(f"{type(exc).__name__}: {exc}")
                 log.error("cannot fetch %s v%s for %s: %s", mv.name, mv.version, role, reason)
                 errors[role] = reason
-        return Snapshot(versions_fingerprint(versions), bundles, expected, errors)
+        fingerprint = versions_fingerprint(versions, canaries)
+        return Snapshot(fingerprint, bundles, expected, errors, canaries)
 
     def _cached(self, mv: Any, role: str, meta: BundleMeta) -> Path:
         dst = self.bundle_dir(mv.name, str(mv.version))
@@ -205,19 +229,47 @@ class MlflowSource(ModelSource):
         return materialize_version(mv, role, dst, self.tracking_uri, verify=True)
 
 
-def versions_fingerprint(versions: Mapping[str, Any]) -> str:
-    """`role=name:version,...` of registry versions (sorted by role)."""
-    return ",".join(f"{role}={mv.name}:{mv.version}" for role, mv in sorted(versions.items()))
+def versions_fingerprint(
+    versions: Mapping[str, Any], canaries: Mapping[str, Canary] | None = None
+) -> str:
+    """`role=name:version,...` of registry versions (sorted by role), then `canary:<task>=
+    v<version>@<share>` of each live canary."""
+    found = [f"{role}={mv.name}:{mv.version}" for role, mv in sorted(versions.items())]
+    found += [f"canary:{c.label()}" for _, c in sorted((canaries or {}).items())]
+    return ",".join(found)
 
 
-def registry_versions(tracking_uri: str | None = None) -> dict[str, Any]:
+def mlflow_client(tracking_uri: str | None = None) -> Any:
+    from models.spec import mlflow_client as client
+
+    return client(tracking_uri or spec.tracking_uri())
+
+
+def registry_canaries(client: Any) -> dict[str, Canary]:
+    """Task -> the canary recorded on its registered model (`CANARY_TAG`); an unreadable
+    record is logged and ignored (no canary rather than a wrong one)."""
+    from mlflow.exceptions import MlflowException
+
+    found: dict[str, Canary] = {}
+    for task, name in TASK_MODELS.items():
+        try:
+            text = (client.get_registered_model(name).tags or {}).get(CANARY_TAG)
+        except MlflowException:
+            continue
+        if text:
+            try:
+                found[task] = Canary.loads(task, text)
+            except ValueError as exc:
+                log.error("ignoring the canary of %s: %s", name, exc)
+    return found
+
+
+def registry_versions(tracking_uri: str | None = None, client: Any = None) -> dict[str, Any]:
     """Role -> MLflow ModelVersion: both champions (by alias), each task's challenger where
     it has one, and each family's latest."""
     from mlflow.exceptions import MlflowException
 
-    from models.spec import mlflow_client
-
-    client = mlflow_client(tracking_uri or spec.tracking_uri())
+    client = client or mlflow_client(tracking_uri)
     found: dict[str, Any] = {}
     for role, name in TASK_MODELS.items():
         try:
