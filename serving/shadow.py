@@ -5,9 +5,10 @@ When a request answered by the anomaly champion is done, `Shadow.offer` draws it
 probability `GENOPS_SHADOW_SHARE` (0 = off, the default). A drawn request runs on the challenger
 in a lane of its own: one thread at a low CPU priority (`GENOPS_SHADOW_NICE`), at most
 `GENOPS_SHADOW_CAPACITY` requests in flight. Shadow work is dropped first: when its lane is
-full, or when the scoring lane has queued work (the champion is busy), the request is counted
-as dropped and nothing runs. The client's answer is never delayed by the challenger, and a
-challenger that fails is counted, never seen by the client.
+full, or when the scoring lane holds more than `SLACK_S` of work per thread (the champion is
+queuing, not just running), the request is counted as dropped and nothing runs. The client's
+answer is never delayed by the challenger, and a challenger that fails (an exception,
+non-finite scores) is counted, never seen by the client.
 
 Live evidence per challenger version (this worker's; /metrics sums workers):
     requests, images, errors, dropped, latency p50/p99 of the challenger's scoring,
@@ -38,6 +39,9 @@ log = logging.getLogger("genops.serving")
 
 PAIRS = 5000  # image pairs kept for the rank agreement (per challenger version, per worker)
 LATENCIES = 2000  # shadow latencies kept for p50/p99
+# the champion's lane counts as busy above this much admitted work per thread: a request or
+# two in flight is normal traffic, a queue is not (the p99 overhead: benchmarks/bench_overload.py)
+SLACK_S = 0.025
 
 
 @cache
@@ -177,7 +181,7 @@ class Shadow:
         if self.random.random() >= self.share:
             return "skipped"
         evidence = self._of(task, challenger)
-        if self.in_flight >= self.capacity or self.busy.backlog_s > 0:
+        if self.in_flight >= self.capacity or self.busy.backlog_s > SLACK_S * self.busy.workers:
             evidence.dropped += 1
             shadow_metrics()["requests"].labels(task, evidence.version, "dropped").inc()
             return "dropped"
@@ -204,6 +208,8 @@ class Shadow:
                 self._pool(), challenger.score, images
             )
             scores = challenger.calibration.statistic(raw, images)
+            if not np.isfinite(scores).all():  # what the service answers as ModelFailed
+                raise ValueError("non-finite scores")
         except Exception as exc:  # the client never sees it; the evidence does
             evidence.requests += 1
             evidence.errors += 1

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {  # command -> "module:attribute"
     "history": "pipelines.cli.registry:history_cmd",
     "champions": "pipelines.cli.registry:champions_cmd",
     "challenge": "pipelines.cli.registry:challenge_cmd",
+    "canary": "pipelines.cli.registry:canary_cmd",
     "one-class": "pipelines.cli.research:one_class_cmd",
     "reference-detectors": "pipelines.cli.research:reference_cmd",
     "flow": "pipelines.cli.flow:flow",

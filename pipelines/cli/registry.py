@@ -1,5 +1,5 @@
-"""`genops rollback | challenge | history | champions`: the registry's aliases and decisions by
-hand."""
+"""`genops rollback | challenge | canary | history | champions`: the registry's aliases and
+decisions by hand, and the canary that decides on live traffic."""
 
 from __future__ import annotations
 
@@ -41,6 +41,82 @@ def challenge_cmd(task, version, clear) -> None:
     except (ValueError, MlflowException) as exc:  # the champion itself; no such version
         fail(str(exc), 2)
     click.echo(f"{task}: challenger v{previous} -> {'none' if clear else f'v{version}'}")
+
+
+@click.command("canary")
+@click.option("--task", type=click.Choice(list(TASKS)), required=True)
+@click.option(
+    "--url",
+    default="http://127.0.0.1:3000",
+    show_default=True,
+    help="The running service whose /metrics judge the canary.",
+)
+@click.option(
+    "--share",
+    type=float,
+    help="Share of clients sent to the challenger [default: params.yaml canary.share].",
+)
+@click.option("--window-s", type=float, help="[default: params.yaml canary.window_s]")
+@click.option("--min-requests", type=int, help="[default: params.yaml canary.min_requests]")
+@click.option("--stop", "stop", is_flag=True, help="End a canary left running (by hand).")
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+)
+def canary_cmd(task, url, share, window_s, min_requests, stop, params_path) -> None:
+    """Send a share of live traffic to the task's challenger, then promote or roll back.
+
+    Needs a challenger (`genops challenge`). Reads the service's /metrics every poll; rolls
+    back at once when the challenger breaches params.yaml's error-rate or p99 budget, and
+    promotes it when the window passes within budget. GENOPS_ADMIN_TOKEN makes each change
+    effective on every worker at once (else at the service's next registry poll). Exit 0:
+    promoted; 3: rolled back, refused (shadow evidence) or undecided (too little traffic).
+    """
+    import dataclasses
+
+    from pipelines.cli.common import fail
+    from pipelines.registry.canary import PROMOTED, CanaryBudget, Service, run_canary
+    from pipelines.settings import load_params, section
+
+    if stop:
+        from pipelines.registry import client as registry
+
+        live = registry.canary(TASKS[task])
+        if live is None:
+            fail(f"{task} has no canary", 2)
+        registry.end_canary(task, live.version, "stopped", "ended by hand", {})
+        Service.from_env(url).reload()
+        click.echo(f"{task}: canary of v{live.version} ended")
+        return
+    try:
+        budget = CanaryBudget.from_dict(section(load_params(params_path), "canary"))
+        overrides = {"share": share, "window_s": window_s, "min_requests": min_requests}
+        budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v})
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), 2)
+
+    def show(figures: dict) -> None:
+        click.echo(
+            f"  {figures['window_s']:>6.1f} s  canary {figures['canary_requests']} requests, "
+            f"{figures['canary_errors']} errors, p99 {_ms(figures['canary_p99_ms'])}; champion "
+            f"{figures.get('champion_requests', 0)}, p99 {_ms(figures.get('champion_p99_ms'))}",
+            err=True,
+        )
+
+    try:
+        outcome = run_canary(task, budget, Service.from_env(url), progress=show)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    click.echo(json.dumps(outcome.to_dict(), indent=2))
+    if outcome.event != PROMOTED:
+        raise SystemExit(3)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 @click.command("history")

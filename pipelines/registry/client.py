@@ -16,12 +16,14 @@ versions, judge version) and returned for the report; `history()` reads them all
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from models.canary import CANARY_TAG, Canary
 from models.spec import (  # noqa: F401
     ALIAS,
     CHALLENGER,
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 P = Tag.PROMOTION_PREFIX
 ROLLBACK_PREFIX = "rollback."
 CHALLENGE_PREFIX = "challenge."  # tag key prefix of a challenger alias move, by its time
+CANARY_PREFIX = "canary."  # tag key prefix of a canary event (JSON: event, reason, figures)
+LIVE_PREFIX = "live."  # the challenger's last live evidence, one tag per figure
 # what a decision records of its interval: both gates' CI, the sequential gate's cost and rounds
 INTERVAL_TAGS = ("improvement", "ci_low", "ci_high", "rounds", "n_per_model", "p_value",
                  "seconds", "candidate", "champion")  # fmt: skip
@@ -275,6 +279,76 @@ def rollback(task_name: str, version: str) -> str:
     return before
 
 
+def canary(task: Task) -> Canary | None:
+    """The task's canary record (models.canary), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = (_client().get_registered_model(task.registered_model).tags or {}).get(CANARY_TAG)
+    except MlflowException:
+        return None
+    return Canary.loads(task.name, text) if text else None
+
+
+def _canary_event(
+    client: Any, task: Task, version: str, event: str, reason: str, figures: dict[str, Any]
+) -> None:
+    """Record a canary event on `version` (history) and its figures as `live.*` tags."""
+    record = {"event": event, "reason": reason, **figures}
+    client.set_model_version_tag(
+        task.registered_model, version, f"{CANARY_PREFIX}{time.time():.3f}", json.dumps(record)
+    )
+    for key, value in figures.items():
+        if isinstance(value, int | float):
+            client.set_model_version_tag(task.registered_model, version, LIVE_PREFIX + key,
+                                         f"{value:.6g}")  # fmt: skip
+
+
+def start_canary(task_name: str, share: float, reason: str, figures: dict[str, Any]) -> Canary:
+    """Send `share` of the task's champion traffic to its challenger (a registered-model tag
+    every serving worker follows); ValueError when the task has no challenger."""
+    task = TASKS[task_name]
+    held = challenger(task)
+    if held is None:
+        raise ValueError(f"{task.registered_model} has no challenger: set one first "
+                         "(`genops challenge --task ... --version N`)")  # fmt: skip
+    record = Canary(task.name, str(held.version), share, time.time())
+    client = _client()
+    with tracking.write_lock():
+        client.set_registered_model_tag(task.registered_model, CANARY_TAG, record.dumps())
+        _canary_event(client, task, record.version, "started", reason,
+                      {"share": share, **figures})  # fmt: skip
+    return record
+
+
+def end_canary(
+    task_name: str,
+    version: str,
+    event: str,
+    reason: str,
+    figures: dict[str, Any],
+    promote: bool = False,
+    drop_challenger: bool = False,
+) -> None:
+    """End the task's canary of `version`, recording `event` with its reason and figures.
+
+    `promote`: the challenger takes the champion alias (and stops being the challenger);
+    `drop_challenger`: the challenger alias is removed (a rollback). A canary record of
+    another version (someone moved on) is left alone.
+    """
+    task = TASKS[task_name]
+    client = _client()
+    live, held = canary(task), challenger(task)
+    with tracking.write_lock():
+        if live is not None and live.version == str(version):
+            client.delete_registered_model_tag(task.registered_model, CANARY_TAG)
+        if promote:
+            client.set_registered_model_alias(task.registered_model, ALIAS, str(version))
+        if promote or drop_challenger:
+            _drop_challenger(client, task, held, str(version))
+        _canary_event(client, task, str(version), event, reason, figures)
+
+
 def registry_state() -> dict[str, Any]:
     """Champion of each task with its family and primary metric (for reports and the README)."""
     state = {}
@@ -291,6 +365,10 @@ def registry_state() -> dict[str, Any]:
         state[task.name] = describe(champion(task))
         if state[task.name] is not None:
             state[task.name]["challenger"] = describe(challenger(task))
+            live = canary(task)
+            state[task.name]["canary"] = None if live is None else {
+                "version": live.version, "share": live.share, "started_at": live.started_at
+            }  # fmt: skip
     return state
 
 
@@ -325,6 +403,12 @@ def history() -> list[dict[str, Any]]:
                 at = float(fields.get("decided_at") or mv.creation_timestamp / 1000)
                 events.append({**base, "at": at, "event": fields["decision"], **fields})
             for key, value in tags.items():
+                if key.startswith(CANARY_PREFIX):
+                    record = json.loads(value)
+                    at = float(key.removeprefix(CANARY_PREFIX))
+                    events.append({**base, **record, "at": at,
+                                   "event": f"canary {record['event']}",
+                                   "data_version": tags.get(Tag.DATA_VERSION)})  # fmt: skip
                 for prefix, event in (
                     (ROLLBACK_PREFIX, "rollback"),
                     (CHALLENGE_PREFIX, "challenge"),

@@ -27,12 +27,9 @@ from models.spec import (
     ALIAS,
     ANOMALY,
     GENERATION,
-    REGISTERED_ARTIFACT_PATH,
     TASKS,
     WEIGHTS_FILE,
-    Tag,
     family_model_name,
-    metric_tag,
     redact_uri,
 )
 from serving.bundle import load_bundle
@@ -44,6 +41,7 @@ from tests.serving.conftest import (
     TRAIN,
     Server,
     digits_as_lists,
+    register_bundle,
     train_tiny_autoencoder,
     write_role,
 )
@@ -60,24 +58,6 @@ DIGIT = slice(4600, 4601)  # one held-out digit, scored over and over
 class Registry:
     uri: str
     versions: dict[str, dict[str, Path]]  # registered name -> version -> the bundle it holds
-
-
-def _register(client: Any, experiment: str, name: str, bundle: Path) -> str:
-    """Log a bundle as a run artifact and register it with the tags pipelines/registry writes."""
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(bundle), REGISTERED_ARTIFACT_PATH)
-    client.set_terminated(run.info.run_id)
-    if not client.search_registered_models(f"name='{name}'"):
-        client.create_registered_model(name)
-    meta = read_meta(bundle)
-    tags = {
-        Tag.FAMILY: meta.family,
-        Tag.WEIGHTS_SHA256: meta.weights_sha256,
-        Tag.DATA_VERSION: "md5:swap",
-        metric_tag(TASKS[ANOMALY].metric): "0.9",
-    }
-    source = f"{run.info.artifact_uri}/{REGISTERED_ARTIFACT_PATH}"
-    return str(client.create_model_version(name, source, run.info.run_id, tags=tags).version)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +83,12 @@ def registry(tmp_path_factory, source_dir, retrained) -> Registry:
     v1, v2 = source_dir / GENERATION, retrained
     versions: dict[str, dict[str, Path]] = {}
     for name in (ANOMALY_MODEL, GENERATION_MODEL):
-        versions[name] = {_register(client, experiment, name, b): b for b in (v1, v2)}
+        versions[name] = {register_bundle(client, experiment, name, b): b for b in (v1, v2)}
         assert sorted(versions[name]) == ["1", "2"]
         client.set_registered_model_alias(name, ALIAS, "1")
     family = family_model_name("autoencoder")
     other = source_dir / "families" / "autoencoder"
-    versions[family] = {_register(client, experiment, family, other): other}
+    versions[family] = {register_bundle(client, experiment, family, other): other}
     return Registry(uri, versions)
 
 

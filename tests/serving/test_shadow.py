@@ -93,7 +93,7 @@ def test_shadow_work_is_dropped_first_and_a_failing_challenger_is_only_counted()
     champion = (np.array([0.5, 2.0, 0.1]), np.array([False, True, False]))
 
     async def scenario() -> Shadow:
-        lane = SimpleNamespace(backlog_s=0.0)
+        lane = SimpleNamespace(backlog_s=0.0, workers=1)
         shadow = Shadow(1.0, capacity=1, busy=lane, seed=0)
         good = _served(lambda x: np.array([0.4, 3.0, 1.5]))
         assert Shadow(0.0, 1, lane).offer("anomaly", good, images, *champion) == "off"

@@ -1,0 +1,194 @@
+"""`genops canary`: a challenger earns its promotion on live traffic, or is rolled back (issue 22).
+
+    1. Optionally, the challenger must first have shadow evidence (serving/shadow.py): enough
+       shadowed requests, verdict agreement with the champion, a latency bound. Otherwise
+       the canary is refused and the reason recorded.
+    2. The canary starts: a registered-model tag (models.canary) every serving worker follows,
+       made effective at once by one `/admin/reload` (passed on to every worker).
+    3. Every `poll_s`, the service's /metrics is read and judged on this canary's own window
+       (counts since the start; pipelines/monitoring/live.py). Once the challenger answered
+       `judge_after` requests, an error rate above `max_error_rate` or a p99 above
+       `max_p99_ms` ends the canary at once: the challenger alias is removed (a rollback) and
+       the reason recorded. Clients never saw those errors: the service answers a failed
+       canary request again with the champion (serving/canary.py).
+    4. When `window_s` has passed and the challenger answered at least `min_requests`, it
+       becomes the champion. Too little traffic by `timeout_s` ends the canary undecided.
+
+Every event, with its figures, is tagged on the challenger's version (`canary.<time>`, shown by
+`genops history`) and the last figures as `live.*` tags. Budgets: params.yaml `canary:`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import httpx
+
+from models.spec import TASKS
+from pipelines.monitoring.live import Samples, canary_figures, read_metrics, shadow_figures
+
+log = logging.getLogger(__name__)
+PROMOTED, ROLLED_BACK, UNDECIDED, REFUSED = "promoted", "rolled back", "undecided", "refused"
+
+
+@dataclass(frozen=True)
+class CanaryBudget:
+    """params.yaml `canary:`; see the module doc for what each bound does."""
+
+    share: float = 0.1
+    window_s: float = 300.0
+    min_requests: int = 200
+    judge_after: int = 20
+    max_error_rate: float = 0.01
+    max_p99_ms: float = 250.0
+    poll_s: float = 5.0
+    timeout_s: float = 1800.0
+    shadow_min_requests: int = 0  # 0: no shadow evidence needed before a canary
+    shadow_min_agreement: float = 0.9
+    shadow_max_p99_ms: float = 250.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"canary.share must be in (0, 1], got {self.share}")
+        if not 0.0 <= self.max_error_rate < 1.0:
+            raise ValueError(f"canary.max_error_rate must be in [0, 1), got {self.max_error_rate}")
+        for name in ("window_s", "poll_s", "timeout_s", "max_p99_ms", "shadow_max_p99_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"canary.{name} must be > 0, got {getattr(self, name)}")
+        if self.judge_after < 1 or self.min_requests < self.judge_after:
+            raise ValueError("canary needs 1 <= judge_after <= min_requests")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CanaryBudget:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown canary params {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class Outcome:
+    task: str
+    version: str
+    champion_version: str | None
+    event: str
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Service:
+    """The running service the canary is judged on: its /metrics and its admin reload."""
+
+    url: str
+    token: str | None = None
+
+    def metrics(self) -> Samples:
+        return read_metrics(self.url)
+
+    def reload(self) -> None:
+        """Make a registry change effective on every worker now (else: at their next poll)."""
+        if not self.token:
+            log.warning("no GENOPS_ADMIN_TOKEN: the service picks the change up at its next poll")
+            return
+        answer = httpx.post(f"{self.url.rstrip('/')}/admin/reload", json={}, timeout=60,
+                            headers={"X-Admin-Token": self.token})  # fmt: skip
+        if answer.status_code != 200:
+            raise RuntimeError(f"/admin/reload answered {answer.status_code}: {answer.text}")
+
+    @classmethod
+    def from_env(cls, url: str) -> Service:
+        return cls(url, os.environ.get("GENOPS_ADMIN_TOKEN") or None)
+
+
+def shadow_refusal(figures: dict[str, Any], budget: CanaryBudget) -> str | None:
+    """Why the shadow evidence does not allow a canary yet (None: it does, or none needed)."""
+    if budget.shadow_min_requests <= 0:
+        return None
+    n, agreement = figures["shadow_requests"], figures["shadow_verdict_agreement"]
+    if n < budget.shadow_min_requests:
+        return f"shadowed on {n} requests, needs {budget.shadow_min_requests}"
+    if figures["shadow_errors"]:
+        return f"{figures['shadow_errors']} shadow errors"
+    if agreement is None or agreement < budget.shadow_min_agreement:
+        return f"verdict agreement {agreement} < {budget.shadow_min_agreement}"
+    if (figures["shadow_p99_ms"] or 0.0) > budget.shadow_max_p99_ms:
+        return f"shadow p99 {figures['shadow_p99_ms']:.0f} ms > {budget.shadow_max_p99_ms:g} ms"
+    return None
+
+
+def breach(figures: dict[str, Any], budget: CanaryBudget) -> str | None:
+    """Why the canary must end now (None: within budget, or too few requests to judge)."""
+    n = figures["canary_requests"]
+    if n < budget.judge_after:
+        return None
+    rate, p99 = figures["canary_error_rate"] or 0.0, figures["canary_p99_ms"]
+    if rate > budget.max_error_rate:
+        return (f"error rate {rate:.1%} ({figures['canary_errors']} of {n}) > budget "
+                f"{budget.max_error_rate:.1%}")  # fmt: skip
+    if p99 is not None and p99 > budget.max_p99_ms:
+        return f"p99 {p99:.0f} ms over {n} requests > budget {budget.max_p99_ms:g} ms"
+    return None
+
+
+def run_canary(
+    task_name: str,
+    budget: CanaryBudget,
+    service: Service,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Outcome:
+    """Shadow check, canary, then promotion or rollback (module doc). Returns what happened."""
+    from pipelines.registry import client as registry
+
+    task = TASKS[task_name]
+    held, current = registry.challenger(task), registry.champion(task)
+    if held is None:
+        raise ValueError(f"{task.registered_model} has no challenger to canary")
+    version = str(held.version)
+    champion_version = None if current is None else str(current.version)
+    before = service.metrics()
+    shadow = shadow_figures(before, task.name, version)
+    refused = shadow_refusal(shadow, budget)
+    if refused:
+        registry.end_canary(task.name, version, REFUSED, refused, shadow)
+        return Outcome(task.name, version, champion_version, REFUSED, refused, shadow)
+    registry.start_canary(task.name, budget.share, "genops canary", shadow)
+    service.reload()
+    started = clock()
+    base = service.metrics()  # judged on this canary's own window
+    while True:
+        sleep(budget.poll_s)
+        elapsed = clock() - started
+        figures = {**canary_figures(service.metrics().minus(base), task.name, version,
+                                    champion_version), **shadow,
+                   "share": budget.share, "window_s": round(elapsed, 1)}  # fmt: skip
+        if progress is not None:
+            progress(figures)
+        if reason := breach(figures, budget):
+            event, promote = ROLLED_BACK, False
+        elif elapsed >= budget.window_s and figures["canary_requests"] >= budget.min_requests:
+            event, promote = PROMOTED, True
+            reason = (f"{figures['canary_requests']} canary requests over {elapsed:.0f} s "
+                      "within budget")  # fmt: skip
+        elif elapsed >= budget.timeout_s:
+            event, promote = UNDECIDED, False
+            reason = f"only {figures['canary_requests']} canary requests in {elapsed:.0f} s"
+        else:
+            continue
+        registry.end_canary(task.name, version, event, reason, figures, promote=promote,
+                            drop_challenger=event == ROLLED_BACK)  # fmt: skip
+        service.reload()
+        log.info("%s canary of v%s: %s (%s)", task.name, version, event, reason)
+        return Outcome(task.name, version, champion_version, event, reason, figures, elapsed)

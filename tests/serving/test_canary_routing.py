@@ -1,0 +1,80 @@
+"""Canary routing without a server (serving/catalog.py Route, models/canary.py records)."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType, SimpleNamespace
+
+import pytest
+
+from models.canary import CANARY_FILE, Canary, draw
+from serving.catalog import Catalog
+from serving.sources import DirSource
+
+
+def _served(version: str) -> SimpleNamespace:
+    meta = SimpleNamespace(name="genops-anomaly", version=version)
+    return SimpleNamespace(meta=meta, describe=lambda: {"version": version})
+
+
+def _catalog(canary: Canary | None, challenger: str | None = "5") -> Catalog:
+    roles = {"anomaly": _served("2"), "generation": _served("3")}
+    if challenger:
+        roles["challengers/anomaly"] = _served(challenger)
+    canaries = {"anomaly": canary} if canary else {}
+    return Catalog("test", "f", MappingProxyType(roles), canaries=MappingProxyType(canaries))
+
+
+def test_a_canary_takes_its_share_of_clients_and_each_client_sticks():
+    canary = Canary("anomaly", "5", 0.1)
+    catalog = _catalog(canary)
+    clients = [f"10.0.{i // 256}.{i % 256}" for i in range(4000)]
+    routes = {c: catalog.route("anomaly", None, c) for c in clients}
+    to_canary = [c for c, r in routes.items() if r.served.meta.version == "5"]
+    assert 0.08 < len(to_canary) / len(clients) < 0.12
+    for c in clients[:200]:  # the same client, the same answer, every time
+        again = catalog.route("anomaly", "champion", c)
+        assert again.served is routes[c].served
+    first = routes[to_canary[0]]
+    assert first.fallback.meta.version == "2" and first.role == "canary"
+    assert first.canary == canary
+    champion = next(r for r in routes.values() if r.fallback is None)
+    assert champion.role == "champion" and champion.canary == canary
+    # a named model is never diverted; nor is another task
+    assert catalog.route("anomaly", "challenger", to_canary[0]).fallback is None
+    assert catalog.route("generation", None, to_canary[0]).canary is None
+
+
+def test_a_canary_for_a_version_that_is_not_the_challenger_is_ignored():
+    for catalog in (_catalog(Canary("anomaly", "4", 1.0)), _catalog(Canary("anomaly", "5", 1.0),
+                                                                   challenger=None)):  # fmt: skip
+        route = catalog.route("anomaly", None, "anyone")
+        assert route.served.meta.version == "2" and route.canary is None
+        assert catalog.describe()["canaries"]["anomaly"]["live"] is False
+
+
+def test_a_new_canary_reshuffles_clients():
+    same = sum(
+        (draw(f"c{i}", "anomaly", "5") < 0.5) == (draw(f"c{i}", "anomaly", "6") < 0.5)
+        for i in range(2000)
+    )
+    assert 800 < same < 1200  # independent draws agree about half the time
+
+
+@pytest.mark.parametrize(
+    "record", ['{"share": 0.1}', '{"version": "5", "share": 0}', '{"version": "5", "share": 2}',
+               "not json", '{"version": " ", "share": 0.5}'],
+)  # fmt: skip
+def test_a_bad_canary_record_is_refused_with_the_reason(record):
+    with pytest.raises(ValueError):
+        Canary.loads("anomaly", record)
+
+
+def test_a_folder_source_reads_its_canary_and_a_change_changes_the_fingerprint(tmp_path):
+    (tmp_path / "anomaly").mkdir()
+    source = DirSource(tmp_path)
+    before = source.fingerprint()
+    record = Canary("anomaly", "5", 0.25, 12.0)
+    (tmp_path / CANARY_FILE).write_text(json.dumps({"anomaly": json.loads(record.dumps())}))
+    assert source.fingerprint() != before
+    assert source.snapshot().canaries == {"anomaly": record}
