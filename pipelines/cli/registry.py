@@ -133,8 +133,21 @@ def history_cmd(out: Path | None) -> None:
 
 
 @click.command("champions")
-def champions_cmd() -> None:
-    """Show the current champion of each task, and its challenger where it has one."""
+@click.option("--url", help="A running service: add each challenger's live shadow and canary "
+              "figures from its /metrics (every worker summed).")  # fmt: skip
+def champions_cmd(url: str | None) -> None:
+    """Show each task's champion, its challenger and canary, where it has them."""
     from pipelines.registry.client import registry_state
 
-    click.echo(json.dumps(registry_state(), indent=2))
+    state = registry_state()
+    if url:
+        from pipelines.monitoring.live import canary_figures, read_metrics, shadow_figures
+
+        samples = read_metrics(url)
+        for task, champion in state.items():
+            held = (champion or {}).get("challenger")
+            if held:
+                held["live"] = shadow_figures(samples, task, held["version"]) | canary_figures(
+                    samples, task, held["version"], champion["version"]
+                )
+    click.echo(json.dumps(state, indent=2))

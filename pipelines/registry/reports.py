@@ -173,4 +173,23 @@ def history_markdown(events: list[dict[str, Any]]) -> str:
         )
     if not events:
         lines.append("| — | — | no decisions yet | | | | | | |")
+    canaries = [e for e in events if e["event"].startswith("canary ")]
+    if canaries:
+        lines += [
+            "",
+            "## Live evidence (shadow and canary, `genops canary`)",
+            "",
+            "| when (UTC) | task | event | version | canary requests | errors | p99 ms "
+            "(champion) | shadow requests | verdict agreement | reason |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for e in canaries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["at"]))
+            lines.append(
+                f"| {when} | {e['task']} | {e['event']} | v{e['version']} | "
+                f"{e.get('canary_requests', '—')} | {e.get('canary_errors', '—')} | "
+                f"{_num(e.get('canary_p99_ms'))} ({_num(e.get('champion_p99_ms'))}) | "
+                f"{e.get('shadow_requests', '—')} | {_num(e.get('shadow_verdict_agreement'))} | "
+                f"{e.get('reason', '')} |"
+            )
     return "\n".join(lines) + "\n"

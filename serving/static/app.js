@@ -40,13 +40,31 @@ function cell(row, text) {
   return td;
 }
 
+// "anomaly challenger · canary 10 % of clients · shadow 120 requests, 98 % verdict agreement,
+// p99 12 ms" (this worker's shadow figures; `genops champions --url` sums every worker)
+function challengerText(task, model) {
+  const parts = [`${task} challenger`];
+  const canary = (metadata.canaries || {})[task];
+  if (canary && canary.live) parts.push(`canary ${Math.round(canary.share * 100)} % of clients`);
+  const shadow = ((metadata.shadow || {}).challengers || [])
+    .find((e) => e.task === task && e.version === model.version);
+  if (shadow && shadow.requests) {
+    const agree = shadow.verdict_agreement === null ? "–"
+      : `${Math.round(shadow.verdict_agreement * 100)} %`;
+    parts.push(`shadow ${shadow.requests} requests, ${shadow.errors} errors, ${agree} verdict `
+      + `agreement, p99 ${Math.round(shadow.latency_ms_p99)} ms`);
+  }
+  return parts.join(" · ");
+}
+
 function renderModels() {
   const body = $("models").querySelector("tbody");
   body.replaceChildren();
   for (const [role, model] of Object.entries(metadata.models)) {
     const row = document.createElement("tr");
     cell(row, role.startsWith("families/") ? `latest ${role.slice(9)}`
-      : role.startsWith("challengers/") ? `${role.slice(12)} challenger` : `${role} champion`);
+      : role.startsWith("challengers/") ? challengerText(role.slice(12), model)
+      : `${role} champion`);
     cell(row, `${model.name} v${model.version}`);
     cell(row, model.family);
     cell(row, model.data_version);

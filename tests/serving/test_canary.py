@@ -177,6 +177,17 @@ def service_url(traffic: Traffic) -> str:
     return traffic.url
 
 
+def _champions(url: str) -> dict:
+    """`genops champions --url` as JSON."""
+    from click.testing import CliRunner
+
+    from pipelines.cli.registry import champions_cmd
+
+    result = CliRunner().invoke(champions_cmd, ["--url", url])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
 def _every_worker(url: str) -> dict[str, dict]:
     """/metadata from each of the two workers (fresh connections until both answered)."""
     seen: dict[str, dict] = {}
@@ -218,6 +229,9 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
         # a good one, shadowed first: promoted when the window passes within budget
         set_challenger(ANOMALY, "2", "test")
         time.sleep(4.0)
+        shown = _champions(service.url)["anomaly"]
+        assert shown["challenger"]["version"] == "2" and shown["canary"] is None
+        assert shown["challenger"]["live"]["shadow_requests"] > 0
         good, g0, g1 = _canary("2", _budget(shadow_min_requests=5), traffic)
         assert good.event == PROMOTED, good
         assert good.figures["shadow_requests"] >= 5 and good.figures["shadow_errors"] == 0
@@ -243,5 +257,9 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
         ("canary started", "4"), ("canary rolled back", "4"), ("canary started", "2"),
         ("canary promoted", "2"),
     ]  # fmt: skip
+    from pipelines.registry.reports import history_markdown
+
+    table = history_markdown(registry_client.history())
+    assert "| canary rolled back | v4 |" in table and "p99" in table and "shadow errors" in table
     tags = registry_client._client().get_model_version(ANOMALY_MODEL, "2").tags
     assert float(tags["live.canary_requests"]) >= 30 and tags["live.canary_errors"] == "0"

@@ -78,3 +78,47 @@ def test_a_folder_source_reads_its_canary_and_a_change_changes_the_fingerprint(t
     (tmp_path / CANARY_FILE).write_text(json.dumps({"anomaly": json.loads(record.dumps())}))
     assert source.fingerprint() != before
     assert source.snapshot().canaries == {"anomaly": record}
+
+
+def test_generation_canary_answers_with_its_version_and_falls_back_where_it_cannot(
+    tmp_path, source_dir, monkeypatch
+):
+    """In process: generation's challenger (v8, the unconditional autoencoder) under a canary of
+    share 1. A request it can serve is answered by v8 and says so; one with a `label` it
+    cannot take is answered by the champion (v3); a failing canary falls back, counted."""
+    import shutil
+
+    import bentoml
+
+    from serving.responses import VERSION_HEADER
+    from tests.serving.test_asgi import TestClient, _second_app
+
+    root = tmp_path / "models"
+    shutil.copytree(source_dir, root)
+    challenger = root / "challengers" / "generation"
+    shutil.copytree(root / "families" / "autoencoder", challenger)
+    meta = json.loads((challenger / "meta.json").read_text())
+    meta |= {"name": "genops-generation", "version": "8", "tasks": ["generation"]}
+    (challenger / "meta.json").write_text(json.dumps(meta))
+    record = json.loads(Canary("generation", "8", 1.0).dumps())
+    (root / CANARY_FILE).write_text(json.dumps({"generation": record}))
+    monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{root}")
+    monkeypatch.setenv("GENOPS_TORCH_THREADS", "1")
+    with TestClient(_second_app()) as client:
+        answer = client.post("/generate", json={"n": 2, "seed": 1})
+        assert answer.status_code == 200 and answer.headers[VERSION_HEADER] == "8"
+        assert answer.json()["model"]["version"] == "8"
+        labelled = client.post("/generate", json={"n": 2, "label": 3})
+        assert labelled.status_code == 200 and labelled.headers[VERSION_HEADER] == "3"
+        served = bentoml.get_current_service().catalog.challenger("generation")
+
+        def broken(*_args):
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(served, "sample", broken)
+        rescued = client.post("/generate", json={"n": 2, "seed": 1})
+        assert rescued.status_code == 200 and rescued.headers[VERSION_HEADER] == "3"
+    from serving.canary import canary_metrics
+
+    fallbacks = canary_metrics()["requests"].labels("generation", "8", "canary", "fallback")
+    assert fallbacks._value.get() >= 1
