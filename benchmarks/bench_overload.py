@@ -16,6 +16,11 @@ anomaly champion and families/autoencoder = the tests' tiny trained MLP autoenco
    `--overload` x that rate for `--seconds`: admitted p50/p99, counts per status, 5xx other
    than 503, peak RSS of the server's process tree, and the recovery time (from the last
    request sent until a fresh `/score` answers in under 50 ms again).
+3. shadow overhead (`--shadow-share S`, instead of 1 and 2): the anomaly champion's one-image
+   `/score` at `--shadow-load` x its capacity (open loop) with shadowing off and at share S
+   (a challenger beside it: a copy of the champion as v2, so shadow work costs what champion
+   work costs), alternating off/on `--repeats` times on fresh servers; the champion's
+   p50/p99 for each, and the ratio of the medians of the p99s (issue 22: at most 1.1).
 `--baseline PATH` runs everything twice, first serving the checkout at PATH (e.g.
 `git archive <commit> serving models | tar -x -C PATH`), then this one, back to back with the
 same bundles and settings: on a shared machine only such pairs compare. `--pin 0:1` pins the
@@ -186,6 +191,9 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=2.0, help="x the measured capacity")
     parser.add_argument("--env", nargs="*", default=[], help="server settings, e.g. KEY=VALUE")
     parser.add_argument("--skip-isolation", action="store_true")
+    parser.add_argument("--shadow-share", type=float, default=None, help="run scenario 3")
+    parser.add_argument("--shadow-load", type=float, default=0.5, help="x capacity (scenario 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="off/on pairs (scenario 3)")
     parser.add_argument(
         "--baseline", type=Path, default=None, help="first serve the checkout at this path"
     )
@@ -207,6 +215,9 @@ def main() -> None:
         root = Path(args.source.removeprefix("dir:")) if args.source else bundles(Path(tmp) / "m")
         images = digits(1)
         env = dict(item.split("=", 1) for item in args.env)
+        if args.shadow_share is not None:
+            shadow_overhead(root, Path(tmp), args, images, env, server_cpus)
+            return
         for label, repo in checkouts:
             before = os.getloadavg()[0]
             server = Server(
@@ -226,6 +237,56 @@ def main() -> None:
                 print_isolation(iso, args)
             print_overload(over, args, worker, tree, lanes)
             sys.stdout.flush()
+
+
+def shadow_overhead(
+    root: Path, tmp: Path, args, images: np.ndarray, env: dict, cpus: set[int] | None
+) -> None:
+    """Scenario 3 (module doc): the champion's latency with shadowing off and on."""
+    import shutil
+
+    challenger = root / "challengers" / "anomaly"
+    if not challenger.exists():
+        shutil.copytree(root / "anomaly", challenger)
+        meta = json.loads((challenger / "meta.json").read_text())
+        (challenger / "meta.json").write_text(json.dumps(meta | {"version": "2"}))
+    body, rate, rows = score_body(images), None, []
+    for repeat in range(args.repeats):
+        for share in (0.0, args.shadow_share):
+            settings = env | {"GENOPS_SHADOW_SHARE": str(share)}
+            server = Server(f"dir:{root}", True, tmp, extra_env=settings, cpus=cpus)
+            try:
+                if rate is None:  # fixed once, from the first server without shadowing
+                    connections = httpx.get(f"{server.url}/metadata").json()["lanes"]["scoring"][
+                        "capacity"
+                    ]
+                    capacity = run_client(closed_loop(
+                        "127.0.0.1", server.port, "/score", body, connections, args.seconds
+                    ))  # fmt: skip
+                    rate = args.shadow_load * capacity.rate(200)
+                    print(f"- capacity {capacity.rate(200):.0f} req/s; load {rate:.0f} req/s")
+                run = run_client(open_loop("127.0.0.1", server.port, "/score", body, rate,
+                                           args.seconds))  # fmt: skip
+                shadow = httpx.get(f"{server.url}/metadata").json()["shadow"]
+            finally:
+                server.stop()
+            evidence = (shadow["challengers"] or [{}])[0]
+            rows.append((repeat, share, run, evidence.get("requests", 0),
+                         evidence.get("dropped", 0), evidence.get("errors", 0)))  # fmt: skip
+    print("\n| pair | shadow share | requests | p50 ms | p99 ms | non-200 | shadowed | dropped "
+          "| shadow errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    for repeat, share, run, shadowed, dropped, errors in rows:
+        print(f"| {repeat + 1} | {share:g} | {run.count()} | {run.percentile_ms(50):.2f} | "
+              f"{run.percentile_ms(99):.2f} | {run.count() - run.count(200)} | {shadowed} | "
+              f"{dropped} | {errors} |")  # fmt: skip
+    p99 = {s: float(np.median([r.percentile_ms(99) for _, sh, r, *_ in rows if sh == s]))
+           for s in (0.0, args.shadow_share)}  # fmt: skip
+    print(
+        f"\n- champion p99, median over {args.repeats} runs: off {p99[0.0]:.2f} ms, "
+        f"share {args.shadow_share:g} {p99[args.shadow_share]:.2f} ms: "
+        f"ratio {p99[args.shadow_share] / p99[0.0]:.2f} (budget 1.1)"
+    )
+    print(f"- CPUs: {os.cpu_count()}, load average at end: {os.getloadavg()[0]:.1f}")
 
 
 def print_isolation(iso: dict, args) -> None:
