@@ -66,6 +66,7 @@ class Decision:
     interval: dict[str, Any] | None = None  # PairedInterval / SequentialResult .to_dict()
     overlap: dict[str, Any] | None = None  # what of the current test/val the champion saw
     decided_at: float = 0.0
+    challenged: bool = False  # passed, and made challenger (promote_to="challenger")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,8 +169,13 @@ def gate(
     margin: float,
     compare: Compare | None = None,
     judge_version: str | None = None,
+    promote_to: str = ALIAS,
 ) -> Decision:
     """Move the champion alias to the candidate only if it beats the champion by `margin`.
+
+    `promote_to="challenger"` (params.yaml registry.promote_to): a candidate that passes
+    becomes the task's challenger instead, and live traffic decides (`genops canary`); the
+    first champion of a task is still made champion (there is nothing to challenge).
 
     A copy of the champion's weights is never promoted. With `compare`, the decision is the
     comparison's own (`clears(margin)`): the sequential KID test on fresh samples for generation
@@ -221,10 +227,16 @@ def gate(
         else:
             d.method = "not-comparable"
             d.reason = "champion was evaluated on another data version and was not re-evaluated"
+    if promote_to not in (ALIAS, CHALLENGER):
+        raise ValueError(f"promote_to must be {ALIAS!r} or {CHALLENGER!r}, got {promote_to!r}")
+    if d.promoted and promote_to == CHALLENGER and current is not None:
+        d.promoted, d.challenged = False, True
+        d.reason += "; made challenger: live traffic decides (genops canary)"
     if d.method != "same-version":  # a rerun must not overwrite the decision already recorded
         _record(client, task, d)
-    log.info("%s: %s v%s %s (%s)", task.name, candidate_family, candidate_version,
-             "PROMOTED" if d.promoted else "kept champion", d.reason)  # fmt: skip
+    outcome = "PROMOTED" if d.promoted else "CHALLENGER" if d.challenged else "kept champion"
+    log.info("%s: %s v%s %s (%s)", task.name, candidate_family, candidate_version, outcome,
+             d.reason)  # fmt: skip
     return d
 
 
@@ -232,7 +244,7 @@ def _record(client: Any, task: Task, d: Decision) -> None:
     """Move the alias (when promoted) and tag the decision on the candidate, in one lock."""
     interval = d.interval or {}
     tags = {
-        "decision": "promoted" if d.promoted else "rejected",
+        "decision": "promoted" if d.promoted else CHALLENGER if d.challenged else "rejected",
         "reason": d.reason,
         "method": d.method,
         "champion_version": d.champion_version or "none",
@@ -255,6 +267,9 @@ def _record(client: Any, task: Task, d: Decision) -> None:
         if d.promoted:
             client.set_registered_model_alias(task.registered_model, ALIAS, d.candidate_version)
             _drop_challenger(client, task, held, d.candidate_version)
+        elif d.challenged:
+            client.set_registered_model_alias(task.registered_model, CHALLENGER,
+                                              d.candidate_version)  # fmt: skip
         for key, val in tags.items():
             client.set_model_version_tag(task.registered_model, d.candidate_version, P + key, val)
 

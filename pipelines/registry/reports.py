@@ -17,6 +17,12 @@ from pipelines.evaluation.metric_table import (
 from pipelines.evaluation.sequential import METHOD as SEQUENTIAL
 
 
+def _outcome(decision: dict[str, Any]) -> str:
+    if decision["promoted"]:
+        return "promoted"
+    return "made challenger" if decision.get("challenged") else "kept champion"
+
+
 def _num(value: Any) -> str:
     try:
         return f"{float(value):.4g}"
@@ -128,7 +134,7 @@ def promotion_markdown(report: dict[str, Any]) -> str:
             f"| {d['task']} | {d['candidate_family']} v{d['candidate_version']} | "
             f"{d['candidate_metric']:.4g} | {champ} | {_short(d.get('champion_data_version'))} | "
             f"{_interval(d)} | {d['margin']:g} | "
-            f"{'promoted' if d['promoted'] else 'kept champion'} | {d['reason']} |"
+            f"{_outcome(d)} | {d['reason']} |"
         )
     lines += ["", "Champions now:", ""]
     for task, state in report["champions"].items():

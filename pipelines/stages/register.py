@@ -43,6 +43,7 @@ class GateConfig(Config):
     confidence: float = 0.95
     seed: int = 0
     min_unseen: int = 100  # after leaving out what the champion saw: fewer test (or val) -> refuse
+    promote_to: str = "champion"  # "challenger": a passing candidate is canaried, not promoted
 
     def validate(self) -> None:
         bad = sorted(set(self.margin) - set(TASKS))
@@ -53,6 +54,10 @@ class GateConfig(Config):
         require(
             0.5 < self.confidence < 1,
             f"registry.confidence must be in (0.5, 1), got {self.confidence}",
+        )
+        require(
+            self.promote_to in ("champion", "challenger"),
+            f"registry.promote_to must be champion or challenger, got {self.promote_to!r}",
         )
         self.sequential_config()  # raises ValueError naming the bad key
         require(
@@ -124,6 +129,7 @@ def register_and_promote(
             settings.margin_of(task.name),
             compare=compare,
             judge_version=judge,
+            promote_to=settings.promote_to,
         )
         decisions.append(decision.to_dict())
     log_model_cards(registered, eval_root)  # after the gate: the cards show its decision

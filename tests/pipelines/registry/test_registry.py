@@ -157,3 +157,28 @@ def test_the_challenger_alias_beside_the_champion(store):
     assert cleared.exit_code == 0 and f"challenger v{v1} -> none" in cleared.output
     assert registry.challenger(task) is None and "challengers/anomaly" not in registry_versions()
     assert registry.registry_state()["anomaly"]["challenger"] is None
+
+
+def test_the_gate_can_make_a_passing_candidate_the_challenger(store):
+    """registry.promote_to = challenger: the first version is still made champion; a better
+    one becomes the challenger (the champion keeps serving); a worse one moves nothing."""
+    task = registry.TASKS["anomaly"]
+    v1, v2, v3 = (_candidate(store, f, 40.0, a, task="anomaly")
+                  for f, a in (("autoencoder", 0.90), ("vae", 0.95), ("gan", 0.80)))  # fmt: skip
+
+    def gate(version: str, family: str, auroc: float) -> registry.Decision:
+        return registry.gate(task, version, family, {"anomaly_auroc_mean": auroc}, "d1",
+                             margin=0.002, promote_to="challenger")  # fmt: skip
+
+    assert gate(v1, "autoencoder", 0.90).promoted
+    won = gate(v2, "vae", 0.95)
+    assert not won.promoted and won.challenged and "made challenger" in won.reason
+    assert str(registry.champion(task).version) == v1
+    assert str(registry.challenger(task).version) == v2
+    lost = gate(v3, "gan", 0.80)
+    assert not lost.promoted and not lost.challenged
+    assert str(registry.challenger(task).version) == v2
+    events = [(e["event"], e["version"]) for e in registry.history() if e["task"] == "anomaly"]
+    assert ("challenger", v2) in events and ("rejected", v3) in events
+    with pytest.raises(ValueError, match="promote_to"):
+        registry.gate(task, v3, "gan", {"anomaly_auroc_mean": 0.8}, "d1", 0.0, promote_to="x")
