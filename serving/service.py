@@ -43,7 +43,7 @@ from serving.admission import (
 from serving.batching import ScoreBatcher
 from serving.bundle import SAMPLE_UNIT, SCORE_UNIT, ServedModel
 from serving.canary import client_key
-from serving.catalog import Catalog, Route
+from serving.catalog import CHAMPION, Catalog, Route
 from serving.errors import BadInput, Conflict, Forbidden
 from serving.fastpath import ScoreImageRoute
 from serving.http import BodySizeLimit, refuse_file_urls, release_request_timers
@@ -186,6 +186,29 @@ class GenOps:
             "worker": worker_info(),
         }
 
+    def _shadow_samples(
+        self,
+        champion: ServedModel,
+        images: np.ndarray,
+        n: int,
+        seed: int,
+        label: int | None,
+        steps: int | None,
+    ) -> str:
+        """Maybe run a finished champion /generate request on the generation challenger too
+        (serving.shadow), if the challenger takes the same arguments."""
+        catalog = self.catalog
+        challenger = catalog.challenger("generation")
+        if challenger is None or not _can_sample(challenger, n, label, steps, self):
+            return "off"
+        judge = catalog.roles.get("anomaly")
+
+        def sample(model: ServedModel) -> np.ndarray:
+            return model.sample(n, seed, label, steps, None)
+
+        lane = self.lanes[GENERATION_LANE]
+        return self.shadow.offer_samples(challenger, lane, sample, images, judge)
+
     def score_payload(
         self, served: ServedModel, scores: np.ndarray, images: np.ndarray
     ) -> dict[str, Any]:
@@ -228,6 +251,8 @@ class GenOps:
 
         served, images = await canary.answer(route, sample)
         name_the_model(ctx, served)
+        if model in (None, CHAMPION) and route.fallback is None:
+            self._shadow_samples(served, images, n, seed, label, steps)
         images = images[:, 0]
         out: dict[str, Any] = {"png_grid": "", "pngs": [], "array": []}
         if format == "png_grid":

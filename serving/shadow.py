@@ -1,12 +1,14 @@
-"""Shadow scoring: a share of the champion's `/score` traffic also runs on the task's challenger,
-outside the client's response path, and the two are compared on the same live images (issue 22).
+"""Shadow: a share of the champions' `/score` and `/generate` traffic also runs on the task's
+challenger, outside the client's response path, and the two are compared on the same live
+requests (issue 22).
 
-When a request answered by the anomaly champion is done, `Shadow.offer` draws it with
+When a request answered by a champion is done, `Shadow.offer` (scoring) or
+`Shadow.offer_samples` (generation: the same n, seed, label and steps) draws it with
 probability `GENOPS_SHADOW_SHARE` (0 = off, the default). A drawn request runs on the challenger
 in a lane of its own: one thread at a low CPU priority (`GENOPS_SHADOW_NICE`), at most
 `GENOPS_SHADOW_CAPACITY` requests in flight. Shadow work is dropped first: when its lane is
-full, or when the scoring lane holds more than `SLACK_S` of work per thread (the champion is
-queuing, not just running), the request is counted as dropped and nothing runs. The client's
+full, or when the champion's lane holds more than `SLACK_S` of work per thread (the champion
+is queuing, not just running), the request is counted as dropped and nothing runs. The client's
 answer is never delayed by the challenger, and a challenger that fails (an exception,
 non-finite scores) is counted, never seen by the client.
 
@@ -14,7 +16,10 @@ Live evidence per challenger version (this worker's; /metrics sums workers):
     requests, images, errors, dropped, latency p50/p99 of the challenger's scoring,
     score rank agreement with the champion (Spearman, over the last `PAIRS` image pairs),
     verdict agreement, the challenger's flagged rate beside its calibrated target FPR and the
-    champion's flagged rate on the same images.
+    champion's flagged rate on the same images. For generation: requests, errors, latency,
+    and the share of the challenger's and of the champion's samples that the anomaly
+    champion flags (a live plausibility check; the judge's class histogram and FD need the
+    digit classifier, which the service does not ship: they stay in the offline gate).
 `/metadata` shows it under `shadow`; /metrics carries the counters and the latency histogram
 with `task` and `version` labels, and the rank agreement as a gauge.
 """
@@ -26,6 +31,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -121,7 +127,7 @@ class Evidence:
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
             "latency_ms_p99": float(np.percentile(lat, 99)) if lat.size else None,
             "rank_agreement": spearman(pairs[:, 0], pairs[:, 1]),
-            "verdict_agreement": share(self.agree),
+            "verdict_agreement": share(self.agree) if self.task != "generation" else None,
             "flagged_rate": share(self.flagged),
             "champion_flagged_rate": share(self.champion_flagged),
             "target_fpr": self.target_fpr,
@@ -166,6 +172,29 @@ class Shadow:
             )
         return self.evidence[key]
 
+    def _admit(self, task: str, challenger: ServedModel | None, busy: Any) -> Evidence | str:
+        """The evidence record to run under, or why nothing runs ("off", "skipped",
+        "dropped")."""
+        if challenger is None or self.share <= 0.0:
+            return "off"
+        if self.random.random() >= self.share:
+            return "skipped"
+        evidence = self._of(task, challenger)
+        if self.in_flight >= self.capacity or busy.backlog_s > SLACK_S * busy.workers:
+            evidence.dropped += 1
+            shadow_metrics()["requests"].labels(task, evidence.version, "dropped").inc()
+            return "dropped"
+        return evidence
+
+    def _start(
+        self, evidence: Evidence, work: Callable[[], Any], record: Callable[[Any], None]
+    ) -> str:
+        self.in_flight += 1
+        job = asyncio.get_running_loop().create_task(self._run(evidence, work, record))
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+        return "sent"
+
     def offer(
         self,
         task: str,
@@ -174,42 +203,82 @@ class Shadow:
         champion_scores: np.ndarray,
         champion_flags: np.ndarray,
     ) -> str:
-        """Maybe run `images` on the challenger in the background; returns what happened:
-        "off" (no share or no challenger), "skipped" (not drawn), "dropped" or "sent"."""
-        if challenger is None or self.share <= 0.0:
-            return "off"
-        if self.random.random() >= self.share:
-            return "skipped"
-        evidence = self._of(task, challenger)
-        if self.in_flight >= self.capacity or self.busy.backlog_s > SLACK_S * self.busy.workers:
-            evidence.dropped += 1
-            shadow_metrics()["requests"].labels(task, evidence.version, "dropped").inc()
-            return "dropped"
-        self.in_flight += 1
-        job = asyncio.get_running_loop().create_task(
-            self._run(evidence, challenger, images, champion_scores, champion_flags)
-        )
-        self._tasks.add(job)
-        job.add_done_callback(self._tasks.discard)
-        return "sent"
+        """Maybe score `images` on the challenger in the background and compare its calibrated
+        scores and verdicts with the champion's; returns what happened: "off" (no share or no
+        challenger), "skipped" (not drawn), "dropped" or "sent"."""
+        admitted = self._admit(task, challenger, self.busy)
+        if isinstance(admitted, str):
+            return admitted
+
+        def work() -> np.ndarray:
+            scores = challenger.calibration.statistic(challenger.score(images), images)
+            if not np.isfinite(scores).all():  # what the service answers as ModelFailed
+                raise ValueError("non-finite scores")
+            return scores
+
+        def record(scores: np.ndarray) -> None:
+            evidence, metrics = admitted, shadow_metrics()
+            labels = (evidence.task, evidence.version)
+            flags = scores > 1.0
+            agree = int(np.sum(flags == champion_flags))
+            evidence.agree += agree
+            self._count(evidence, flags, champion_flags)
+            evidence.pairs.extend(zip(champion_scores.tolist(), scores.tolist(), strict=True))
+            metrics["images"].labels(*labels, "agree").inc(agree)
+            metrics["images"].labels(*labels, "disagree").inc(len(flags) - agree)
+            if evidence.requests % 25 == 1:  # ranking 5,000 pairs takes ~1 ms of the event loop
+                rank = spearman(*np.asarray(evidence.pairs, dtype=np.float64).reshape(-1, 2).T)
+                if rank is not None:
+                    metrics["rank"].labels(*labels).set(rank)
+
+        return self._start(admitted, work, record)
+
+    def offer_samples(
+        self,
+        challenger: ServedModel | None,
+        busy: Any,
+        sample: Callable[[ServedModel], np.ndarray],
+        champion_images: np.ndarray,
+        judge: ServedModel | None,
+    ) -> str:
+        """Maybe run a finished /generate request on the generation challenger (`sample`, the
+        same n, seed, label and steps) in the background. With `judge` (the anomaly
+        champion), both the champion's and the challenger's samples are scored: the share of
+        each that the anomaly champion flags is their live plausibility (the service has no
+        digit classifier of its own: the judge's class histogram and FD stay offline)."""
+        admitted = self._admit("generation", challenger, busy)
+        if isinstance(admitted, str):
+            return admitted
+
+        def flags(images: np.ndarray) -> np.ndarray:
+            return judge.calibration.statistic(judge.score(images), images) > 1.0
+
+        def work() -> tuple[np.ndarray, np.ndarray] | None:
+            images = sample(challenger)
+            if not np.isfinite(images).all():
+                raise ValueError("non-finite samples")
+            return None if judge is None else (flags(images), flags(champion_images))
+
+        def record(result: tuple[np.ndarray, np.ndarray] | None) -> None:
+            if result is not None:
+                self._count(admitted, *result)
+
+        return self._start(admitted, work, record)
+
+    @staticmethod
+    def _count(evidence: Evidence, flags: np.ndarray, champion_flags: np.ndarray) -> None:
+        evidence.images += len(flags)
+        evidence.flagged += int(flags.sum())
+        evidence.champion_flagged += int(np.sum(champion_flags))
+        shadow_metrics()["flagged"].labels(evidence.task, evidence.version).inc(int(flags.sum()))
 
     async def _run(
-        self,
-        evidence: Evidence,
-        challenger: ServedModel,
-        images: np.ndarray,
-        champion_scores: np.ndarray,
-        champion_flags: np.ndarray,
+        self, evidence: Evidence, work: Callable[[], Any], record: Callable[[Any], None]
     ) -> None:
         metrics, labels = shadow_metrics(), (evidence.task, evidence.version)
         started = time.perf_counter()
         try:
-            raw = await asyncio.get_running_loop().run_in_executor(
-                self._pool(), challenger.score, images
-            )
-            scores = challenger.calibration.statistic(raw, images)
-            if not np.isfinite(scores).all():  # what the service answers as ModelFailed
-                raise ValueError("non-finite scores")
+            result = await asyncio.get_running_loop().run_in_executor(self._pool(), work)
         except Exception as exc:  # the client never sees it; the evidence does
             evidence.requests += 1
             evidence.errors += 1
@@ -219,24 +288,11 @@ class Shadow:
         finally:
             self.in_flight -= 1
         seconds = time.perf_counter() - started
-        flags = scores > 1.0
-        agree = int(np.sum(flags == champion_flags))
         evidence.requests += 1
-        evidence.images += len(flags)
-        evidence.agree += agree
-        evidence.flagged += int(flags.sum())
-        evidence.champion_flagged += int(np.sum(champion_flags))
         evidence.latencies.append(seconds)
-        evidence.pairs.extend(zip(champion_scores.tolist(), scores.tolist(), strict=True))
         metrics["requests"].labels(*labels, "ok").inc()
         metrics["latency"].labels(*labels).observe(seconds)
-        metrics["images"].labels(*labels, "agree").inc(agree)
-        metrics["images"].labels(*labels, "disagree").inc(len(flags) - agree)
-        metrics["flagged"].labels(*labels).inc(int(flags.sum()))
-        if evidence.requests % 25 == 1:  # ranking 5,000 pairs takes ~1 ms of the event loop
-            rank = spearman(*np.asarray(evidence.pairs, dtype=np.float64).reshape(-1, 2).T)
-            if rank is not None:
-                metrics["rank"].labels(*labels).set(rank)
+        record(result)
 
     async def drain(self) -> None:
         """Wait for the shadow work in flight (tests, shutdown)."""

@@ -122,3 +122,41 @@ def test_generation_canary_answers_with_its_version_and_falls_back_where_it_cann
 
     fallbacks = canary_metrics()["requests"].labels("generation", "8", "canary", "fallback")
     assert fallbacks._value.get() >= 1
+
+
+def test_generation_requests_are_shadowed_on_the_generation_challenger(
+    tmp_path, source_dir, monkeypatch
+):
+    """In process, shadow share 1: a champion /generate is re-run on the challenger (v8) with
+    the same arguments, outside the answer; the anomaly champion scores both sample sets."""
+    import shutil
+    import time
+
+    from tests.serving.test_asgi import TestClient, _second_app
+
+    root = tmp_path / "models"
+    shutil.copytree(source_dir, root)
+    challenger = root / "challengers" / "generation"
+    shutil.copytree(root / "families" / "autoencoder", challenger)
+    meta = json.loads((challenger / "meta.json").read_text())
+    meta |= {"name": "genops-generation", "version": "8", "tasks": ["generation"]}
+    (challenger / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{root}")
+    monkeypatch.setenv("GENOPS_TORCH_THREADS", "1")
+    monkeypatch.setenv("GENOPS_SHADOW_SHARE", "1")
+    with TestClient(_second_app()) as client:
+        answer = client.post("/generate", json={"n": 6, "seed": 2})
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == "3"
+        deadline, evidence = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            found = client.get("/metadata").json()["shadow"]["challengers"]
+            evidence = next((e for e in found if e["task"] == "generation"), {})
+            if evidence.get("requests"):
+                break
+            time.sleep(0.05)
+        # a label the unconditional challenger cannot take: not shadowed
+        assert client.post("/generate", json={"n": 2, "label": 1}).status_code == 200
+    assert (evidence["version"], evidence["requests"], evidence["errors"]) == ("8", 1, 0)
+    assert evidence["images"] == 6 and evidence["verdict_agreement"] is None
+    assert 0.0 <= evidence["flagged_rate"] <= 1.0
+    assert 0.0 <= evidence["champion_flagged_rate"] <= 1.0
