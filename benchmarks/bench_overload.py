@@ -19,8 +19,9 @@ anomaly champion and families/autoencoder = the tests' tiny trained MLP autoenco
 3. shadow overhead (`--shadow-share S`, instead of 1 and 2): the anomaly champion's one-image
    `/score` at `--shadow-load` x its capacity (open loop) with shadowing off and at share S
    (a challenger beside it: a copy of the champion as v2, so shadow work costs what champion
-   work costs), alternating off/on `--repeats` times on fresh servers; the champion's
-   p50/p99 for each, and the ratio of the medians of the p99s (issue 22: at most 1.1).
+   work costs), `--repeats` pairs of fresh servers, off/on and on/off in turn; the champion's
+   p50/p99 for each, the ratio of the medians of the p99s and of the pooled p99s (issue 22: at
+   most 1.1). `--aa`: both sides without shadowing, the same way (the noise floor).
 `--baseline PATH` runs everything twice, first serving the checkout at PATH (e.g.
 `git archive <commit> serving models | tar -x -C PATH`), then this one, back to back with the
 same bundles and settings: on a shared machine only such pairs compare. `--pin 0:1` pins the
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--shadow-share", type=float, default=None, help="run scenario 3")
     parser.add_argument("--shadow-load", type=float, default=0.5, help="x capacity (scenario 3)")
     parser.add_argument("--repeats", type=int, default=3, help="off/on pairs (scenario 3)")
+    parser.add_argument("--aa", action="store_true", help="scenario 3 as A/A: both sides share 0")
     parser.add_argument(
         "--baseline", type=Path, default=None, help="first serve the checkout at this path"
     )
@@ -251,9 +253,12 @@ def shadow_overhead(
         meta = json.loads((challenger / "meta.json").read_text())
         (challenger / "meta.json").write_text(json.dumps(meta | {"version": "2"}))
     body, rate, rows = score_body(images), None, []
+    sides = (0.0, args.shadow_share)
     for repeat in range(args.repeats):
-        for share in (0.0, args.shadow_share):
-            settings = env | {"GENOPS_SHADOW_SHARE": str(share)}
+        # counterbalanced: the second server of a pair ran slower in an A/A run (ratio 1.2),
+        # so every other pair starts with shadowing on
+        for share in sides if repeat % 2 == 0 else sides[::-1]:
+            settings = env | {"GENOPS_SHADOW_SHARE": str(0.0 if args.aa else share)}
             server = Server(f"dir:{root}", True, tmp, extra_env=settings, cpus=cpus)
             try:
                 if rate is None:  # fixed once, from the first server without shadowing
@@ -279,12 +284,19 @@ def shadow_overhead(
         print(f"| {repeat + 1} | {share:g} | {run.count()} | {run.percentile_ms(50):.2f} | "
               f"{run.percentile_ms(99):.2f} | {run.count() - run.count(200)} | {shadowed} | "
               f"{dropped} | {errors} |")  # fmt: skip
-    p99 = {s: float(np.median([r.percentile_ms(99) for _, sh, r, *_ in rows if sh == s]))
-           for s in (0.0, args.shadow_share)}  # fmt: skip
+    runs = {s: [r for _, sh, r, *_ in rows if sh == s] for s in sides}
+    p99 = {s: float(np.median([r.percentile_ms(99) for r in runs[s]])) for s in sides}
+    answered = {s: np.concatenate([r.latencies.get(200, []) for r in runs[s]]) for s in sides}
+    pooled = {s: 1e3 * float(np.percentile(answered[s], 99)) for s in sides}
+    on, off = runs[args.shadow_share], runs[0.0]
+    pairs = [b.percentile_ms(99) / a.percentile_ms(99) for a, b in zip(off, on, strict=True)]
+    label = "A/A (both sides share 0)" if args.aa else f"share {args.shadow_share:g}"
     print(
-        f"\n- champion p99, median over {args.repeats} runs: off {p99[0.0]:.2f} ms, "
-        f"share {args.shadow_share:g} {p99[args.shadow_share]:.2f} ms: "
-        f"ratio {p99[args.shadow_share] / p99[0.0]:.2f} (budget 1.1)"
+        f"\n- {label}: champion p99, median of {args.repeats} runs: off {p99[0.0]:.2f} ms, "
+        f"on {p99[args.shadow_share]:.2f} ms, ratio {p99[args.shadow_share] / p99[0.0]:.2f}; "
+        f"pooled over the runs: off {pooled[0.0]:.2f} ms, on {pooled[args.shadow_share]:.2f} "
+        f"ms, ratio {pooled[args.shadow_share] / pooled[0.0]:.2f} (budget 1.1); per-pair "
+        f"ratios {[round(x, 2) for x in pairs]}"
     )
     print(f"- CPUs: {os.cpu_count()}, load average at end: {os.getloadavg()[0]:.1f}")
 

@@ -33,6 +33,7 @@ class Settings:
     gc_freeze: bool = True  # GENOPS_GC_FREEZE=0: keep the loaded heap in the collector's scans
     shadow_share: float = 0.0  # GENOPS_SHADOW_SHARE: share of champion /score traffic shadowed
     shadow_capacity: int = 2  # GENOPS_SHADOW_CAPACITY: shadow requests in flight, at most
+    shadow_max_busy: float = 0.02  # GENOPS_SHADOW_MAX_BUSY: share of time shadow work may take
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
             gc_freeze=_flag(env, "GENOPS_GC_FREEZE", True),
             shadow_share=float(env.get("GENOPS_SHADOW_SHARE", "0") or 0),
             shadow_capacity=_positive(env, "GENOPS_SHADOW_CAPACITY", 2),
+            shadow_max_busy=float(env.get("GENOPS_SHADOW_MAX_BUSY", "0.02") or 0.02),
         )
 
 

@@ -124,7 +124,10 @@ class GenOps:
             workers=worker_count(),
         )
         self.shadow = Shadow(
-            settings.shadow_share, settings.shadow_capacity, self.lanes[SCORING_LANE]
+            settings.shadow_share,
+            settings.shadow_capacity,
+            self.lanes[SCORING_LANE],
+            max_busy=settings.shadow_max_busy,
         )
         self.scoring = Scoring(
             self.lanes[SCORING_LANE],

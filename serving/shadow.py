@@ -7,8 +7,10 @@ When a request answered by a champion is done, `Shadow.offer` (scoring) or
 probability `GENOPS_SHADOW_SHARE` (0 = off, the default). A drawn request runs on the challenger
 in a lane of its own: one thread at a low CPU priority (`GENOPS_SHADOW_NICE`), at most
 `GENOPS_SHADOW_CAPACITY` requests in flight. Shadow work is dropped first: when its lane is
-full, or when the champion's lane holds more than `SLACK_S` of work per thread (the champion
-is queuing, not just running), the request is counted as dropped and nothing runs. The client's
+full, when the champion's lane holds more than `SLACK_S` of work per thread (the champion
+is queuing, not just running), or when shadow work took `GENOPS_SHADOW_MAX_BUSY` (2 %) of the
+last second or so (`DutyCycle`: it shares the worker's CPU and interpreter lock), the request
+is counted as dropped and nothing runs. The client's
 answer is never delayed by the challenger, and a challenger that fails (an exception,
 non-finite scores) is counted, never seen by the client.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -48,6 +51,33 @@ LATENCIES = 2000  # shadow latencies kept for p50/p99
 # the champion's lane counts as busy above this much admitted work per thread: a request or
 # two in flight is normal traffic, a queue is not (the p99 overhead: benchmarks/bench_overload.py)
 SLACK_S = 0.025
+DUTY_TAU_S = 1.0  # the duty cycle's memory (exponential, seconds)
+
+
+class DutyCycle:
+    """The share of recent wall time the shadow lane spent working, exponentially weighted.
+
+    Shadow work shares the worker's CPU and, for its Python parts, the interpreter lock with
+    the champion's event loop: however low its priority, a worker's shadow work delays the
+    champion's requests in proportion to how much of it runs. Bounding its share of time
+    bounds that delay (benchmarks/bench_overload.py --shadow-share measures it).
+    """
+
+    def __init__(self, tau_s: float = DUTY_TAU_S) -> None:
+        self.tau_s, self.busy_s, self.at = tau_s, 0.0, time.monotonic()
+
+    def _decay(self) -> None:
+        now = time.monotonic()
+        self.busy_s *= math.exp(-(now - self.at) / self.tau_s)
+        self.at = now
+
+    def add(self, seconds: float) -> None:
+        self._decay()
+        self.busy_s += seconds
+
+    def share(self) -> float:
+        self._decay()
+        return self.busy_s / self.tau_s
 
 
 @cache
@@ -80,13 +110,21 @@ def shadow_metrics() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their average rank (scipy's rankdata, without importing
+    scipy on the event loop: that import alone stalled a worker for about a second)."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman's rank correlation (average ranks for ties); None below 3 pairs or constant."""
-    from scipy.stats import rankdata
-
     if len(a) < 3:
         return None
-    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
     if ra.std() == 0 or rb.std() == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -138,13 +176,22 @@ class Shadow:
     """Offers finished champion requests to the task's challenger (see the module doc)."""
 
     def __init__(
-        self, share: float, capacity: int, busy: Any, nice: int = 15, seed: int | None = None
+        self,
+        share: float,
+        capacity: int,
+        busy: Any,
+        nice: int = 15,
+        seed: int | None = None,
+        max_busy: float = 0.02,
     ) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"GENOPS_SHADOW_SHARE must be in [0, 1], got {share}")
         if capacity < 1:
             raise ValueError(f"GENOPS_SHADOW_CAPACITY must be >= 1, got {capacity}")
+        if not 0.0 < max_busy <= 1.0:
+            raise ValueError(f"GENOPS_SHADOW_MAX_BUSY must be in (0, 1], got {max_busy}")
         self.share, self.capacity, self.nice = share, capacity, nice
+        self.max_busy, self.duty = max_busy, DutyCycle()
         self.busy = busy  # the champion's lane: shadow work waits for nothing it queues
         self.in_flight = 0  # event-loop thread only
         self.random = np.random.default_rng(seed)  # not the random module: hypothesis flags it
@@ -180,7 +227,11 @@ class Shadow:
         if self.random.random() >= self.share:
             return "skipped"
         evidence = self._of(task, challenger)
-        if self.in_flight >= self.capacity or busy.backlog_s > SLACK_S * busy.workers:
+        if (
+            self.in_flight >= self.capacity
+            or busy.backlog_s > SLACK_S * busy.workers
+            or self.duty.share() >= self.max_busy
+        ):
             evidence.dropped += 1
             shadow_metrics()["requests"].labels(task, evidence.version, "dropped").inc()
             return "dropped"
@@ -277,8 +328,16 @@ class Shadow:
     ) -> None:
         metrics, labels = shadow_metrics(), (evidence.task, evidence.version)
         started = time.perf_counter()
+
+        def timed() -> Any:
+            began = time.perf_counter()
+            try:
+                return work()
+            finally:
+                self.duty.add(time.perf_counter() - began)  # a float add: safe across threads
+
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool(), work)
+            result = await asyncio.get_running_loop().run_in_executor(self._pool(), timed)
         except Exception as exc:  # the client never sees it; the evidence does
             evidence.requests += 1
             evidence.errors += 1
@@ -303,6 +362,8 @@ class Shadow:
         return {
             "share": self.share,
             "capacity": self.capacity,
+            "max_busy": self.max_busy,
+            "busy": round(self.duty.share(), 4),
             "in_flight": self.in_flight,
             "challengers": [e.describe() for e in self.evidence.values()],
         }

@@ -130,3 +130,13 @@ def test_spearman_is_the_rank_correlation():
     assert spearman(a, a**3) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(a[:2], a[:2]) is None and spearman(a, np.ones(4)) is None
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = rng.integers(0, 12, 40).astype(float), rng.integers(0, 12, 40).astype(float)
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
+    assert spearman(np.ones(5), np.arange(5.0)) is None and spearman(np.ones(2), np.ones(2)) is None
