@@ -7,10 +7,11 @@
        made effective at once by one `/admin/reload` (passed on to every worker).
     3. Every `poll_s`, the service's /metrics is read and judged on this canary's own window
        (counts since the start; pipelines/monitoring/live.py). Once the challenger answered
-       `judge_after` requests, an error rate above `max_error_rate` or a p99 above
-       `max_p99_ms` ends the canary at once: the challenger alias is removed (a rollback) and
-       the reason recorded. Clients never saw those errors: the service answers a failed
-       canary request again with the champion (serving/canary.py).
+       `judge_after` requests, an error rate above `max_error_rate`, a p99 above
+       `max_p99_ms` or a p50 above `max_p50_ratio` times the champion's ends the canary at
+       once: the challenger alias is removed (a rollback) and the reason recorded. Clients
+       never saw those errors: the service answers a failed canary request again with the
+       champion (serving/canary.py).
     4. When `window_s` has passed and the challenger answered at least `min_requests`, it
        becomes the champion. Too little traffic by `timeout_s` ends the canary undecided.
 
@@ -46,6 +47,7 @@ class CanaryBudget:
     judge_after: int = 20
     max_error_rate: float = 0.01
     max_p99_ms: float = 250.0
+    max_p50_ratio: float = 2.0  # canary p50 / champion p50 over the same window
     poll_s: float = 5.0
     timeout_s: float = 1800.0
     shadow_min_requests: int = 0  # 0: no shadow evidence needed before a canary
@@ -57,7 +59,8 @@ class CanaryBudget:
             raise ValueError(f"canary.share must be in (0, 1], got {self.share}")
         if not 0.0 <= self.max_error_rate < 1.0:
             raise ValueError(f"canary.max_error_rate must be in [0, 1), got {self.max_error_rate}")
-        for name in ("window_s", "poll_s", "timeout_s", "max_p99_ms", "shadow_max_p99_ms"):
+        for name in ("window_s", "poll_s", "timeout_s", "max_p99_ms", "shadow_max_p99_ms",
+                     "max_p50_ratio"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"canary.{name} must be > 0, got {getattr(self, name)}")
         if self.judge_after < 1 or self.min_requests < self.judge_after:
@@ -138,6 +141,14 @@ def breach(figures: dict[str, Any], budget: CanaryBudget) -> str | None:
                 f"{budget.max_error_rate:.1%}")  # fmt: skip
     if p99 is not None and p99 > budget.max_p99_ms:
         return f"p99 {p99:.0f} ms over {n} requests > budget {budget.max_p99_ms:g} ms"
+    # the champion's tail shares the workers with the canary (a slow canary lengthens it too),
+    # its median much less: the canary's median against it catches a challenger many times
+    # slower that still fits the absolute p99 budget
+    p50, base = figures.get("canary_p50_ms"), figures.get("champion_p50_ms")
+    if (p50 is not None and base and figures.get("champion_requests", 0) >= budget.judge_after
+            and p50 > budget.max_p50_ratio * base):  # fmt: skip
+        return (f"p50 {p50:.1f} ms is {p50 / base:.1f}x the champion's {base:.1f} ms > budget "
+                f"{budget.max_p50_ratio:g}x")  # fmt: skip
     return None
 
 

@@ -80,6 +80,12 @@ def test_budgets_are_judged_only_with_enough_requests():
     slow = {**figures, "canary_requests": 20, "canary_errors": 0, "canary_error_rate": 0.0}
     assert "p99 900 ms" in breach(slow, budget)
     assert breach({**slow, "canary_p99_ms": 99.0}, budget) is None
+    # many times slower than the champion at the median, though within the p99 budget
+    relative = {**slow, "canary_p99_ms": 99.0, "canary_p50_ms": 60.0, "champion_p50_ms": 3.0,
+                "champion_requests": 400}  # fmt: skip
+    assert "20.0x the champion's 3.0 ms" in breach(relative, budget)
+    assert breach({**relative, "champion_requests": 5}, budget) is None  # too few to compare
+    assert breach({**relative, "canary_p50_ms": 5.9}, budget) is None
 
 
 @pytest.mark.parametrize(
