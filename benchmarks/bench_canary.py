@@ -83,20 +83,10 @@ def challengers(root: Path) -> dict[str, Path]:
 
 
 def register(client, experiment: str, name: str, bundle: Path) -> str:
-    """Log a bundle as a run artifact and register it with the lineage tags the service reads."""
-    from models.bundle import read_meta
-    from models.spec import REGISTERED_ARTIFACT_PATH, Tag
+    from models.registry_copy import register_folder
+    from models.spec import Tag
 
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(bundle), REGISTERED_ARTIFACT_PATH)
-    client.set_terminated(run.info.run_id)
-    if not client.search_registered_models(f"name='{name}'"):
-        client.create_registered_model(name)
-    meta = read_meta(bundle)
-    tags = {Tag.FAMILY: meta.family, Tag.WEIGHTS_SHA256: meta.weights_sha256,
-            Tag.DATA_VERSION: "md5:bench"}  # fmt: skip
-    source = f"{run.info.artifact_uri}/{REGISTERED_ARTIFACT_PATH}"
-    return str(client.create_model_version(name, source, run.info.run_id, tags=tags).version)
+    return register_folder(client, experiment, name, bundle, {Tag.DATA_VERSION: "md5:bench"})
 
 
 class Traffic:

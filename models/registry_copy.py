@@ -1,4 +1,5 @@
-"""Copy a registered MLflow model version into a local bundle folder, and judge such a copy.
+"""Copy a registered MLflow model version into a local bundle folder, and judge such a copy;
+and the way back, `register_folder`, for bundles built outside the pipeline (benchmarks, tests).
 
 The registry-to-bundle copier that both floors above use: serving's `mlflow` source fills
 its private cache with it (serving.sources), and the drift flow takes the anomaly champion's
@@ -167,3 +168,23 @@ def cache_problem(directory: Path, expected: BundleMeta) -> str | None:
     except (OSError, ValueError) as exc:
         return str(exc)
     return None
+
+
+def register_folder(
+    client: Any, experiment: str, name: str, bundle: Path, tags: dict[str, str] | None = None
+) -> str:
+    """Log a bundle folder as a run's artifact and register it under `name` with the lineage
+    tags the serving side reads (family, weights sha256) plus `tags`; return the version."""
+    from models.spec import REGISTERED_ARTIFACT_PATH, Tag
+
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(bundle), REGISTERED_ARTIFACT_PATH)
+    client.set_terminated(run.info.run_id)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    meta = read_meta(bundle)
+    lineage = {Tag.FAMILY: meta.family, Tag.WEIGHTS_SHA256: meta.weights_sha256}
+    source = f"{run.info.artifact_uri}/{REGISTERED_ARTIFACT_PATH}"
+    version = client.create_model_version(name, source, run.info.run_id,
+                                          tags=lineage | (tags or {}))  # fmt: skip
+    return str(version.version)

@@ -17,6 +17,10 @@ from pipelines.evaluation.metric_table import (
 from pipelines.evaluation.sequential import METHOD as SEQUENTIAL
 
 
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
 def _outcome(decision: dict[str, Any]) -> str:
     if decision["promoted"]:
         return "promoted"
@@ -159,7 +163,7 @@ def history_markdown(events: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in events:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["at"]))
+        when = _when(e["at"])
         improvement = "—"
         if e.get("method") == SEQUENTIAL and e.get("ci_low") is not None:
             improvement = (
@@ -190,7 +194,7 @@ def history_markdown(events: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for e in canaries:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["at"]))
+            when = _when(e["at"])
             lines.append(
                 f"| {when} | {e['task']} | {e['event']} | v{e['version']} | "
                 f"{e.get('canary_requests', '—')} | {e.get('canary_errors', '—')} | "

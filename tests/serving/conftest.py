@@ -143,21 +143,10 @@ def digits_as_lists(images: torch.Tensor) -> list[list[float]]:
 
 
 def register_bundle(client, experiment: str, name: str, bundle: Path) -> str:
-    """Log a bundle as a run artifact and register it with the tags pipelines/registry writes."""
-    from models.bundle import read_meta
-    from models.spec import ANOMALY, REGISTERED_ARTIFACT_PATH, TASKS, Tag, metric_tag
+    """Register a bundle folder with the tags pipelines/registry writes (a test data version
+    and an anomaly metric)."""
+    from models.registry_copy import register_folder
+    from models.spec import ANOMALY, TASKS, Tag, metric_tag
 
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(bundle), REGISTERED_ARTIFACT_PATH)
-    client.set_terminated(run.info.run_id)
-    if not client.search_registered_models(f"name='{name}'"):
-        client.create_registered_model(name)
-    meta = read_meta(bundle)
-    tags = {
-        Tag.FAMILY: meta.family,
-        Tag.WEIGHTS_SHA256: meta.weights_sha256,
-        Tag.DATA_VERSION: "md5:test",
-        metric_tag(TASKS[ANOMALY].metric): "0.9",
-    }
-    source = f"{run.info.artifact_uri}/{REGISTERED_ARTIFACT_PATH}"
-    return str(client.create_model_version(name, source, run.info.run_id, tags=tags).version)
+    tags = {Tag.DATA_VERSION: "md5:test", metric_tag(TASKS[ANOMALY].metric): "0.9"}
+    return register_folder(client, experiment, name, bundle, tags)

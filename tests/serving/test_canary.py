@@ -4,7 +4,7 @@
 Registered anomaly versions: v1 the champion (the tiny conditional autoencoder), v2 a good
 challenger (the unconditional one, trained on the same digits), v3 a failing one (the same
 network with NaN weights: every score non-finite) and v4 a slow one (a tiny diffusion model
-whose score runs 60 network evaluations per image). Clients with their own keys send
+whose score runs 24 network evaluations per image). Clients with their own keys send
 /score/image traffic throughout; not one request may fail.
 """
 
@@ -33,7 +33,7 @@ ANOMALY_MODEL = TASKS[ANOMALY].registered_model
 CLIENTS = 6
 SHARE = 0.5
 SLOW = {"base_channels": 8, "channel_mults": [1, 2], "attention": False, "timesteps": 100,
-        "score_timesteps": [50, 60, 70], "score_draws": 2, "score_steps": 10,
+        "score_timesteps": [50, 60, 70], "score_draws": 2, "score_steps": 4,
         "conditional": False, "bf16_autocast": False}  # fmt: skip
 
 

@@ -80,18 +80,10 @@ def test_a_folder_source_reads_its_canary_and_a_change_changes_the_fingerprint(t
     assert source.snapshot().canaries == {"anomaly": record}
 
 
-def test_generation_canary_answers_with_its_version_and_falls_back_where_it_cannot(
-    tmp_path, source_dir, monkeypatch
-):
-    """In process: generation's challenger (v8, the unconditional autoencoder) under a canary of
-    share 1. A request it can serve is answered by v8 and says so; one with a `label` it
-    cannot take is answered by the champion (v3); a failing canary falls back, counted."""
+def _with_generation_challenger(tmp_path, source_dir):
+    """A copy of the test bundles whose generation challenger is the unconditional
+    autoencoder, as v8."""
     import shutil
-
-    import bentoml
-
-    from serving.responses import VERSION_HEADER
-    from tests.serving.test_asgi import TestClient, _second_app
 
     root = tmp_path / "models"
     shutil.copytree(source_dir, root)
@@ -100,6 +92,22 @@ def test_generation_canary_answers_with_its_version_and_falls_back_where_it_cann
     meta = json.loads((challenger / "meta.json").read_text())
     meta |= {"name": "genops-generation", "version": "8", "tasks": ["generation"]}
     (challenger / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_generation_canary_answers_with_its_version_and_falls_back_where_it_cannot(
+    tmp_path, source_dir, monkeypatch
+):
+    """In process: generation's challenger (v8, the unconditional autoencoder) under a canary of
+    share 1. A request it can serve is answered by v8 and says so; one with a `label` it
+    cannot take is answered by the champion (v3); a failing canary falls back, counted."""
+
+    import bentoml
+
+    from serving.responses import VERSION_HEADER
+    from tests.serving.test_asgi import TestClient, _second_app
+
+    root = _with_generation_challenger(tmp_path, source_dir)
     record = json.loads(Canary("generation", "8", 1.0).dumps())
     (root / CANARY_FILE).write_text(json.dumps({"generation": record}))
     monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{root}")
@@ -129,18 +137,11 @@ def test_generation_requests_are_shadowed_on_the_generation_challenger(
 ):
     """In process, shadow share 1: a champion /generate is re-run on the challenger (v8) with
     the same arguments, outside the answer; the anomaly champion scores both sample sets."""
-    import shutil
     import time
 
     from tests.serving.test_asgi import TestClient, _second_app
 
-    root = tmp_path / "models"
-    shutil.copytree(source_dir, root)
-    challenger = root / "challengers" / "generation"
-    shutil.copytree(root / "families" / "autoencoder", challenger)
-    meta = json.loads((challenger / "meta.json").read_text())
-    meta |= {"name": "genops-generation", "version": "8", "tasks": ["generation"]}
-    (challenger / "meta.json").write_text(json.dumps(meta))
+    root = _with_generation_challenger(tmp_path, source_dir)
     monkeypatch.setenv("GENOPS_MODEL_SOURCE", f"dir:{root}")
     monkeypatch.setenv("GENOPS_TORCH_THREADS", "1")
     monkeypatch.setenv("GENOPS_SHADOW_SHARE", "1")
