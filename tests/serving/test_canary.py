@@ -177,6 +177,17 @@ def service_url(traffic: Traffic) -> str:
     return traffic.url
 
 
+def _wait_for_shadow(url: str, version: str, n: int, timeout_s: float = 60.0) -> None:
+    """Until the service has shadowed `n` requests on challenger `version` (the duty cycle and
+    a busy lane drop most of them, the more so on a loaded machine)."""
+    from pipelines.monitoring.live import read_metrics, shadow_figures
+
+    deadline = time.monotonic() + timeout_s
+    while shadow_figures(read_metrics(url), ANOMALY, version)["shadow_requests"] < n:
+        assert time.monotonic() < deadline, f"fewer than {n} shadow requests on v{version}"
+        time.sleep(0.25)
+
+
 def _champions(url: str) -> dict:
     """`genops champions --url` as JSON."""
     from click.testing import CliRunner
@@ -214,7 +225,7 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
         from pipelines.registry.client import set_challenger
 
         set_challenger(ANOMALY, "3", "test")
-        time.sleep(4.0)  # the poll (2 s) picks the challenger up; shadowing finds its errors
+        _wait_for_shadow(service.url, "3", 3)  # the poll (2 s) picks the challenger up
         refused, _, _ = _canary("3", _budget(shadow_min_requests=3), traffic)
         assert refused.event == REFUSED and "shadow errors" in refused.reason, refused
         # the same without the shadow requirement: the canary starts, fails, is rolled back
@@ -228,7 +239,7 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
         assert slow.figures["canary_errors"] == 0
         # a good one, shadowed first: promoted when the window passes within budget
         set_challenger(ANOMALY, "2", "test")
-        time.sleep(4.0)
+        _wait_for_shadow(service.url, "2", 5)
         shown = _champions(service.url)["anomaly"]
         assert shown["challenger"]["version"] == "2" and shown["canary"] is None
         assert shown["challenger"]["live"]["shadow_requests"] > 0
