@@ -236,7 +236,7 @@ def test_a_baseline_is_never_registered_or_promoted(tmp_path, monkeypatch):
         registered.append(run["run_id"])
         return "1"
 
-    def gate(task, candidate, family, metrics, version, margin, compare, judge_version):
+    def gate(task, candidate, family, metrics, version, margin, compare, judge_version, **_):
         gated.append(family)
         return SimpleNamespace(to_dict=lambda: {"task": task.name, "family": family})
 
