@@ -37,14 +37,14 @@ class Scoring:
         lane: Lane,
         batcher: ScoreBatcher,
         resolve: Callable[[str, str | None], ServedModel],
+        route: Callable[[str, str | None, str], Route],
         shadow: Shadow | None = None,
-        route: Callable[[str, str | None, str], Route] | None = None,
     ) -> None:
         self.lane = lane
         self.batcher = batcher
         self.resolve = resolve
+        self.route = route
         self.shadow = shadow
-        self.route = route or (lambda task, name, client: Route(resolve(task, name)))
 
     async def answer(self, route: Route, batch: np.ndarray) -> tuple[ServedModel, np.ndarray]:
         """The scores of `batch` from whoever the route names (a failing canary falls back

@@ -133,8 +133,8 @@ class GenOps:
             self.lanes[SCORING_LANE],
             self.batcher,
             self.models.resolve,
-            self.shadow,
             self.models.route,
+            self.shadow,
         )
         self.models.start()  # blocks until this worker's models are loaded and verified
         if settings.gc_freeze:
@@ -191,7 +191,6 @@ class GenOps:
 
     def _shadow_samples(
         self,
-        champion: ServedModel,
         images: np.ndarray,
         n: int,
         seed: int,
@@ -255,7 +254,7 @@ class GenOps:
         served, images = await canary.answer(route, sample)
         name_the_model(ctx, served)
         if model in (None, CHAMPION) and route.fallback is None:
-            self._shadow_samples(served, images, n, seed, label, steps)
+            self._shadow_samples(images, n, seed, label, steps)
         images = images[:, 0]
         out: dict[str, Any] = {"png_grid": "", "pngs": [], "array": []}
         if format == "png_grid":

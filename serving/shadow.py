@@ -10,9 +10,9 @@ in a lane of its own: one thread at a low CPU priority (`GENOPS_SHADOW_NICE`), a
 full, when the champion's lane holds more than `SLACK_S` of work per thread (the champion
 is queuing, not just running), or when shadow work took `GENOPS_SHADOW_MAX_BUSY` (2 %) of the
 last second or so (`DutyCycle`: it shares the worker's CPU and interpreter lock), the request
-is counted as dropped and nothing runs. The client's
-answer is never delayed by the challenger, and a challenger that fails (an exception,
-non-finite scores) is counted, never seen by the client.
+is counted as dropped and nothing runs. The client's answer is never delayed by the
+challenger, and a challenger that fails (an exception, non-finite scores) is counted, never
+seen by the client.
 
 Live evidence per challenger version (this worker's; /metrics sums workers):
     requests, images, errors, dropped, latency p50/p99 of the challenger's scoring,
@@ -329,12 +329,14 @@ class Shadow:
         metrics, labels = shadow_metrics(), (evidence.task, evidence.version)
         started = time.perf_counter()
 
+        spent: list[float] = []  # the work's own time, without waiting for the thread
+
         def timed() -> Any:
             began = time.perf_counter()
             try:
                 return work()
             finally:
-                self.duty.add(time.perf_counter() - began)  # a float add: safe across threads
+                spent.append(time.perf_counter() - began)
 
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._pool(), timed)
@@ -346,6 +348,7 @@ class Shadow:
             return
         finally:
             self.in_flight -= 1
+            self.duty.add(sum(spent))  # on the event loop, like every other use of the duty
         seconds = time.perf_counter() - started
         evidence.requests += 1
         evidence.latencies.append(seconds)

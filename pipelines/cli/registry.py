@@ -70,10 +70,11 @@ def canary_cmd(task, url, share, window_s, min_requests, stop, params_path) -> N
     """Send a share of live traffic to the task's challenger, then promote or roll back.
 
     Needs a challenger (`genops challenge`). Reads the service's /metrics every poll; rolls
-    back at once when the challenger breaches params.yaml's error-rate or p99 budget, and
-    promotes it when the window passes within budget. GENOPS_ADMIN_TOKEN makes each change
-    effective on every worker at once (else at the service's next registry poll). Exit 0:
-    promoted; 3: rolled back, refused (shadow evidence) or undecided (too little traffic).
+    back at once when the challenger breaches params.yaml's error-rate, p99 or p50-ratio
+    budget, and promotes it when the window passes within budget. GENOPS_ADMIN_TOKEN makes
+    each change effective on every worker at once (else at the service's next registry poll).
+    Exit 0: promoted; 3: rolled back, refused (shadow evidence) or undecided (too little
+    traffic).
     """
     import dataclasses
 
