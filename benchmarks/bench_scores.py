@@ -23,6 +23,14 @@ Candidates (names as printed):
                  scored by Mahalanobis distance (the issue's "learned combination fitted on
                  validation normals only"; written after the first print, same caveat)
   knn            the kNN reference (--knn), and recon+knn, recon+latent+knn (means as above)
+  ren@R          Ren et al. 2019's likelihood ratio (--ren, added in a second round, before
+                 its first run): a background model of the same family and config, trained by
+                 the product's trainer (same steps and seed) on the training digits with each
+                 pixel replaced by a uniform draw with probability R (R = 0.1, 0.2, 0.3, Ren et
+                 al.'s range); the score is -log p_model(x) + log p_background(x), the
+                 likelihood being the family's own (the autoencoder's Bernoulli decoder: the
+                 summed binary cross-entropy of its reconstruction; the VAE's: its -ELBO)
+  recon+ren@0.2, max(recon,ren@0.2)   the mean and the maximum of the two atypicalities
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
@@ -51,8 +59,10 @@ from pipelines.data.dataset import SPLITS, load_tensors
 from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, scored_normals
 from pipelines.evaluation.heldout import REAL_KINDS
 from pipelines.settings import load_params, section
+from pipelines.training.loop import TrainConfig, train
 
 Score = Callable[[np.ndarray], np.ndarray]
+REN_RATES = (0.1, 0.2, 0.3)
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> np.ndarray:
@@ -84,6 +94,44 @@ def compressed_length(images: np.ndarray) -> np.ndarray:
     """zlib (level 9) length in bytes of each image as uint8 pixels: Serra et al.'s L(x)."""
     pixels = np.round(images.reshape(len(images), -1) * 255).astype(np.uint8)
     return np.array([len(zlib.compress(row.tobytes(), 9)) for row in pixels], dtype=np.float64)
+
+
+def mutate(images: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Ren et al.'s perturbation: each pixel replaced, with probability `rate`, by a uniform
+    draw in [0, 1] (one fixed draw per image)."""
+    rng = np.random.default_rng(seed)
+    replace = rng.random(images.shape) < rate
+    return np.where(replace, rng.random(images.shape), images).astype(np.float32)
+
+
+def background_model(family: str, model: Any, params: dict, splits: dict, rate: float) -> Any:
+    """Ren et al.'s background model: the family's config, trained by the product's trainer
+    with the family's train settings (steps, batch, seed) on mutated training digits."""
+    train_cfg = {**section(params, "train"), **(section(params, family).get("train") or {})}
+    cfg = TrainConfig.from_dict(train_cfg | {"progress": False, "num_threads": 0})
+    (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
+    data = [(torch.from_numpy(mutate(x.numpy(), rate, seed)), y)
+            for seed, (x, y) in enumerate([(train_x, train_y), (val_x, val_y)])]  # fmt: skip
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as ckpt:
+        result = train(family, model.config.to_dict(), cfg, data[0], data[1], Path(ckpt))
+    torch.set_num_threads(threads)  # the trainer takes every core; scoring goes back to --threads
+    return result.model.eval()
+
+
+def log_likelihood_loss(model: Any) -> Score:
+    """-log p(x) as the family defines it: the autoencoder's Bernoulli decoder (summed binary
+    cross-entropy of the reconstruction, nats per image); any other family's anomaly score
+    (the VAE's -ELBO)."""
+    if not hasattr(model, "reconstruct") or hasattr(model, "elbo"):
+        return lambda x: _batched(model.anomaly_score, x)
+
+    def bce(images: torch.Tensor) -> torch.Tensor:
+        recon = model.reconstruct(images).clamp(1e-6, 1 - 1e-6)
+        loss = torch.nn.functional.binary_cross_entropy(recon, images, reduction="none")
+        return loss.flatten(1).sum(1)
+
+    return lambda x: _batched(bce, x)
 
 
 def combine(parts: dict[str, Score], val_x: np.ndarray, how: str, cfg: EvalConfig) -> Score:
@@ -122,7 +170,7 @@ def gaussian_over_scores(parts: dict[str, Score], val_x: np.ndarray) -> Score:
 
 
 def candidates(
-    model: Any, splits: dict, cfg: EvalConfig, knn: bool
+    model: Any, splits: dict, cfg: EvalConfig, knn: bool, ren: tuple[str, dict] | None = None
 ) -> tuple[dict[str, Score], dict[str, float]]:
     """The candidate scores (fitted on the training split / validation normals only) and the
     seconds each took to fit."""
@@ -147,6 +195,17 @@ def candidates(
     out["gauss(recon,latent,complexity)"] = gaussian_over_scores(
         {"recon": recon, "latent": latent, "complexity": complexity}, val_x
     )
+    if ren is not None:
+        family, params = ren
+        nll = log_likelihood_loss(model)
+        for rate in REN_RATES:
+            t0 = time.perf_counter()
+            background = log_likelihood_loss(background_model(family, model, params, splits, rate))
+            fit[f"ren@{rate}"] = time.perf_counter() - t0
+            out[f"ren@{rate}"] = lambda x, bg=background: nll(x) - bg(x)
+        with_ren = {"recon": recon, "ren": out["ren@0.2"]}
+        out["recon+ren@0.2"] = combine(with_ren, val_x, "mean", cfg)
+        out["max(recon,ren@0.2)"] = combine(with_ren, val_x, "max", cfg)
     if knn:
         from research.reference_detectors import knn_score
 
@@ -176,6 +235,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--knn", action="store_true", help="add the kNN reference and its combos")
+    parser.add_argument("--ren", action="store_true", help="add Ren et al.'s likelihood ratios")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every metric here")
     args = parser.parse_args()
@@ -184,7 +244,9 @@ def main() -> None:
     cfg = EvalConfig.from_dict(section(load_params(args.params), "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     model = load_model(args.models / args.family).eval()
-    scores, fit = candidates(model, splits, cfg, args.knn)
+    params = load_params(args.params)
+    ren = (args.family, params) if args.ren else None
+    scores, fit = candidates(model, splits, cfg, args.knn, ren)
     scored = scored_normals(splits, cfg)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

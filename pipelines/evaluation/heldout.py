@@ -14,6 +14,14 @@ Real kinds (REAL_KINDS):
   letters     Latin letters A-Z, a-z in the DejaVu typefaces shipped with matplotlib, white on
               black, 16-24 px, roughly centred (near-OOD: strokes like a digit's)
   mri         crops of the MRI slice shipped with matplotlib (s1045.ima.gz)
+  greek       Greek capitals and small letters in the DejaVu and STIX typefaces shipped with
+              matplotlib, drawn like `letters` (several capitals share a Latin letter's shape)
+  script      mathematical script (calligraphic) letters, the most handwriting-like glyphs that
+              ship with matplotlib (STIX), drawn like `letters`
+  symbols     mathematical and typographic symbols (+ = < % & # @ ? ! integral, sum, root,
+              infinity, currency...) in the DejaVu and STIX typefaces, drawn like `letters`
+  greek, script and symbols were added after the first recorded runs (issue 24); they draw from
+  generators of their own, so every earlier kind's images stay byte-identical.
 
 Degenerate kinds (DEGENERATE_KINDS), the inputs reconstruction and likelihood scores call
 "most normal" (Nalisnick et al. 2019; Serra et al. 2020):
@@ -35,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 28
-REAL_KINDS = ("photo", "uci_digits", "letters", "mri")
+REAL_KINDS = ("photo", "uci_digits", "letters", "mri", "greek", "script", "symbols")
 DEGENERATE_KINDS = ("blank", "faint", "dot", "saturated", "uniform_noise")
 HELDOUT_KINDS = REAL_KINDS + DEGENERATE_KINDS
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -44,6 +52,19 @@ _FONT_FILES = tuple(
     for family in ("Sans", "Serif", "SansMono")
     for style in ("", "-Bold", "-Oblique" if family != "Serif" else "-Italic")
 )
+GREEK = "".join(chr(c) for c in (*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)) if c != 0x3A2)
+SCRIPT = "𝒜𝒞𝒟𝒢𝒥𝒦𝒩𝒪𝒫𝒬𝒮𝒯𝒰𝒱𝒲𝒳𝒴𝒵𝒶𝒷𝒸𝒹𝒻𝒽𝒾𝒿𝓀𝓁𝓂𝓃𝓅𝓆𝓇𝓈𝓉𝓊𝓋𝓌𝓍𝓎𝓏ℬℰℱℋℐℒℳℛℯℊℴ"
+SYMBOLS = "+−×÷=≠≈≤≥<>∞∑∏∫√∂∇∈∀∃%&#@?!§¶$€£¥*"
+_STIX = ("STIXGeneral.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBol.ttf")
+# (characters, typefaces that have every one of them): tests/pipelines/evaluation checks the cmaps
+GLYPH_KINDS = {
+    "letters": (LETTERS, _FONT_FILES),
+    "greek": (GREEK, _FONT_FILES + _STIX),
+    "script": (SCRIPT, ("STIXGeneral.ttf",)),
+    "symbols": (SYMBOLS, (*_FONT_FILES, "STIXGeneral.ttf", "STIXGeneralBol.ttf")),
+}
+# kinds added after the first recording: each draws from its own generator (seed, id)
+_OWN_STREAM = {"greek": 1, "script": 2, "symbols": 3}
 
 Builder = Callable[[np.random.Generator, int, np.ndarray], np.ndarray]
 
@@ -108,18 +129,24 @@ def _uci(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
     return np.stack([_upload(Image.fromarray(source[i])) for i in idx])
 
 
-def _letters(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
-    fonts = _matplotlib_data() / "fonts" / "ttf"
-    out = []
-    for _ in range(n):
-        font = ImageFont.truetype(str(fonts / _FONT_FILES[int(rng.integers(len(_FONT_FILES)))]),
-                                  int(rng.integers(16, 25)))  # fmt: skip
-        canvas = Image.new("L", (SIZE, SIZE), 0)
-        cx, cy = SIZE / 2 + rng.uniform(-2, 2, size=2)
-        ImageDraw.Draw(canvas).text((cx, cy), LETTERS[int(rng.integers(len(LETTERS)))],
-                                    fill=255, font=font, anchor="mm")  # fmt: skip
-        out.append(np.asarray(canvas, dtype=np.float64) / 255.0)
-    return np.stack(out)
+def _glyphs(kind: str) -> Builder:
+    """A kind of typeset glyphs: white on black, 16-24 px, centred within 2 px."""
+    chars, font_files = GLYPH_KINDS[kind]
+
+    def build(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
+        fonts = _matplotlib_data() / "fonts" / "ttf"
+        out = []
+        for _ in range(n):
+            font = ImageFont.truetype(str(fonts / font_files[int(rng.integers(len(font_files)))]),
+                                      int(rng.integers(16, 25)))  # fmt: skip
+            canvas = Image.new("L", (SIZE, SIZE), 0)
+            cx, cy = SIZE / 2 + rng.uniform(-2, 2, size=2)
+            ImageDraw.Draw(canvas).text((cx, cy), chars[int(rng.integers(len(chars)))],
+                                        fill=255, font=font, anchor="mm")  # fmt: skip
+            out.append(np.asarray(canvas, dtype=np.float64) / 255.0)
+        return np.stack(out)
+
+    return build
 
 
 def _mri_crops(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
@@ -154,14 +181,22 @@ def _uniform_noise(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.n
 _BUILDERS: dict[str, Builder] = {
     "photo": _photo,
     "uci_digits": _uci,
-    "letters": _letters,
+    "letters": _glyphs("letters"),
     "mri": _mri_crops,
+    "greek": _glyphs("greek"),
+    "script": _glyphs("script"),
+    "symbols": _glyphs("symbols"),
     "blank": _blank,
     "faint": _faint,
     "dot": _dot,
     "saturated": _saturated,
     "uniform_noise": _uniform_noise,
 }
+
+
+def _generator(kind: str, seed: int, shared: np.random.Generator) -> np.random.Generator:
+    own = _OWN_STREAM.get(kind)
+    return shared if own is None else np.random.default_rng([seed, own])
 
 
 def build_heldout_benchmark(
@@ -188,7 +223,9 @@ def build_heldout_benchmark(
     )
     if digits.shape[0] == 0 or not np.isfinite(digits).all():
         raise ValueError("base_images must be a non-empty set of finite images")
-    rng = np.random.default_rng(seed)
-    images = [np.clip(_BUILDERS[k](rng, n_per_kind, np.clip(digits, 0, 1)), 0, 1) for k in kinds]
+    shared, digits = np.random.default_rng(seed), np.clip(digits, 0, 1)
+    images = [
+        np.clip(_BUILDERS[k](_generator(k, seed, shared), n_per_kind, digits), 0, 1) for k in kinds
+    ]
     out = np.concatenate(images).astype(np.float32)[:, None]
     return np.ascontiguousarray(out), np.repeat(np.asarray(kinds), n_per_kind)

@@ -71,3 +71,28 @@ def test_subset_and_invalid_arguments(base_uint8):
         build_heldout_benchmark(base_uint8, kinds=("photo", "cats"))
     with pytest.raises(ValueError, match="non-empty"):
         build_heldout_benchmark(np.zeros((0, 28, 28), dtype=np.uint8))
+
+
+def test_every_glyph_kind_draws_characters_its_typefaces_have():
+    """A character missing from a typeface would be drawn as a box (or nothing), not a glyph."""
+    from fontTools.ttLib import TTFont
+
+    from pipelines.evaluation.heldout import GLYPH_KINDS, _matplotlib_data
+
+    assert set(GLYPH_KINDS) <= set(REAL_KINDS)
+    for kind, (chars, fonts) in GLYPH_KINDS.items():
+        assert len(set(chars)) == len(chars) >= 30, kind
+        for name in fonts:
+            cmap = TTFont(str(_matplotlib_data() / "fonts" / "ttf" / name)).getBestCmap()
+            missing = [c for c in chars if ord(c) not in cmap]
+            assert not missing, (kind, name, missing)
+
+
+def test_kinds_added_later_leave_every_earlier_kind_byte_identical(base_uint8, bench):
+    """greek, script and symbols draw from their own generators: the images of the kinds the
+    recorded runs were measured on do not move when they are added."""
+    first = ("photo", "uci_digits", "letters", "mri", *DEGENERATE_KINDS)
+    before, kinds = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5, kinds=first)
+    images, all_kinds = bench
+    assert np.array_equal(images[np.isin(all_kinds, first)], before)
+    assert set(REAL_KINDS) - set(first) == {"greek", "script", "symbols"}
