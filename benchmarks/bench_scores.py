@@ -241,10 +241,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    cfg = EvalConfig.from_dict(section(load_params(args.params), "evaluate"))
+    params = load_params(args.params)
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     model = load_model(args.models / args.family).eval()
-    params = load_params(args.params)
     ren = (args.family, params) if args.ren else None
     scores, fit = candidates(model, splits, cfg, args.knn, ren)
     scored = scored_normals(splits, cfg)

@@ -92,7 +92,7 @@ def test_kinds_added_later_leave_every_earlier_kind_byte_identical(base_uint8, b
     """greek, script and symbols draw from their own generators: the images of the kinds the
     recorded runs were measured on do not move when they are added."""
     first = ("photo", "uci_digits", "letters", "mri", *DEGENERATE_KINDS)
-    before, kinds = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5, kinds=first)
+    before, _ = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5, kinds=first)
     images, all_kinds = bench
     assert np.array_equal(images[np.isin(all_kinds, first)], before)
     assert set(REAL_KINDS) - set(first) == {"greek", "script", "symbols"}
