@@ -32,8 +32,22 @@ Candidates (names as printed):
                  summed binary cross-entropy of its reconstruction; the VAE's: its -ELBO)
   recon+ren@0.2, max(recon,ren@0.2)   the mean and the maximum of the two atypicalities
 
+With --graham (a third round, fixed before its first run; --family diffusion): Graham et al.
+2023's multi-noise-level reconstruction. Each image is noised to every level t in
+GRAHAM_LEVELS (100, 200, ..., 900 of 1,000) with one fixed noise image per level, brought back
+by the family's own DDIM scoring path (one-shot x0 estimate, null label), and its per-level
+MSE z-scored against the validation normals' mean and std at that level. Graham et al. also
+use LPIPS, which needs pretrained weights from the network; MSE alone here.
+  diffusion      the diffusion family's own score (levels 500-700, two draws: today's)
+  graham         the mean of the nine per-level z-scores (the paper's combination)
+  gauss(levels)  a Gaussian over the nine per-level log-MSEs of the validation normals,
+                 scored by Mahalanobis distance (the learned combination)
+  ae, ae+graham  the autoencoder's reconstruction MSE (read from --models) and the mean of its
+                 and graham's atypicalities
+
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
+    .venv/bin/python benchmarks/bench_scores.py --family diffusion --graham --threads 2
 
 Not a test: it reads a finished run's models and data. Prints time and peak RSS.
 """
@@ -54,6 +68,7 @@ import numpy as np
 import torch
 
 from models.calibration import Calibration
+from models.imaging import to_signed
 from models.io import load_model
 from pipelines.data.dataset import SPLITS, load_tensors
 from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, scored_normals
@@ -63,6 +78,8 @@ from pipelines.training.loop import TrainConfig, train
 
 Score = Callable[[np.ndarray], np.ndarray]
 REN_RATES = (0.1, 0.2, 0.3)
+GRAHAM_LEVELS = tuple(range(100, 1000, 100))
+GRAHAM_SEED = 0
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> np.ndarray:
@@ -169,6 +186,67 @@ def gaussian_over_scores(parts: dict[str, Score], val_x: np.ndarray) -> Score:
                                     vector(images) - mean)  # fmt: skip
 
 
+def _cached(fn: Score) -> Score:
+    """`fn` remembered per image array (each split is scored by several candidates)."""
+    cache: dict[int, np.ndarray] = {}
+
+    def cached(x: np.ndarray) -> np.ndarray:
+        key = hash(x.tobytes())
+        if key not in cache:
+            cache[key] = fn(x)
+        return cache[key]
+
+    return cached
+
+
+def level_errors(model: Any, levels: tuple[int, ...], seed: int) -> Score:
+    """(N, len(levels)) reconstruction MSEs in [0, 1] pixel units: the diffusion family's
+    scoring path (q_sample with a fixed noise image, the configured DDIM steps back, null
+    label, fp32) at each level, one noise image per level drawn from `seed`."""
+    noise = torch.randn((len(levels), 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+    denoise = model._denoiser(None, 0.0, fast=False)  # the path anomaly_score takes
+
+    def errors(images: torch.Tensor) -> torch.Tensor:
+        x0 = to_signed(images)
+        cols = []
+        for level, z in zip(levels, noise, strict=True):
+            t = torch.full((x0.shape[0],), level, dtype=torch.long)
+            x_t = model.process.q_sample(x0, t, z.expand_as(x0))
+            back = model.process.ddim(denoise, x_t, level, model.config.score_steps)
+            cols.append(((back - x0) / 2).pow(2).mean(dim=(1, 2, 3)))
+        return torch.stack(cols, dim=1)
+
+    return _cached(lambda x: _batched(errors, x))
+
+
+def graham_candidates(
+    model: Any, autoencoder: Any | None, splits: dict, cfg: EvalConfig
+) -> dict[str, Score]:
+    """Graham et al. 2023 from the diffusion model (module doc), fitted on validation normals."""
+    val_x = splits["val"][0].numpy()
+    errors = level_errors(model, GRAHAM_LEVELS, GRAHAM_SEED)
+    ref = errors(val_x)
+    mean, std = ref.mean(0), ref.std(0)
+    graham: Score = lambda x: ((errors(x) - mean) / std).mean(1)  # noqa: E731
+    log_ref = np.log(ref)
+    centre, precision = log_ref.mean(0), np.linalg.inv(np.cov(log_ref, rowvar=False))
+
+    def gauss(x: np.ndarray) -> np.ndarray:
+        d = np.log(errors(x)) - centre
+        return np.einsum("nd,de,ne->n", d, precision, d)
+
+    out: dict[str, Score] = {
+        "diffusion": _cached(lambda x: _batched(model.anomaly_score, x)),
+        "graham": graham,
+        "gauss(levels)": gauss,
+    }
+    if autoencoder is not None:
+        ae = _cached(lambda x: _batched(autoencoder.anomaly_score, x))
+        out["ae"] = ae
+        out["ae+graham"] = combine({"recon": ae, "graham": graham}, val_x, "mean", cfg)
+    return out
+
+
 def candidates(
     model: Any, splits: dict, cfg: EvalConfig, knn: bool, ren: tuple[str, dict] | None = None
 ) -> tuple[dict[str, Score], dict[str, float]]:
@@ -210,15 +288,7 @@ def candidates(
         from research.reference_detectors import knn_score
 
         t0 = time.perf_counter()
-        near = knn_score(splits["train"][0])
-        cache: dict[int, np.ndarray] = {}
-
-        def knn_cached(x: np.ndarray) -> np.ndarray:  # each split is scored by several combos
-            key = hash(x.tobytes())
-            if key not in cache:
-                cache[key] = near(x)
-            return cache[key]
-
+        knn_cached = _cached(knn_score(splits["train"][0]))
         fit["knn"] = time.perf_counter() - t0
         out["knn"] = knn_cached
         out["recon+knn"] = combine({"recon": recon, "knn": knn_cached}, val_x, "mean", cfg)
@@ -236,6 +306,10 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--knn", action="store_true", help="add the kNN reference and its combos")
     parser.add_argument("--ren", action="store_true", help="add Ren et al.'s likelihood ratios")
+    parser.add_argument(
+        "--graham", action="store_true",
+        help="--family diffusion: Graham et al.'s multi-noise-level candidates instead",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every metric here")
     args = parser.parse_args()
@@ -245,8 +319,17 @@ def main() -> None:
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     model = load_model(args.models / args.family).eval()
-    ren = (args.family, params) if args.ren else None
-    scores, fit = candidates(model, splits, cfg, args.knn, ren)
+    if args.graham:
+        if args.family != "diffusion":
+            parser.error("--graham reads a diffusion model: add --family diffusion")
+        ae_dir = args.models / "autoencoder"
+        autoencoder = load_model(ae_dir).eval() if ae_dir.is_dir() else None
+        t0 = time.perf_counter()
+        scores = graham_candidates(model, autoencoder, splits, cfg)
+        fit = {"graham": time.perf_counter() - t0}
+    else:
+        ren = (args.family, params) if args.ren else None
+        scores, fit = candidates(model, splits, cfg, args.knn, ren)
     scored = scored_normals(splits, cfg)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -155,13 +155,19 @@ def download_registered(model_version: Any, dst: Path) -> Any:
 
 
 def registered_evidence(
-    params: dict[str, Any], model_version: Any, data_dir: Path, judge_dir: Path
+    params: dict[str, Any],
+    model_version: Any,
+    data_dir: Path,
+    judge_dir: Path,
+    paired_with: Evidence | None = None,
 ) -> tuple[Evidence, str]:
     """Paired evidence of a registered version on the current data with the current judge.
 
     When the version was evaluated on this very data version with this very judge, its logged
-    evidence is reused (evaluation is deterministic); otherwise the version is downloaded and
-    measured again. Returns the evidence and how it was obtained ("logged" or "re-measured").
+    evidence is reused (evaluation is deterministic) unless it is not paired with
+    `paired_with` (logged by older code on other items: a held-out kind added since); otherwise
+    the version is downloaded and measured again. Returns the evidence and how it was obtained
+    ("logged" or "re-measured").
     """
     import mlflow
 
@@ -178,9 +184,12 @@ def registered_evidence(
                     dst_path=tmp,
                     tracking_uri=tracking.tracking_uri(),
                 )
-                return Evidence.load(Path(path)), "logged"
-            except Exception as exc:  # an older version without logged evidence
-                log.info("no logged evidence for %s v%s (%s): re-measuring",
+                logged = Evidence.load(Path(path))
+                if paired_with is not None:  # logged by older code, on other items (suites)
+                    paired_with.check_paired_with(logged)
+                return logged, "logged"
+            except Exception as exc:  # an older version without (usable) logged evidence
+                log.info("no usable logged evidence for %s v%s (%s): re-measuring",
                          model_version.name, model_version.version, exc)  # fmt: skip
         model = download_registered(model_version, Path(tmp) / "model")
         measure(params, model, data_dir, judge_dir, Path(tmp) / "eval")  # verified, loaded once

@@ -208,7 +208,8 @@ def _compare(
             mine, champ = (Evidence.load(Path(tmp) / who) for who in ("candidate", "champion"))
         how = "re-measured on unseen items"
     else:
-        mine, (champ, how) = evidence, registered_evidence(params, champion_mv, data_dir, judge_dir)
+        champ, how = registered_evidence(params, champion_mv, data_dir, judge_dir, evidence)
+        mine = evidence
     interval = paired_bootstrap(task_name, mine, champ, n_bootstrap=settings.n_bootstrap,
                                 confidence=settings.confidence, seed=settings.seed)  # fmt: skip
     return interval, how, record
