@@ -44,10 +44,14 @@ use LPIPS, which needs pretrained weights from the network; MSE alone here.
                  scored by Mahalanobis distance (the learned combination)
   ae, ae+graham  the autoencoder's reconstruction MSE (read from --models) and the mean of its
                  and graham's atypicalities
+--per-level (a diagnostic, run after those figures were printed) instead prints each level's
+raw MSE alone as a one-sided score: AUROC of 100 glyphs of each glyph kind (seed
+evaluate.heldout_seed) against the first 1,000 test digits.
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
     .venv/bin/python benchmarks/bench_scores.py --family diffusion --graham --threads 2
+    .venv/bin/python benchmarks/bench_scores.py --family diffusion --per-level
 
 Not a test: it reads a finished run's models and data. Prints time and peak RSS.
 """
@@ -247,6 +251,27 @@ def graham_candidates(
     return out
 
 
+def per_level(model: Any, splits: dict, cfg: EvalConfig) -> None:
+    """Print each Graham level's raw MSE as a one-sided score: AUROC of each glyph kind
+    against the first 1,000 test digits (the --per-level diagnostic, module doc)."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.evaluation.heldout import GLYPH_KINDS, build_heldout_benchmark
+
+    normals = splits["test"][0][:1000].numpy()
+    kinds = tuple(GLYPH_KINDS)
+    images, of = build_heldout_benchmark(normals, n_per_kind=100, seed=cfg.heldout_seed,
+                                         kinds=kinds)  # fmt: skip
+    errors = level_errors(model, GRAHAM_LEVELS, GRAHAM_SEED)
+    normal_err, glyph_err = errors(normals), errors(images)
+    print("| level t | " + " | ".join(map(str, GRAHAM_LEVELS)) + " |\n|" + "---|" * 10)
+    for kind in kinds:
+        y = np.r_[np.zeros(len(normals)), np.ones(int((of == kind).sum()))]
+        aurocs = [roc_auc_score(y, np.r_[normal_err[:, j], glyph_err[of == kind, j]])
+                  for j in range(len(GRAHAM_LEVELS))]  # fmt: skip
+        print(f"| {kind} | " + " | ".join(f"{a:.3f}" for a in aurocs) + " |")
+
+
 def candidates(
     model: Any, splits: dict, cfg: EvalConfig, knn: bool, ren: tuple[str, dict] | None = None
 ) -> tuple[dict[str, Score], dict[str, float]]:
@@ -310,6 +335,11 @@ def main() -> None:
         "--graham", action="store_true",
         help="--family diffusion: Graham et al.'s multi-noise-level candidates instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--per-level",
+        action="store_true",
+        help="--family diffusion: print each Graham level's AUROC per glyph kind",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every metric here")
     args = parser.parse_args()
@@ -319,6 +349,11 @@ def main() -> None:
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     model = load_model(args.models / args.family).eval()
+    if args.per_level:
+        if args.family != "diffusion":
+            parser.error("--per-level reads a diffusion model: add --family diffusion")
+        per_level(model, splits, cfg)
+        return
     if args.graham:
         if args.family != "diffusion":
             parser.error("--graham reads a diffusion model: add --family diffusion")
