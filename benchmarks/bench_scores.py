@@ -232,17 +232,11 @@ def graham_candidates(
     ref = errors(val_x)
     mean, std = ref.mean(0), ref.std(0)
     graham: Score = lambda x: ((errors(x) - mean) / std).mean(1)  # noqa: E731
-    log_ref = np.log(ref)
-    centre, precision = log_ref.mean(0), np.linalg.inv(np.cov(log_ref, rowvar=False))
-
-    def gauss(x: np.ndarray) -> np.ndarray:
-        d = np.log(errors(x)) - centre
-        return np.einsum("nd,de,ne->n", d, precision, d)
-
+    levels = {f"t{t}": lambda x, j=j: errors(x)[:, j] for j, t in enumerate(GRAHAM_LEVELS)}
     out: dict[str, Score] = {
         "diffusion": _cached(lambda x: _batched(model.anomaly_score, x)),
         "graham": graham,
-        "gauss(levels)": gauss,
+        "gauss(levels)": gaussian_over_scores(levels, val_x),  # over the log-MSEs
     }
     if autoencoder is not None:
         ae = _cached(lambda x: _batched(autoencoder.anomaly_score, x))
