@@ -186,8 +186,12 @@ def gaussian_over_scores(parts: dict[str, Score], val_x: np.ndarray) -> Score:
 
     ref = vector(val_x)
     mean, precision = ref.mean(0), np.linalg.inv(np.cov(ref, rowvar=False))
-    return lambda images: np.einsum("nd,de,ne->n", vector(images) - mean, precision,
-                                    vector(images) - mean)  # fmt: skip
+
+    def mahalanobis(images: np.ndarray) -> np.ndarray:
+        d = vector(images) - mean  # once: the parts may not be cached (recon, latent)
+        return np.einsum("nd,de,ne->n", d, precision, d)
+
+    return mahalanobis
 
 
 def _cached(fn: Score) -> Score:
