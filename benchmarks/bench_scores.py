@@ -48,10 +48,28 @@ use LPIPS, which needs pretrained weights from the network; MSE alone here.
 raw MSE alone as a one-sided score: AUROC of 100 glyphs of each glyph kind (seed
 evaluate.heldout_seed) against the first 1,000 test digits.
 
+A fourth round (each option fixed before its first run; docs/anomaly.md "Fourth round"):
+  --conditional N  (--family diffusion, a diagnostic like --per-level, against the first N test
+                 digits, tuned-suite kinds too) one-step reconstruction at t = 300, 500, 700
+                 with each digit label and with the null label: null@t, min_c@t (the smallest
+                 error over the ten labels), their gap and log-ratio, and means over the levels
+  --memory       the autoencoder's memory reconstruction: mem@k compares an image with the
+                 decodings of the k nearest training codes (k = 1, 3, 10; MemAE-like, Gong et
+                 al. 2019, no retraining); recon+mem@k the mean of the two atypicalities
+  --discriminator  (--family gan) the GAN's critic: gan (its score), -D(x) (the real/fake
+                 logit), Dknn@k (mean cosine distance to the k nearest training digits in D's
+                 unit-length penultimate features, k = 1, 10), gan+Dknn@k. With --bank-sizes
+                 (rule: the smallest bank within 0.001 tuned of the full one) fp16 banks of
+                 5k, 10k, 20k seeded random training digits and all of them; with --pca (same
+                 rule) the centred features projected on 64-512 principal components
+  --missed       (any family) which glyphs of each glyph kind the verdict calls normal
+
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
     .venv/bin/python benchmarks/bench_scores.py --family diffusion --graham --threads 2
     .venv/bin/python benchmarks/bench_scores.py --family diffusion --per-level
+    .venv/bin/python benchmarks/bench_scores.py --family gan --discriminator --threads 2
+    .venv/bin/python benchmarks/bench_scores.py --family gan --missed
 
 Not a test: it reads a finished run's models and data. Prints time and peak RSS.
 """
@@ -270,6 +288,240 @@ def per_level(model: Any, splits: dict, cfg: EvalConfig) -> None:
         print(f"| {kind} | " + " | ".join(f"{a:.3f}" for a in aurocs) + " |")
 
 
+CONDITIONAL_LEVELS = (300, 500, 700)
+
+
+def conditional_errors(model: Any, levels: tuple[int, ...], seed: int) -> Score:
+    """(N, len(levels), 11) one-shot reconstruction MSEs: column 0 the null label, columns
+    1..10 the digit labels 0..9 (pure conditional prediction, no guidance mix), one fixed noise
+    image per level drawn from `seed`, the same noise for every label."""
+    noise = torch.randn((len(levels), 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+
+    def errors(images: torch.Tensor) -> torch.Tensor:
+        x0 = to_signed(images)
+        n = x0.shape[0]
+        out = torch.empty((n, len(levels), 11))
+        for j, (level, z) in enumerate(zip(levels, noise, strict=True)):
+            t = torch.full((n,), level, dtype=torch.long)
+            x_t = model.process.q_sample(x0, t, z.expand_as(x0))
+            for col in range(11):
+                labels = None if col == 0 else torch.full((n,), col - 1, dtype=torch.long)
+                denoise = model._denoiser(labels, 1.0 if labels is not None else 0.0, fast=False)
+                back = model.process.ddim(denoise, x_t, level, model.config.score_steps)
+                out[:, j, col] = ((back - x0) / 2).pow(2).mean(dim=(1, 2, 3))
+        return out
+
+    return _cached(lambda x: _batched(errors, x))
+
+
+def conditional_diagnostic(model: Any, splits: dict, cfg: EvalConfig, n_normals: int) -> None:
+    """Class-conditional reconstruction (the --conditional diagnostic, module doc): one-sided
+    AUROC of each tuned-suite kind and each glyph kind against the first `n_normals` test
+    digits, for the null-label error, the smallest error over the ten digit labels, and the
+    gap between the two, at each level and averaged over the levels."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.evaluation.anomalies import build_anomaly_suite
+    from pipelines.evaluation.heldout import GLYPH_KINDS, build_heldout_benchmark
+
+    test_x = splits["test"][0].numpy()
+    normals = test_x[:n_normals]
+    suite, suite_of = build_anomaly_suite(test_x, n_per_kind=cfg.anomaly_per_kind,
+                                          seed=cfg.anomaly_seed)  # fmt: skip
+    glyph_kinds = tuple(GLYPH_KINDS)
+    glyphs, glyph_of = build_heldout_benchmark(
+        test_x, n_per_kind=cfg.anomaly_per_kind, seed=cfg.heldout_seed, kinds=glyph_kinds
+    )
+    errors = conditional_errors(model, CONDITIONAL_LEVELS, GRAHAM_SEED)
+    t0 = time.perf_counter()
+    e_norm, e_suite, e_glyph = errors(normals), errors(suite), errors(glyphs)
+    print(f"scored {len(normals) + len(suite) + len(glyphs)} images in "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+
+    def variants(e: np.ndarray) -> dict[str, np.ndarray]:
+        null, best = e[:, :, 0], e[:, :, 1:].min(axis=2)
+        out = {}
+        for j, level in enumerate(CONDITIONAL_LEVELS):
+            out[f"null@{level}"] = null[:, j]
+            out[f"min_c@{level}"] = best[:, j]
+            out[f"min_c-null@{level}"] = best[:, j] - null[:, j]
+            out[f"log(min_c/null)@{level}"] = np.log(best[:, j] / null[:, j])
+        out["null(mean)"], out["min_c(mean)"] = null.mean(1), best.mean(1)
+        out["log(min_c/null)(mean)"] = np.log(best / null).mean(1)
+        return out
+
+    vn, vs, vg = variants(e_norm), variants(e_suite), variants(e_glyph)
+    suite_kinds = list(dict.fromkeys(suite_of))
+    head = ["score", "tuned mean", *suite_kinds, *glyph_kinds]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+
+    def auc(normal: np.ndarray, outliers: np.ndarray) -> float:
+        y = np.r_[np.zeros(len(normal)), np.ones(len(outliers))]
+        return float(roc_auc_score(y, np.r_[normal, outliers]))
+
+    for name in vn:
+        tuned = [auc(vn[name], vs[name][suite_of == k]) for k in suite_kinds]
+        held = [auc(vn[name], vg[name][glyph_of == k]) for k in glyph_kinds]
+        cells = [f"{np.mean(tuned):.4f}", *(f"{a:.3f}" for a in tuned + held)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+MEMORY_KS = (1, 3, 10)
+
+
+def memory_errors(model: Any, train_x: np.ndarray, ks: tuple[int, ...]) -> Score:
+    """(N, len(ks)) memory reconstruction errors: an image's code is matched to its k nearest
+    training codes (Euclidean, in the autoencoder's latent space) and the image is compared
+    with those codes' decodings, mean pixel MSE averaged over the k. The decoder may only
+    draw a digit it was trained on, so an image whose code lies away from every training code
+    is rebuilt as its nearest digit (a memory-bank reconstruction in the spirit of MemAE,
+    Gong et al. 2019, without retraining)."""
+    bank = torch.from_numpy(_batched(model.encode, train_x)).float()
+    decoded = torch.from_numpy(_batched(lambda z: model.decode(z).flatten(1), bank.numpy()))
+    decoded = decoded.float()
+    top = max(ks)
+
+    def errors(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), 500):
+            x = torch.from_numpy(images[i : i + 500]).flatten(1)
+            codes = torch.from_numpy(_batched(model.encode, images[i : i + 500])).float()
+            idx = torch.cdist(codes, bank).topk(top, largest=False).indices  # nearest first
+            mse = (decoded[idx] - x[:, None, :]).pow(2).mean(2)  # (n, top)
+            out.append(torch.stack([mse[:, :k].mean(1) for k in ks], dim=1))
+        return torch.cat(out).double().numpy()
+
+    return _cached(errors)
+
+
+def memory_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """The memory-reconstruction round (--memory, module doc), fitted on the training split
+    (the bank) and validation normals (the combinations' calibrations) only."""
+    val_x = splits["val"][0].numpy()
+    recon = _cached(lambda x: _batched(model.anomaly_score, x))
+    errors = memory_errors(model, splits["train"][0].numpy(), MEMORY_KS)
+    out: dict[str, Score] = {"recon": recon}
+    for j, k in enumerate(MEMORY_KS):
+        out[f"mem@{k}"] = lambda x, j=j: errors(x)[:, j]
+    for k in MEMORY_KS:
+        parts = {"recon": recon, f"mem@{k}": out[f"mem@{k}"]}
+        out[f"recon+mem@{k}"] = combine(parts, val_x, "mean", cfg)
+    return out
+
+
+DKNN_KS = (1, 10)
+
+
+def discriminator_candidates(
+    model: Any,
+    splits: dict,
+    cfg: EvalConfig,
+    bank_sizes: tuple[int, ...] = (),
+    pca_dims: tuple[int, ...] = (),
+) -> dict[str, Score]:
+    """The discriminator round (--discriminator, --family gan; module doc): the GAN's own
+    critic as a score and as a feature space. Fitted on the training split (the bank) and
+    validation normals (the combinations' calibrations) only."""
+    from models.gan.model import frozen
+
+    def d_out(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with frozen(model.e, model.sampler, model.d):
+            out = model.d(model._to_net(images))
+        return out.logits.float(), torch.nn.functional.normalize(out.features.float(), dim=1)
+
+    val_x = splits["val"][0].numpy()
+    bank = torch.from_numpy(_batched(lambda x: d_out(x)[1], splits["train"][0].numpy())).float()
+    top = max(DKNN_KS)
+
+    def knn(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), 500):
+            f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images[i : i + 500])).float()
+            dist = 1.0 - (f @ bank.T).topk(top, dim=1).values  # cosine distance, nearest first
+            out.append(torch.stack([dist[:, :k].mean(1) for k in DKNN_KS], dim=1))
+        return torch.cat(out).double().numpy()
+
+    knn_cached = _cached(knn)
+    gan = _cached(lambda x: _batched(model.anomaly_score, x))
+    if bank_sizes:  # the cost variants (a second pass): fp16 banks, seeded random subsets
+        out: dict[str, Score] = {"Dknn@10": lambda x: knn_cached(x)[:, 1]}
+        full = bank.half()
+        for size in bank_sizes:
+            rows = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:size]
+            small = full[rows] if size < len(full) else full
+
+            def knn10(images: np.ndarray, small: torch.Tensor = small) -> np.ndarray:
+                f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images)).float()
+                sims = torch.cat([f[i : i + 500] @ small.float().T for i in range(0, len(f), 500)])
+                return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
+
+            out[f"Dknn@10 fp16 bank {min(size, len(full))}"] = knn10
+        return out
+    if pca_dims:  # the dimension variants (a third pass): PCA of the bank, full bank
+        out = {"Dknn@10": lambda x: knn_cached(x)[:, 1]}
+        mean = bank.mean(0)
+        _, _, v = torch.linalg.svd(bank[::4] - mean, full_matrices=False)  # 13.5k rows suffice
+        for dims in pca_dims:
+            proj = v[:dims].T.contiguous()
+            small = torch.nn.functional.normalize((bank - mean) @ proj, dim=1)
+
+            def knn_pca(images: np.ndarray, small: torch.Tensor = small,
+                        proj: torch.Tensor = proj) -> np.ndarray:  # fmt: skip
+                f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images)).float()
+                f = torch.nn.functional.normalize((f - mean) @ proj, dim=1)
+                sims = torch.cat([f[i : i + 500] @ small.T for i in range(0, len(f), 500)])
+                return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
+
+            out[f"Dknn@10 pca {dims}"] = knn_pca
+        return out
+    out: dict[str, Score] = {
+        "gan": gan,
+        "-D(x)": _cached(lambda x: -_batched(lambda im: d_out(im)[0], x)),
+    }
+    for j, k in enumerate(DKNN_KS):
+        out[f"Dknn@{k}"] = lambda x, j=j: knn_cached(x)[:, j]
+    for k in DKNN_KS:
+        parts = {"recon": gan, f"Dknn@{k}": out[f"Dknn@{k}"]}  # "recon": two-sided, as served
+        out[f"gan+Dknn@{k}"] = combine(parts, val_x, "mean", cfg)
+    return out
+
+
+def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
+    """Print which glyphs of each glyph kind the family's verdict calls normal (the --missed
+    diagnostic): the held-out benchmark built as evaluation builds it, each glyph's character
+    and size recorded while it is drawn, the verdict calibrated as evaluation calibrates it."""
+    from PIL import ImageDraw
+
+    from pipelines.evaluation.heldout import GLYPH_KINDS, build_heldout_benchmark
+
+    drawn: list[tuple[str, int]] = []
+    draw_text = ImageDraw.ImageDraw.text
+
+    def recording(self: Any, xy: Any, text: str, *args: Any, **kwargs: Any) -> None:
+        drawn.append((text, int(kwargs["font"].size)))
+        draw_text(self, xy, text, *args, **kwargs)
+
+    test_x, val_x = splits["test"][0].numpy(), splits["val"][0].numpy()
+    ImageDraw.ImageDraw.text = recording  # type: ignore[method-assign]
+    try:
+        per_kind = cfg.heldout_per_kind or cfg.anomaly_per_kind
+        images, kinds = build_heldout_benchmark(test_x, n_per_kind=per_kind, seed=cfg.heldout_seed)
+    finally:
+        ImageDraw.ImageDraw.text = draw_text  # type: ignore[method-assign]
+    glyph = np.isin(kinds, list(GLYPH_KINDS))
+    if int(glyph.sum()) != len(drawn):
+        raise RuntimeError(f"{len(drawn)} glyphs recorded for {int(glyph.sum())} glyph images")
+    score = lambda x: _batched(model.anomaly_score, x)  # noqa: E731
+    calibration = Calibration.fit(score(val_x), cfg.target_fpr, cfg.anomaly_low_fpr, val_x,
+                                  cfg.anomaly_energy_fpr)  # fmt: skip
+    flagged = calibration.statistic(score(images), images)[glyph] > 1.0
+    for kind in GLYPH_KINDS:
+        rows = np.flatnonzero(kinds[glyph] == kind)
+        missed = sorted(f"{drawn[i][0]}{drawn[i][1]}" for i in rows if not flagged[i])
+        print(f"{kind}: {flagged[rows].mean():.0%} flagged; called normal (glyph, px): "
+              + " ".join(missed))  # fmt: skip
+
+
 def candidates(
     model: Any, splits: dict, cfg: EvalConfig, knn: bool, ren: tuple[str, dict] | None = None
 ) -> tuple[dict[str, Score], dict[str, float]]:
@@ -338,6 +590,30 @@ def main() -> None:
         action="store_true",
         help="--family diffusion: print each Graham level's AUROC per glyph kind",
     )
+    parser.add_argument(
+        "--discriminator",
+        action="store_true",
+        help="--family gan: the discriminator's candidates instead",
+    )
+    parser.add_argument(
+        "--bank-sizes", action="store_true", help="with --discriminator: its cost variants"
+    )
+    parser.add_argument(
+        "--pca", action="store_true", help="with --discriminator: its dimension variants"
+    )
+    parser.add_argument(
+        "--missed", action="store_true", help="print the glyphs the family's verdict misses"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="memory-reconstruction candidates instead"
+    )
+    parser.add_argument(
+        "--conditional",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--family diffusion: class-conditional reconstruction diagnostic, N test digits",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every metric here")
     args = parser.parse_args()
@@ -352,6 +628,14 @@ def main() -> None:
             parser.error("--per-level reads a diffusion model: add --family diffusion")
         per_level(model, splits, cfg)
         return
+    if args.missed:
+        missed_glyphs(model, splits, cfg)
+        return
+    if args.conditional:
+        if args.family != "diffusion":
+            parser.error("--conditional reads a diffusion model: add --family diffusion")
+        conditional_diagnostic(model, splits, cfg, args.conditional)
+        return
     if args.graham:
         if args.family != "diffusion":
             parser.error("--graham reads a diffusion model: add --family diffusion")
@@ -360,6 +644,18 @@ def main() -> None:
         t0 = time.perf_counter()
         scores = graham_candidates(model, autoencoder, splits, cfg)
         fit = {"graham": time.perf_counter() - t0}
+    elif args.discriminator:
+        if args.family != "gan":
+            parser.error("--discriminator reads a GAN: add --family gan")
+        t0 = time.perf_counter()
+        sizes = (5_000, 10_000, 20_000, 10**9) if args.bank_sizes else ()
+        dims = (64, 128, 256, 512) if args.pca else ()
+        scores = discriminator_candidates(model, splits, cfg, sizes, dims)
+        fit = {"discriminator": time.perf_counter() - t0}
+    elif args.memory:
+        t0 = time.perf_counter()
+        scores = memory_candidates(model, splits, cfg)
+        fit = {"memory": time.perf_counter() - t0}
     else:
         ren = (args.family, params) if args.ren else None
         scores, fit = candidates(model, splits, cfg, args.knn, ren)

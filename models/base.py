@@ -138,6 +138,11 @@ class GenerativeModel(nn.Module, ABC):
     def on_train_step_end(self, step: int) -> None:
         """Hook after each optimisation step (e.g. EMA update)."""
 
+    def fit_scorer(self, images: Tensor) -> None:
+        """Fit what `anomaly_score` keeps from the training images (e.g. a feature bank),
+        with the final weights; the trainer calls it once training is done. Default: nothing,
+        the score is the trained networks alone."""
+
     # ---- generation -----------------------------------------------------------------
     @torch.no_grad()
     def sample(

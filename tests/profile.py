@@ -43,6 +43,7 @@ TINY: dict[str, dict[str, Any]] = {
         "monitor_warmup": 0,  # tiny runs: flag from the first step
         "encoder_start_step": 10,
         "ema_decay": 0.9,
+        "score": "dknn",  # the product's score (params.yaml); izif is tested in test_gan.py
     },
     "diffusion": {
         "base_channels": 8,
@@ -94,6 +95,7 @@ TINY_PARAMS: dict[str, Any] = {
             "monitor_batch": 8,
             "encoder_start_step": 5,
             "ema_decay": 0.9,
+            "score": "dknn",
         }
     },
     "diffusion": {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from models.base import ModelConfig, require
 
 OBJECTIVES = ("dcgan", "wgan-gp")
+SCORES = ("izif", "dknn")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class GANConfig(ModelConfig):
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight
     encoder_start_step: int = 1500  # first step of the encoder (f-AnoGAN izif) phase
     kappa: float = 1.0  # weight of the discriminator-feature residual (izif)
+    # anomaly score: "izif" (f-AnoGAN: ||x - G(E(x))||^2 + kappa * feature residual) or "dknn"
+    # (mean cosine distance to the `score_k` nearest training digits in D's penultimate
+    # features; the bank of training features is fitted after training and saved in fp16)
+    score: str = "izif"
+    score_k: int = 10
     label_loss_weight: float = 0.1  # conditional only: encoder label cross-entropy weight
     ema_decay: float = 0.999  # EMA of G used for sampling and scoring; 0 disables
     monitor_every: int = 50  # steps between mode-collapse (diversity) checks
@@ -81,6 +87,11 @@ class GANConfig(ModelConfig):
             f"encoder_start_step must be an int >= 0, got {self.encoder_start_step!r}",
         )
         require(self.kappa >= 0.0, f"kappa must be >= 0, got {self.kappa!r}")
+        require(self.score in SCORES, f"score must be one of {SCORES}, got {self.score!r}")
+        require(
+            isinstance(self.score_k, int) and self.score_k >= 1,
+            f"score_k must be an int >= 1, got {self.score_k!r}",
+        )
         require(
             self.label_loss_weight >= 0.0,
             f"label_loss_weight must be >= 0, got {self.label_loss_weight!r}",

@@ -85,6 +85,9 @@ class GAN(GenerativeModel):
         # (weights from before the monitor still load); after a resume it warms up again
         swing = torch.zeros(SwingTracker.STATE_SIZE, dtype=torch.float64)
         self.register_buffer("gap_swing", swing, persistent=False)
+        if config.score == "dknn":  # filled by fit_scorer; saved with the weights
+            bank = torch.zeros(0, self.d.trunk.out_features, dtype=torch.float16)
+            self.register_buffer("score_bank", bank)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -115,6 +118,13 @@ class GAN(GenerativeModel):
         f_x = self.d(x).features.detach()
         f_hat = self.d(x_hat).features
         return izif_residual(x, x_hat, f_x, f_hat, self.config.kappa), x_hat, enc.label_logits
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """The feature bank's length is the training set's: take the saved one's shape."""
+        bank = state_dict.get(prefix + "score_bank")
+        if self.config.score == "dknn" and bank is not None:
+            self.score_bank = torch.empty_like(bank, device=self.score_bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- training -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -249,8 +259,34 @@ class GAN(GenerativeModel):
             return to_unit(self.sampler(z, labels))
 
     @torch.no_grad()
+    def _features(self, images: Tensor) -> Tensor:
+        """D's penultimate features (N, F) of images in [0, 1], unit length, float32."""
+        with frozen(self.d):
+            features = self.d(self._to_net(images)).features.float()
+        return F.normalize(features, dim=1)
+
+    @torch.no_grad()
+    def fit_scorer(self, images: Tensor) -> None:
+        """score "dknn": keep the training images' D features (fp16) as the neighbour bank."""
+        if self.config.score != "dknn":
+            return
+        chunks = [self._features(images[i : i + 512]) for i in range(0, images.shape[0], 512)]
+        self.score_bank = torch.cat(chunks).half().to(self.device)
+
+    @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
-        """f-AnoGAN izif score ||x - G(E(x))||^2 + kappa ||f_D(x) - f_D(G(E(x)))||^2 (means)."""
+        """score "izif": f-AnoGAN ||x - G(E(x))||^2 + kappa ||f_D(x) - f_D(G(E(x)))||^2 (means).
+        score "dknn": mean cosine distance 1 - cos to the `score_k` nearest training images in
+        D's penultimate features (fp16 products: the same value alone or in any batch)."""
+        if self.config.score == "dknn":
+            k = self.config.score_k
+            if self.score_bank.shape[0] < k:
+                raise RuntimeError(
+                    f"gan: score 'dknn' needs a feature bank of at least score_k={k} training "
+                    f"images, has {self.score_bank.shape[0]}: fit_scorer(train images) first"
+                )
+            sims = self._features(images).half() @ self.score_bank.T
+            return 1.0 - sims.float().topk(k, dim=1).values.mean(1)
         with frozen(self.e, self.sampler, self.d):
             residual, _, _ = self._izif(self._to_net(images))
         return residual.total

@@ -339,6 +339,7 @@ def train(
     if state["best_state"] is not None and cfg.patience:
         model.load_state_dict(state["best_state"])  # early stopping keeps the best weights
     model.eval()
+    model.fit_scorer(images)  # with the final weights (a GAN's feature bank; others: nothing)
     done = state["step"] - (resumed_from or 0)
     wall = time.perf_counter() - started
     if done == 0 and state["elapsed"] > 0:  # resumed a finished run: its recorded throughput

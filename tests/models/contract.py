@@ -28,6 +28,14 @@ def make(
         return build_model(family, config)
 
 
+def make_scoring(family: str, images: torch.Tensor, **overrides: Any) -> GenerativeModel:
+    """`make(family)` in eval mode with its scorer fitted on `images` (a GAN's feature bank),
+    as the trainer leaves a model: untrained weights that can score."""
+    model = make(family, **overrides).eval()
+    model.fit_scorer(images)
+    return model
+
+
 def run_steps(
     model: GenerativeModel,
     images: torch.Tensor,
@@ -38,7 +46,8 @@ def run_steps(
     batch: int | None = None,
     seed: int = 1,
 ) -> tuple[list[dict[str, float]], dict[str, torch.optim.Optimizer], torch.Generator]:
-    """The trainer's loop in miniature: (logs, optimizers, generator) after `steps`.
+    """The trainer's loop in miniature: (logs, optimizers, generator) after `steps`, the
+    scorer fitted on `images` at the end.
 
     Without `optimizers` / `generator`, fresh ones are made (the generator seeded with `seed`).
     With `batch`, each step draws a minibatch of that size from `generator`; otherwise every
@@ -56,6 +65,7 @@ def run_steps(
         logs.append(model.training_step(Batch(x, y, step, generator), optimizers))
         model.on_train_step_end(step)
     model.eval()
+    model.fit_scorer(images)  # as the trainer does once training is done
     return logs, optimizers, generator
 
 

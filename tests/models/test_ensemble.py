@@ -24,7 +24,7 @@ from models.spec import (
     competes,
     family_model_name,
 )
-from tests.models.contract import make
+from tests.models.contract import make_scoring
 
 VAL = slice(4000, 4160)  # "validation normals"
 OTHER = slice(4500, 4512)  # other digits, never used to fit
@@ -32,8 +32,8 @@ SPLIT = {"target_fpr": 0.05, "low_fpr": 0.01, "energy_fpr": 0.01}
 
 
 @pytest.fixture(scope="module")
-def members() -> dict:
-    return {f: make(f).eval() for f in FAMILIES}
+def members(real_digits) -> dict:
+    return {f: make_scoring(f, real_digits[0][:400]) for f in FAMILIES}
 
 
 @pytest.fixture(scope="module")

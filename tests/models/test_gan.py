@@ -20,7 +20,7 @@ from models.gan.monitors import (
 )
 from models.io import build_model
 from models.tensors import NUM_CLASSES
-from tests.models.contract import make, run_steps
+from tests.models.contract import TINY, make, run_steps
 
 # the contract suite's tiny GAN, with the family's default learning rate and E from step 4
 GAN_TINY = {"lr": GANConfig().lr, "encoder_start_step": 4}
@@ -233,3 +233,74 @@ def test_conditional_samples_follow_the_requested_label(trained, real_digits):
     nearest = torch.cdist(samples.flatten(1), class_means).argmin(dim=1)
     accuracy = (nearest == requested).float().mean()
     assert accuracy > 0.5, f"nearest-class-mean accuracy {accuracy:.2f} (chance 0.10)"
+
+
+# ---- the "dknn" score: nearest training digits in D's features ------------------------------
+def _dknn_twin(model: GAN, bank_images: torch.Tensor, k: int = 10) -> GAN:
+    """`model`'s weights with score "dknn", its bank fitted on `bank_images`."""
+    twin = GAN(GANConfig.from_dict(model.config.to_dict() | {"score": "dknn", "score_k": k}))
+    state = model.state_dict() | {"score_bank": twin.score_bank}
+    twin.load_state_dict(state)
+    twin.eval().fit_scorer(bank_images)
+    return twin
+
+
+def test_dknn_ranks_unseen_digits_below_noise_and_glyph_like_strokes(trained, real_digits):
+    trained, _ = trained
+    images = real_digits[0]
+    model = _dknn_twin(trained, images[:4000])
+    assert model.score_bank.shape == (4000, model.d.trunk.out_features)
+    assert model.score_bank.dtype == torch.float16
+    unseen = images[4000:4200]
+    noise = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    bars = torch.zeros(1, 1, 28, 28)  # a "#": strokes, no digit
+    bars[:, :, 4:24, 10:12] = bars[:, :, 4:24, 17:19] = 1.0
+    bars[:, :, 9:11, 4:24] = bars[:, :, 17:19, 4:24] = 1.0
+    real, noise_s, bars_s = (model.anomaly_score(x) for x in (unseen, noise, bars))
+    assert ((real >= 0) & (real <= 2)).all()
+    assert noise_s.min() > torch.quantile(real, 0.95)
+    assert bars_s.min() > torch.quantile(real, 0.95)
+    # a training digit is its own nearest neighbour: lower than the unseen ones on average
+    assert model.anomaly_score(images[:200]).mean() < real.mean()
+
+
+def test_dknn_bank_is_saved_with_the_weights_and_rebuilt_with_its_length(
+    trained, real_digits, tmp_path
+):
+    from models.io import load_model, save_model
+
+    trained, _ = trained
+    model = _dknn_twin(trained, real_digits[0][:300], k=3)
+    digest = save_model(model, tmp_path / "gan")
+    loaded = load_model(tmp_path / "gan", expected_sha256=digest)
+    assert loaded.config.score == "dknn" and loaded.score_bank.shape[0] == 300
+    images = real_digits[0][4000:4016]
+    assert torch.equal(loaded.anomaly_score(images), model.anomaly_score(images))
+    # one image at a time gives the same values as the batch (fp16 products)
+    alone = torch.cat([model.anomaly_score(images[i : i + 1]) for i in range(len(images))])
+    assert torch.equal(alone, model.anomaly_score(images))
+
+
+def test_dknn_without_a_bank_says_what_to_do():
+    model = tiny_gan()  # TINY: score "dknn", never fitted
+    with pytest.raises(RuntimeError, match="fit_scorer"):
+        model.anomaly_score(torch.zeros(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize(("key", "value"), [("score", "knn"), ("score_k", 0), ("score_k", 2.5)])
+def test_score_config_is_validated(key, value):
+    with pytest.raises(ValueError, match=key):
+        GANConfig.from_dict({key: value})
+
+
+def test_the_trainer_fits_the_bank_on_the_training_images(real_digits, tmp_path):
+    from pipelines.training.loop import TrainConfig, train
+
+    images, labels = real_digits[0][:96], real_digits[1][:96]
+    cfg = TrainConfig(steps=4, batch_size=32, val_every=4, checkpoint_every=4, num_threads=1,
+                      progress=False)  # fmt: skip
+    result = train("gan", TINY["gan"], cfg, (images, labels), (images[:32], labels[:32]), tmp_path)
+    assert result.model.score_bank.shape[0] == 96
+    again = train("gan", TINY["gan"], cfg, (images, labels), (images[:32], labels[:32]), tmp_path)
+    assert again.resumed_from == 4  # a finished run resumed: the same bank, fitted again
+    assert torch.equal(again.model.score_bank, result.model.score_bank)

@@ -11,7 +11,7 @@ import torch
 
 from models.ensemble import Ensemble, fit_ensemble
 from models.spec import FAMILIES
-from tests.models.contract import make
+from tests.models.contract import make, make_scoring
 from tests.serving.conftest import CALIB, Server, digits_as_lists, write_role
 
 HELD_OUT = slice(4500, 4506)
@@ -19,7 +19,7 @@ HELD_OUT = slice(4500, 4506)
 
 @pytest.fixture(scope="module")
 def ensemble(real_digits) -> Ensemble:
-    members = {f: make(f).eval() for f in FAMILIES}
+    members = {f: make_scoring(f, real_digits[0][:300]) for f in FAMILIES}
     return fit_ensemble(members, real_digits[0][CALIB][:96], 0.05, 0.01, 0.01)
 
 

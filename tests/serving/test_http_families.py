@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from models.base import GenerativeModel
-from tests.models.contract import FAMILIES, make
+from tests.models.contract import FAMILIES, make_scoring
 from tests.serving.conftest import CALIB, Server, digits_as_lists, write_role
 
 HELD_OUT = slice(4500, 4508)  # digits never used for calibration
 
 
 @pytest.fixture(scope="module")
-def family_models() -> dict[str, GenerativeModel]:
+def family_models(real_digits) -> dict[str, GenerativeModel]:
     """Tiny untrained models: the HTTP contract does not need good digits."""
-    return {family: make(family).eval() for family in FAMILIES}
+    return {family: make_scoring(family, real_digits[0][:300]) for family in FAMILIES}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from models.io import load_model, save_model, sha256_file
 from models.spec import ANOMALY, FAMILIES, GENERATION, WEIGHTS_FILE
 from pipelines.data.dataset import SPLITS, images_path, labels_path, write_idx
 from pipelines.stages.ensemble import build_ensemble
-from tests.models.contract import make
+from tests.models.contract import make_scoring
 
 PARAMS = {
     "evaluate": {"target_fpr": 0.05, "anomaly_low_fpr": 0.01, "anomaly_energy_fpr": 0.01},
@@ -38,10 +38,10 @@ def write_data(data_dir: Path, real_digits, test_images: np.ndarray | None = Non
 
 
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory) -> Path:
+def models_root(tmp_path_factory, real_digits) -> Path:
     root = tmp_path_factory.mktemp("models")
     for family in FAMILIES:
-        save_model(make(family).eval(), root / family)
+        save_model(make_scoring(family, real_digits[0][:300]), root / family)
     return root
 
 
