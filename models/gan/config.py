@@ -37,6 +37,8 @@ class GANConfig(ModelConfig):
     # features; the bank of training features is fitted after training and saved in fp16)
     score: str = "izif"
     score_k: int = 10
+    score_coarse_dims: int = 128  # dknn search: the coarse index's dimensions
+    score_candidates: int = 256  # dknn search: rows the coarse index hands to the exact cosine
     label_loss_weight: float = 0.1  # conditional only: encoder label cross-entropy weight
     ema_decay: float = 0.999  # EMA of G used for sampling and scoring; 0 disables
     monitor_every: int = 50  # steps between mode-collapse (diversity) checks
@@ -91,6 +93,15 @@ class GANConfig(ModelConfig):
         require(
             isinstance(self.score_k, int) and self.score_k >= 1,
             f"score_k must be an int >= 1, got {self.score_k!r}",
+        )
+        require(
+            isinstance(self.score_coarse_dims, int) and self.score_coarse_dims >= 1,
+            f"score_coarse_dims must be an int >= 1, got {self.score_coarse_dims!r}",
+        )
+        require(
+            isinstance(self.score_candidates, int) and self.score_candidates >= self.score_k,
+            f"score_candidates must be an int >= score_k ({self.score_k}), "
+            f"got {self.score_candidates!r}",
         )
         require(
             self.label_loss_weight >= 0.0,
