@@ -288,8 +288,12 @@ class GAN(GenerativeModel):
         bank, dims = self.score_bank, self.config.score_coarse_dims
         if bank.shape[0] == 0:
             return
-        sample = bank[::4].double()
-        _, vectors = torch.linalg.eigh(sample.T @ sample)  # ascending eigenvalues
+        sample = bank[::4]
+        moment = torch.zeros(bank.shape[1], bank.shape[1], dtype=torch.float64, device=bank.device)
+        for i in range(0, sample.shape[0], 2048):  # fp64 in chunks: a load's peak memory
+            chunk = sample[i : i + 2048].double()
+            moment += chunk.T @ chunk
+        _, vectors = torch.linalg.eigh(moment)  # ascending eigenvalues
         proj = vectors[:, -dims:].flip(1).float().contiguous()
         coarse = [bank[i : i + 8192].float() @ proj for i in range(0, bank.shape[0], 8192)]
         self.score_proj, self.score_coarse = proj, torch.cat(coarse).half()  # fp16: half the read
