@@ -63,6 +63,8 @@ A fourth round (each option fixed before its first run; docs/anomaly.md "Fourth 
                  5k, 10k, 20k seeded random training digits and all of them; with --pca (same
                  rule) the centred features projected on 64-512 principal components
   --missed       (any family) which glyphs of each glyph kind the verdict calls normal
+  --encoder-knn  (a fifth pass, written after --discriminator's held-out print) the same kNN in
+                 the autoencoder's encoder trunk: recon, Eknn@10, recon+Eknn@10
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
@@ -486,6 +488,33 @@ def discriminator_candidates(
     return out
 
 
+def encoder_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """--encoder-knn (a fifth pass, fixed before its run): the GAN's winning recipe in the
+    autoencoder's own features, the encoder's convolutional trunk (64 x 7 x 7, before the
+    bottleneck), unit length, every training digit in the bank; Eknn@10 the mean cosine
+    distance to the 10 nearest, recon+Eknn@10 the mean of the two atypicalities."""
+
+    def trunk(images: torch.Tensor) -> torch.Tensor:
+        features = model.encoder.features(model._prepare(images)).flatten(1).float()
+        return torch.nn.functional.normalize(features, dim=1)
+
+    bank = torch.from_numpy(_batched(trunk, splits["train"][0].numpy())).float()
+
+    def knn10(images: np.ndarray) -> np.ndarray:
+        f = torch.from_numpy(_batched(trunk, images)).float()
+        sims = torch.cat([f[i : i + 500] @ bank.T for i in range(0, len(f), 500)])
+        return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
+
+    recon = _cached(lambda x: _batched(model.anomaly_score, x))
+    eknn = _cached(knn10)
+    val_x = splits["val"][0].numpy()
+    return {
+        "recon": recon,
+        "Eknn@10": eknn,
+        "recon+Eknn@10": combine({"recon": recon, "Eknn@10": eknn}, val_x, "mean", cfg),
+    }
+
+
 def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
     """Print which glyphs of each glyph kind the family's verdict calls normal (the --missed
     diagnostic): the held-out benchmark built as evaluation builds it, each glyph's character
@@ -602,6 +631,11 @@ def main() -> None:
         "--pca", action="store_true", help="with --discriminator: its dimension variants"
     )
     parser.add_argument(
+        "--encoder-knn",
+        action="store_true",
+        help="--family autoencoder: kNN in the encoder's features instead",
+    )
+    parser.add_argument(
         "--missed", action="store_true", help="print the glyphs the family's verdict misses"
     )
     parser.add_argument(
@@ -652,6 +686,10 @@ def main() -> None:
         dims = (64, 128, 256, 512) if args.pca else ()
         scores = discriminator_candidates(model, splits, cfg, sizes, dims)
         fit = {"discriminator": time.perf_counter() - t0}
+    elif args.encoder_knn:
+        t0 = time.perf_counter()
+        scores = encoder_candidates(model, splits, cfg)
+        fit = {"encoder": time.perf_counter() - t0}
     elif args.memory:
         t0 = time.perf_counter()
         scores = memory_candidates(model, splits, cfg)
