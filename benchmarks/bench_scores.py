@@ -414,6 +414,13 @@ def memory_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, Sc
 DKNN_KS = (1, 10)
 
 
+def mean_cosine_distance(features: torch.Tensor, bank: torch.Tensor, k: int = 10) -> np.ndarray:
+    """Mean 1 - cos of unit-length `features` to their k nearest rows of a unit-length `bank`
+    (queries in chunks of 500)."""
+    sims = torch.cat([features[i : i + 500] @ bank.T for i in range(0, len(features), 500)])
+    return (1.0 - sims.topk(k, dim=1).values).mean(1).double().numpy()
+
+
 def discriminator_candidates(
     model: Any,
     splits: dict,
@@ -426,19 +433,21 @@ def discriminator_candidates(
     validation normals (the combinations' calibrations) only."""
     from models.gan.model import frozen
 
-    def d_out(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with frozen(model.e, model.sampler, model.d):
-            out = model.d(model._to_net(images))
-        return out.logits.float(), torch.nn.functional.normalize(out.features.float(), dim=1)
+    def logit(images: torch.Tensor) -> torch.Tensor:
+        with frozen(model.d):
+            return model.d(model._to_net(images)).logits.float()
+
+    def features(images: np.ndarray) -> torch.Tensor:  # the served score's own features
+        return torch.from_numpy(_batched(model._features, images)).float()
 
     val_x = splits["val"][0].numpy()
-    bank = torch.from_numpy(_batched(lambda x: d_out(x)[1], splits["train"][0].numpy())).float()
+    bank = features(splits["train"][0].numpy())
     top = max(DKNN_KS)
 
     def knn(images: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(images), 500):
-            f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images[i : i + 500])).float()
+            f = features(images[i : i + 500])
             dist = 1.0 - (f @ bank.T).topk(top, dim=1).values  # cosine distance, nearest first
             out.append(torch.stack([dist[:, :k].mean(1) for k in DKNN_KS], dim=1))
         return torch.cat(out).double().numpy()
@@ -450,14 +459,10 @@ def discriminator_candidates(
         full = bank.half()
         for size in bank_sizes:
             rows = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:size]
-            small = full[rows] if size < len(full) else full
-
-            def knn10(images: np.ndarray, small: torch.Tensor = small) -> np.ndarray:
-                f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images)).float()
-                sims = torch.cat([f[i : i + 500] @ small.float().T for i in range(0, len(f), 500)])
-                return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
-
-            out[f"Dknn@10 fp16 bank {min(size, len(full))}"] = knn10
+            small = full[rows] if size < len(full) else full  # kept in fp16, computed in fp32
+            out[f"Dknn@10 fp16 bank {min(size, len(full))}"] = lambda x, small=small: (
+                mean_cosine_distance(features(x), small.float())
+            )
         return out
     if pca_dims:  # the dimension variants (a third pass): PCA of the bank, full bank
         out = {"Dknn@10": lambda x: knn_cached(x)[:, 1]}
@@ -469,16 +474,14 @@ def discriminator_candidates(
 
             def knn_pca(images: np.ndarray, small: torch.Tensor = small,
                         proj: torch.Tensor = proj) -> np.ndarray:  # fmt: skip
-                f = torch.from_numpy(_batched(lambda x: d_out(x)[1], images)).float()
-                f = torch.nn.functional.normalize((f - mean) @ proj, dim=1)
-                sims = torch.cat([f[i : i + 500] @ small.T for i in range(0, len(f), 500)])
-                return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
+                f = torch.nn.functional.normalize((features(images) - mean) @ proj, dim=1)
+                return mean_cosine_distance(f, small)
 
             out[f"Dknn@10 pca {dims}"] = knn_pca
         return out
     out: dict[str, Score] = {
         "gan": gan,
-        "-D(x)": _cached(lambda x: -_batched(lambda im: d_out(im)[0], x)),
+        "-D(x)": _cached(lambda x: -_batched(logit, x)),
     }
     for j, k in enumerate(DKNN_KS):
         out[f"Dknn@{k}"] = lambda x, j=j: knn_cached(x)[:, j]
@@ -500,13 +503,10 @@ def encoder_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, S
 
     bank = torch.from_numpy(_batched(trunk, splits["train"][0].numpy())).float()
 
-    def knn10(images: np.ndarray) -> np.ndarray:
-        f = torch.from_numpy(_batched(trunk, images)).float()
-        sims = torch.cat([f[i : i + 500] @ bank.T for i in range(0, len(f), 500)])
-        return (1.0 - sims.topk(10, dim=1).values).mean(1).double().numpy()
-
     recon = _cached(lambda x: _batched(model.anomaly_score, x))
-    eknn = _cached(knn10)
+    eknn = _cached(
+        lambda x: mean_cosine_distance(torch.from_numpy(_batched(trunk, x)).float(), bank)
+    )
     val_x = splits["val"][0].numpy()
     return {
         "recon": recon,
