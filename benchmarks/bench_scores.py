@@ -65,6 +65,13 @@ A fourth round (each option fixed before its first run; docs/anomaly.md "Fourth 
   --missed       (any family) which glyphs of each glyph kind the verdict calls normal
   --encoder-knn  (a fifth pass, written after --discriminator's held-out print) the same kNN in
                  the autoencoder's encoder trunk: recon, Eknn@10, recon+Eknn@10
+  --cross        (a sixth pass, fixed before its run, written after the fifth's held-out print:
+                 its held-out figures are not clean held-out figures) the two feature spaces
+                 together, reading both the GAN and the autoencoder from --models: Dknn@10
+                 (the served GAN score), recon+Eknn@10, Dknn@10+Eknn@10, Dknn@10+recon+Eknn@10
+                 (means of atypicalities) and gauss(Dknn@10,recon,Eknn@10) (the learned
+                 combination); rule: the highest tuned mean, and a product change only if it
+                 beats Dknn@10's by at least 0.001
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
@@ -515,6 +522,25 @@ def encoder_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, S
     }
 
 
+def cross_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """--cross (a sixth pass, module doc): the GAN's served Dknn@10 with the autoencoder's
+    recon and Eknn@10, every combination fitted on validation normals only."""
+    gan = load_model(models / "gan").eval()
+    ae = encoder_candidates(load_model(models / "autoencoder").eval(), splits, cfg)
+    dknn = _cached(lambda x: _batched(gan.anomaly_score, x))
+    recon, eknn = ae["recon"], ae["Eknn@10"]
+    val_x = splits["val"][0].numpy()
+    d_e = {"Dknn@10": dknn, "Eknn@10": eknn}
+    d_r_e = {"Dknn@10": dknn, "recon": recon, "Eknn@10": eknn}
+    return {
+        "Dknn@10": dknn,
+        "recon+Eknn@10": ae["recon+Eknn@10"],
+        "Dknn@10+Eknn@10": combine(d_e, val_x, "mean", cfg),
+        "Dknn@10+recon+Eknn@10": combine(d_r_e, val_x, "mean", cfg),
+        "gauss(Dknn@10,recon,Eknn@10)": gaussian_over_scores(d_r_e, val_x),
+    }
+
+
 def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
     """Print which glyphs of each glyph kind the family's verdict calls normal (the --missed
     diagnostic): the held-out benchmark built as evaluation builds it, each glyph's character
@@ -636,6 +662,9 @@ def main() -> None:
         help="--family autoencoder: kNN in the encoder's features instead",
     )
     parser.add_argument(
+        "--cross", action="store_true", help="the GAN's and the autoencoder's spaces together"
+    )
+    parser.add_argument(
         "--missed", action="store_true", help="print the glyphs the family's verdict misses"
     )
     parser.add_argument(
@@ -656,7 +685,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
-    model = load_model(args.models / args.family).eval()
+    model = None if args.cross else load_model(args.models / args.family).eval()
     if args.per_level:
         if args.family != "diffusion":
             parser.error("--per-level reads a diffusion model: add --family diffusion")
@@ -686,6 +715,10 @@ def main() -> None:
         dims = (64, 128, 256, 512) if args.pca else ()
         scores = discriminator_candidates(model, splits, cfg, sizes, dims)
         fit = {"discriminator": time.perf_counter() - t0}
+    elif args.cross:
+        t0 = time.perf_counter()
+        scores = cross_candidates(args.models, splits, cfg)
+        fit = {"cross": time.perf_counter() - t0}
     elif args.encoder_knn:
         t0 = time.perf_counter()
         scores = encoder_candidates(model, splits, cfg)

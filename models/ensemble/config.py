@@ -15,6 +15,9 @@ from models.config import ModelConfig, require
 from models.spec import FAMILIES
 
 COMBINES = ("mean", "max")
+# the ensemble's own statistic beside its members' (calibrated like a member): the kNN view in
+# the autoencoder member's encoder trunk (models.ensemble.model, docs/anomaly.md sixth pass)
+ENCODER_KNN = "encoder_knn"
 _CALIBRATION_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
 
 
@@ -48,15 +51,42 @@ class EnsembleConfig(ModelConfig):
     # scores below it are raised to it: the median of the combined atypicalities of the
     # validation normals (`fit_ensemble`; None = no floor). Why: models.ensemble.model
     floor: float | None = None
+    # the encoder-kNN view: mean cosine distance to the `encoder_knn` nearest training digits in
+    # the autoencoder member's encoder trunk (0 = no view); its two-stage search's settings
+    encoder_knn: int = 0
+    knn_coarse_dims: int = 128
+    knn_candidates: int = 256
+
+    def statistics(self) -> list[str]:
+        """The combined statistics' names, in the order they are combined: the members (the
+        project's family order), then the encoder-kNN view when it is on."""
+        return self.ordered_members() + ([ENCODER_KNN] if self.encoder_knn else [])
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
         unknown = sorted(set(self.members) - set(FAMILIES))
         require(not unknown, f"ensemble.members: unknown famil(ies) {unknown}; known: "
                              f"{list(FAMILIES)}")  # fmt: skip
+        for name in ("encoder_knn", "knn_coarse_dims", "knn_candidates"):
+            value = getattr(self, name)
+            low = 0 if name == "encoder_knn" else 1
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                f"ensemble.{name} must be an int >= {low}, got {value!r}",
+            )
         require(
-            set(self.calibrations) == set(self.members),
-            f"ensemble.calibrations must cover exactly the members {sorted(self.members)}, "
+            not self.encoder_knn or "autoencoder" in self.members,
+            "ensemble.encoder_knn reads the autoencoder member's encoder: add autoencoder to "
+            "the members or set encoder_knn: 0",
+        )
+        require(
+            not self.encoder_knn or self.knn_candidates >= self.encoder_knn,
+            f"ensemble.knn_candidates must be >= encoder_knn ({self.encoder_knn}), "
+            f"got {self.knn_candidates}",
+        )
+        require(
+            set(self.calibrations) == set(self.statistics()),
+            f"ensemble.calibrations must cover exactly {sorted(self.statistics())}, "
             f"got {sorted(self.calibrations)}",
         )
         for values in self.calibrations.values():

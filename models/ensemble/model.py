@@ -18,6 +18,14 @@ every score below the validation normals' median to that median makes that side 
 neutral: the low threshold is the floor (nothing lies strictly below it) and the floored
 scores sit at the median, atypicality 0. Ranks above the median are untouched.
 
+The encoder-kNN view (`config.encoder_knn` = k > 0, docs/anomaly.md sixth pass): the ensemble's
+own statistic beside its members', calibrated and combined like one: the mean cosine distance of
+an image to its k nearest training digits in the autoencoder member's encoder trunk (its
+convolutional features before the bottleneck, unit length). The bank, the training digits'
+features in fp16, is saved with the ensemble's weights (`knn_bank`) and searched in two stages
+(models.neighbours). It is fitted on the training split (the digits the autoencoder itself was
+trained on) and calibrated on validation normals, like everything else here.
+
 Capabilities are the members', declared not invented: `sample` delegates to one member
 (`config.sampler`, the GAN by default: the ensemble competes in the anomaly task only,
 `models.spec.COMPOSITE_TASKS`), `reconstruct` to the autoencoder (or the first member that
@@ -36,7 +44,13 @@ from torch import Tensor, nn
 
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.calibration import Calibration
-from models.ensemble.config import EnsembleConfig, calibration_from_dict, calibration_to_dict
+from models.ensemble.config import (
+    ENCODER_KNN,
+    EnsembleConfig,
+    calibration_from_dict,
+    calibration_to_dict,
+)
+from models.gan.neighbours import coarse_index, mean_cosine_distance
 from models.io import build_model
 from models.spec import FAMILIES
 from models.tensors import check_images
@@ -53,8 +67,13 @@ class Ensemble(GenerativeModel):
         names = config.ordered_members()
         self.members = nn.ModuleDict({f: build_model(f, config.members[f]) for f in names})
         self.calibrations: dict[str, Calibration] = {
-            f: calibration_from_dict(dict(config.calibrations[f])) for f in names
+            f: calibration_from_dict(dict(config.calibrations[f])) for f in config.statistics()
         }
+        if config.encoder_knn:  # filled by fit_ensemble, saved; its length is the bank's
+            self.register_buffer("knn_bank", torch.zeros(0, 0, dtype=torch.float16))
+            # the search's coarse index: derived from the bank whenever it is set or loaded
+            self.register_buffer("knn_proj", torch.zeros(0, 0), persistent=False)
+            self.register_buffer("knn_coarse", torch.zeros(0, 0).half(), persistent=False)
         reconstructing = [f for f in names if self.members[f].capabilities.reconstruction]
         self._reconstructor = reconstructing[0] if reconstructing else None
 
@@ -69,6 +88,39 @@ class Ensemble(GenerativeModel):
         return Capabilities(
             conditional=self.sampler.capabilities.conditional,
             reconstruction=self._reconstructor is not None,
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """The encoder-kNN bank takes its saved shape; then its coarse index is derived."""
+        bank = state_dict.get(prefix + "knn_bank")
+        if self.config.encoder_knn and bank is not None:
+            self.knn_bank = torch.empty_like(bank, device=self.knn_bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.config.encoder_knn and bank is not None:
+            self.set_knn_bank(self.knn_bank)
+
+    @torch.no_grad()
+    def set_knn_bank(self, bank: Tensor) -> None:
+        """Keep `bank` (N, F) unit-length encoder features as the encoder-kNN bank (fp16) and
+        index it for the search."""
+        self.knn_bank = bank.half().to(self.device)
+        if self.knn_bank.shape[0]:
+            self.knn_proj, self.knn_coarse = coarse_index(
+                self.knn_bank, self.config.knn_coarse_dims
+            )
+
+    def encoder_knn_scores(self, images: Tensor) -> Tensor:
+        """(N,) the encoder-kNN view's raw statistic: mean cosine distance to the
+        `encoder_knn` nearest training digits in the autoencoder's encoder trunk."""
+        k, bank = self.config.encoder_knn, self.knn_bank
+        if bank.shape[0] < k:
+            raise RuntimeError(
+                f"ensemble: encoder_knn={k} needs a bank of at least {k} training digits, has "
+                f"{bank.shape[0]}: fit it with fit_ensemble(..., train_images=...)"
+            )
+        features = encoder_features(self.members["autoencoder"], images)
+        return mean_cosine_distance(
+            features, bank, self.knn_proj, self.knn_coarse, k, self.config.knn_candidates
         )
 
     # ---- training: none (the members are trained by their own stages) ------------------------
@@ -91,13 +143,17 @@ class Ensemble(GenerativeModel):
 
     # ---- scoring --------------------------------------------------------------------------
     def member_statistics(self, images: Tensor) -> dict[str, np.ndarray]:
-        """Each member's calibrated atypicality (N,) float64 of `images`."""
+        """Each member's calibrated atypicality (N,) float64 of `images` (and the encoder-kNN
+        view's, under `encoder_knn`), in `config.statistics()` order."""
         images = check_images(images)
         pixels = images.detach().cpu().numpy()
         out = {}
         for name, member in self.members.items():
             scores = member.anomaly_score(images).detach().cpu().numpy()
             out[name] = self.calibrations[name].statistic(scores, pixels)
+        if self.config.encoder_knn:
+            scores = self.encoder_knn_scores(images).detach().cpu().numpy()
+            out[ENCODER_KNN] = self.calibrations[ENCODER_KNN].statistic(scores, pixels)
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -114,6 +170,14 @@ class Ensemble(GenerativeModel):
         return self.members[self._reconstructor].reconstruct(images)
 
 
+@torch.no_grad()
+def encoder_features(autoencoder: GenerativeModel, images: Tensor) -> Tensor:
+    """(N, F) unit-length fp32 features of `images` in the autoencoder's encoder trunk (its
+    convolutional features before the bottleneck, flattened)."""
+    trunk = autoencoder.encoder.features(autoencoder._prepare(images))
+    return torch.nn.functional.normalize(trunk.flatten(1).float(), dim=1)
+
+
 def combine_statistics(stats: np.ndarray, how: str) -> np.ndarray:
     """(N, members) atypicalities -> (N,): their mean or their max."""
     return stats.mean(axis=1) if how == "mean" else stats.max(axis=1)
@@ -128,21 +192,46 @@ def fit_ensemble(
     combine: str = "mean",
     sampler: str = "gan",
     batch_size: int = 256,
+    encoder_knn: int = 0,
+    train_images: Tensor | None = None,
+    knn_coarse_dims: int = 128,
+    knn_candidates: int = 256,
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
-    (validation normals only) with evaluation's own `Calibration.fit` and FPR split."""
+    (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
+    `encoder_knn` = k > 0, the encoder-kNN view too: its bank is the autoencoder member's
+    features of `train_images` (the training split), calibrated on `val_images` likewise."""
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
-    calibrations: dict[str, dict[str, Any]] = {}
-    stats = []
-    for name in [f for f in FAMILIES if f in members]:  # the order anomaly_score sums in
-        member = members[name].eval()
+    knn_bank = None
+    if encoder_knn:
+        if "autoencoder" not in members or train_images is None:
+            raise ValueError("encoder_knn needs an autoencoder member and the train_images")
+        train = check_images(torch.as_tensor(train_images)).cpu()
+        ae = members["autoencoder"].eval()
+        knn_bank = torch.cat([encoder_features(ae, train[i : i + batch_size].to(ae.device)).cpu()
+                              for i in range(0, len(train), batch_size)]).half()  # fmt: skip
+        proj, coarse = coarse_index(knn_bank, knn_coarse_dims)
+
+    def scores_of(name: str) -> np.ndarray:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(val_images), batch_size):
-                batch = val_images[start : start + batch_size].to(member.device)
-                chunks.append(member.anomaly_score(batch).detach().cpu().reshape(-1))
-        scores = torch.cat(chunks).numpy()
+                batch = val_images[start : start + batch_size]
+                if name == ENCODER_KNN:
+                    f = encoder_features(members["autoencoder"], batch)
+                    s = mean_cosine_distance(f.cpu(), knn_bank, proj, coarse, encoder_knn,
+                                             knn_candidates)  # fmt: skip
+                else:
+                    s = members[name].eval().anomaly_score(batch.to(members[name].device))
+                chunks.append(s.detach().cpu().reshape(-1))
+        return torch.cat(chunks).numpy()
+
+    calibrations: dict[str, dict[str, Any]] = {}
+    stats = []
+    names = [f for f in FAMILIES if f in members] + ([ENCODER_KNN] if encoder_knn else [])
+    for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
+        scores = scores_of(name)
         calibration = Calibration.fit(scores, target_fpr, low_fpr, pixels, energy_fpr)
         calibrations[name] = calibration_to_dict(calibration)
         stats.append(calibration.statistic(scores, pixels))
@@ -156,8 +245,13 @@ def fit_ensemble(
         combine=combine,
         sampler=sampler,
         floor=floor,
+        encoder_knn=encoder_knn,
+        knn_coarse_dims=knn_coarse_dims,
+        knn_candidates=knn_candidates,
     )
     ensemble = Ensemble(config)
     for name, member in members.items():
         ensemble.members[name].load_state_dict(member.state_dict(), strict=True)
+    if knn_bank is not None:
+        ensemble.set_knn_bank(knn_bank)
     return ensemble.eval()

@@ -31,6 +31,7 @@ from models.gan.monitors import (
     mode_collapse_warning,
     oscillation_warning,
 )
+from models.gan.neighbours import coarse_index, mean_cosine_distance
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -283,20 +284,13 @@ class GAN(GenerativeModel):
 
     @torch.no_grad()
     def _index_bank(self) -> None:
-        """The coarse index, a deterministic function of the bank: the leading eigenvectors of
-        the second-moment matrix of every fourth bank row (fp64), and the bank projected."""
-        bank, dims = self.score_bank, self.config.score_coarse_dims
-        if bank.shape[0] == 0:
+        """The coarse index (models.neighbours.coarse_index), a deterministic function of the
+        bank."""
+        if self.score_bank.shape[0] == 0:
             return
-        sample = bank[::4]
-        moment = torch.zeros(bank.shape[1], bank.shape[1], dtype=torch.float64, device=bank.device)
-        for i in range(0, sample.shape[0], 2048):  # fp64 in chunks: a load's peak memory
-            chunk = sample[i : i + 2048].double()
-            moment += chunk.T @ chunk
-        _, vectors = torch.linalg.eigh(moment)  # ascending eigenvalues
-        proj = vectors[:, -dims:].flip(1).float().contiguous()
-        coarse = [bank[i : i + 8192].float() @ proj for i in range(0, bank.shape[0], 8192)]
-        self.score_proj, self.score_coarse = proj, torch.cat(coarse).half()  # fp16: half the read
+        self.score_proj, self.score_coarse = coarse_index(
+            self.score_bank, self.config.score_coarse_dims
+        )
 
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -312,17 +306,14 @@ class GAN(GenerativeModel):
                     f"gan: score 'dknn' needs a feature bank of at least score_k={k} training "
                     f"images, has {bank.shape[0]}: fit_scorer(train images) first"
                 )
-            features = self._features(images)
-            m = min(self.config.score_candidates, bank.shape[0])
-            out = []
-            for start in range(0, features.shape[0], 256):
-                f = features[start : start + 256]
-                coarse = (f @ self.score_proj).half() @ self.score_coarse.T
-                candidates = coarse.float().topk(m, dim=1).indices
-                for one, rows in zip(f, candidates, strict=True):  # one (m, F) product per image
-                    sims = (bank[rows].float() * one).sum(dim=1)
-                    out.append(1.0 - sims.topk(k).values.mean())
-            return torch.stack(out) if out else features.new_zeros(0)
+            return mean_cosine_distance(
+                self._features(images),
+                bank,
+                self.score_proj,
+                self.score_coarse,
+                k,
+                self.config.score_candidates,
+            )
         with frozen(self.e, self.sampler, self.d):
             residual, _, _ = self._izif(self._to_net(images))
         return residual.total

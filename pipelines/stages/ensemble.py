@@ -23,11 +23,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EnsembleParams(Config):
-    """params.yaml `ensemble`: which trained families it combines, how, and who samples."""
+    """params.yaml `ensemble`: which trained families it combines, how, and who samples;
+    `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble)."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
     sampler: str = "gan"
+    encoder_knn: int = 0
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -36,14 +38,23 @@ class EnsembleParams(Config):
             f"ensemble.members must be families of {list(FAMILIES)}, got {self.members}",
         )
         require(self.sampler in self.members, f"ensemble.sampler {self.sampler!r} is not a member")
+        require(
+            isinstance(self.encoder_knn, int) and self.encoder_knn >= 0,
+            f"ensemble.encoder_knn must be an int >= 0, got {self.encoder_knn!r}",
+        )
+        require(
+            not self.encoder_knn or "autoencoder" in self.members,
+            "ensemble.encoder_knn reads the autoencoder's encoder: add it to ensemble.members",
+        )
 
 
 def build_ensemble(
     params: dict[str, Any], data_dir: Path, models_root: Path, out_dir: Path
 ) -> dict[str, Any]:
     """Fit the ensemble of the trained families in `models_root/<family>` on the validation
-    normals of `data_dir` (nothing else: no test image, no anomaly) and save it to `out_dir`
-    as weights + JSON config, like a trained family. Returns what was built."""
+    normals of `data_dir` (nothing else: no test image, no anomaly; the encoder-kNN view's bank
+    is the training split, which the autoencoder was trained on) and save it to `out_dir` as
+    weights + JSON config, like a trained family. Returns what was built."""
     import time
 
     from models.ensemble import fit_ensemble
@@ -63,6 +74,8 @@ def build_ensemble(
         combine=settings.combine,
         sampler=settings.sampler,
         batch_size=cfg.score_batch_size,
+        encoder_knn=settings.encoder_knn,
+        train_images=load_tensors(data_dir, "train")[0] if settings.encoder_knn else None,
     )
     lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
     sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
@@ -70,6 +83,7 @@ def build_ensemble(
         "members": list(settings.members),
         "combine": settings.combine,
         "sampler": settings.sampler,
+        "encoder_knn": settings.encoder_knn,
         "n_val": int(val_images.shape[0]),
         "fit_seconds": time.perf_counter() - started,
         "weights_sha256": sha,

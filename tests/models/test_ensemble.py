@@ -182,3 +182,88 @@ def test_the_ensemble_is_a_composite_that_competes_for_anomaly_only():
     assert family_model_name("ensemble") == "genops-ensemble"
     assert competes("ensemble", ANOMALY) and not competes("ensemble", GENERATION)
     assert all(competes(f, GENERATION) and competes(f, ANOMALY) for f in FAMILIES)
+
+
+# ---- the encoder-kNN view (params.yaml ensemble.encoder_knn, docs/anomaly.md sixth pass) ------
+TRAIN = slice(0, 400)
+
+
+@pytest.fixture(scope="module")
+def knn_ensemble(members, real_digits) -> Ensemble:
+    pair = {f: members[f] for f in ("autoencoder", "gan")}
+    return fit_ensemble(pair, real_digits[0][VAL], **SPLIT, encoder_knn=3,
+                        train_images=real_digits[0][TRAIN])  # fmt: skip
+
+
+def exhaustive_encoder_knn(autoencoder, train: torch.Tensor, images: torch.Tensor, k: int):
+    """The view's statistic the slow, obvious way: every training digit, fp32 cosines (the
+    bank's fp16 rounding kept, as the ensemble stores it)."""
+    from models.ensemble.model import encoder_features
+
+    bank = encoder_features(autoencoder, train).half().float()
+    sims = encoder_features(autoencoder, images) @ bank.T
+    return (1.0 - sims.topk(k, dim=1).values).mean(1)
+
+
+def test_the_encoder_knn_view_is_calibrated_and_combined_like_a_member(
+    members, knn_ensemble, real_digits
+):
+    val, images, train = real_digits[0][VAL], real_digits[0][OTHER], real_digits[0][TRAIN]
+    ens = knn_ensemble
+    assert ens.config.statistics() == ["autoencoder", "gan", "encoder_knn"]
+    assert ens.knn_bank.shape[0] == 400 and ens.knn_bank.dtype == torch.float16
+    with torch.no_grad():
+        raw = ens.encoder_knn_scores(images)
+        exact = exhaustive_encoder_knn(members["autoencoder"], train, images, 3)
+        np.testing.assert_allclose(raw.numpy(), exact.numpy(), atol=1e-5)
+        # calibrated on the validation normals only, exactly like a member
+        val_raw = exhaustive_encoder_knn(members["autoencoder"], train, val, 3).numpy()
+        calibration = ens.calibrations["encoder_knn"]
+        np.testing.assert_allclose(calibration.val_scores, np.sort(val_raw), atol=1e-5)
+        stats = ens.member_statistics(images)
+        assert list(stats) == ens.config.statistics()
+        np.testing.assert_allclose(
+            stats["encoder_knn"], calibration.statistic(raw.numpy(), images.numpy())
+        )
+        expected = np.maximum(np.mean(list(stats.values()), axis=0), ens.config.floor)
+        np.testing.assert_allclose(ens.anomaly_score(images).numpy(), expected, rtol=1e-6)
+        # one image at a time = the batch (each image searched on its own)
+        one_by_one = torch.cat([ens.anomaly_score(images[i : i + 1]) for i in range(3)])
+        assert torch.equal(one_by_one, ens.anomaly_score(images[:3]))
+
+
+def test_the_encoder_knn_bank_survives_save_and_load(knn_ensemble, tmp_path, real_digits):
+    save_model(knn_ensemble, tmp_path / "ens")
+    back = load_model(tmp_path / "ens")
+    assert back.config == knn_ensemble.config and back.knn_bank.shape[0] == 400
+    assert torch.equal(back.knn_bank, knn_ensemble.knn_bank)
+    images = real_digits[0][OTHER]
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(images), knn_ensemble.anomaly_score(images))
+
+
+def test_the_encoder_knn_view_needs_the_autoencoder_and_its_training_digits(
+    members, knn_ensemble, real_digits
+):
+    val = real_digits[0][VAL]
+    with pytest.raises(ValueError, match="autoencoder member and the train_images"):
+        fit_ensemble({"gan": members["gan"]}, val, **SPLIT, encoder_knn=3,
+                     train_images=real_digits[0][TRAIN])  # fmt: skip
+    with pytest.raises(ValueError, match="train_images"):
+        fit_ensemble({"autoencoder": members["autoencoder"]}, val, **SPLIT, encoder_knn=3)
+    values = knn_ensemble.config.to_dict()
+    gan_only = {"members": {"gan": values["members"]["gan"]}, "sampler": "gan"}
+    gan_knn = {k: values["calibrations"][k] for k in ("gan", "encoder_knn")}
+    no_knn = {k: v for k, v in values["calibrations"].items() if k != "encoder_knn"}
+    for bad, match in [
+        (gan_only | {"calibrations": gan_knn}, "reads the autoencoder"),
+        ({"calibrations": no_knn}, "cover exactly"),
+        ({"knn_candidates": 2}, "knn_candidates"),
+        ({"encoder_knn": -1}, "encoder_knn"),
+        ({"knn_coarse_dims": 0}, "knn_coarse_dims"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            EnsembleConfig.from_dict(values | bad)
+    empty = Ensemble(knn_ensemble.config)  # a bank that was never fitted: a clear error
+    with pytest.raises(RuntimeError, match="needs a bank"):
+        empty.encoder_knn_scores(val[:2])

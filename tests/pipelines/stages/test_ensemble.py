@@ -79,6 +79,22 @@ def test_build_stage_refuses_bad_settings(models_root, tmp_path, real_digits):
     for bad in ({"sampler": "diffusion", "members": ["autoencoder"]}, {"members": ["ensemble"]}):
         with pytest.raises(ValueError):
             build_ensemble(PARAMS | {"ensemble": bad}, data, models_root, tmp_path / "x")
+    no_ae = {"members": ["gan"], "sampler": "gan", "encoder_knn": 10}
+    with pytest.raises(ValueError, match="autoencoder"):
+        build_ensemble(PARAMS | {"ensemble": no_ae}, data, models_root, tmp_path / "x")
+
+
+def test_build_stage_fits_the_encoder_knn_bank_on_the_training_split(
+    models_root, tmp_path, real_digits
+):
+    data = write_data(tmp_path / "data", real_digits)
+    settings = {"members": ["autoencoder", "gan"], "sampler": "gan", "encoder_knn": 3}
+    info = build_ensemble(PARAMS | {"ensemble": settings}, data, models_root, tmp_path / "ens")
+    assert info["encoder_knn"] == 3 and info["members"] == ["autoencoder", "gan"]
+    ensemble = load_model(tmp_path / "ens")
+    n_train = SPLIT_ROWS["train"].stop - SPLIT_ROWS["train"].start
+    assert ensemble.knn_bank.shape[0] == n_train  # the training split, not validation or test
+    assert set(ensemble.config.calibrations) == {"autoencoder", "gan", "encoder_knn"}
 
 
 # ---- the register step -------------------------------------------------------------------------
