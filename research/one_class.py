@@ -5,8 +5,10 @@ and report the AUROC of d (normal) against all other digits (anomalies); then th
 the ten digits. Published means: conv AE ~0.90, Deep SVDD 0.948, OCGAN 0.975, GeoTrans 0.980,
 AGAD 0.991 (on full MNIST, 6k training images per digit; the default data here has 400).
 
-Scorers: any registered family (trained per digit, scored by its `anomaly_score`) and `knn`
-(`research.one_class_knn`, no training). `ensemble` averages the scorers' scores after
+Scorers: any registered family (trained per digit, scored by its `anomaly_score`), `knn`
+(`research.one_class_knn`, no training) and `autoencoder-eknn` (the anomaly champion's third
+part, `models.ensemble` `encoder_knn`: kNN in the encoder trunk of the autoencoder trained on
+the digit). `ensemble` averages the scorers' scores after
 standardising each on the digit's *validation* normals (mean and std of their scores), so no
 anomaly and no test image is ever used to fit anything. Every result also carries the
 validation-split AUROC (same protocol on the val split), the number to select settings on;
@@ -55,26 +57,75 @@ def knn_fitter(config: KnnConfig) -> Fitter:
     return fit
 
 
+def _trained(
+    family: str,
+    model_cfg: dict[str, Any],
+    cfg: TrainConfig,
+    work_dir: Path,
+    digit: int,
+    normals: Tensor,
+    val_normals: Tensor,
+) -> Any:
+    """The family trained on the digit's training images (its val normals feed the trainer's
+    validation loss only); a finished run in the same place resumes instead of retraining."""
+    labels = torch.full((len(normals),), digit, dtype=torch.long)
+    val_labels = torch.full((len(val_normals),), digit, dtype=torch.long)
+    result = train(
+        family,
+        model_cfg,
+        cfg,
+        (normals, labels),
+        (val_normals, val_labels),
+        Path(work_dir) / family / f"seed{cfg.seed}" / str(digit),
+        # a checkpoint resumes only on the same normals (e.g. not after a new import)
+        data_version=hashlib.sha256(normals.numpy().tobytes()).hexdigest()[:16],
+    )
+    return result.model
+
+
 def family_fitter(
     family: str, model_cfg: dict[str, Any], cfg: TrainConfig, work_dir: Path
 ) -> Fitter:
-    """A registered family trained on the digit's training images (its val normals feed
-    the trainer's validation loss only)."""
+    """A registered family trained on the digit's training images, scored by its own
+    `anomaly_score`."""
 
     def fit(digit: int, normals: Tensor, val_normals: Tensor) -> Callable[[Tensor], np.ndarray]:
-        labels = torch.full((len(normals),), digit, dtype=torch.long)
-        val_labels = torch.full((len(val_normals),), digit, dtype=torch.long)
-        result = train(
-            family,
-            model_cfg,
-            cfg,
-            (normals, labels),
-            (val_normals, val_labels),
-            Path(work_dir) / family / f"seed{cfg.seed}" / str(digit),
-            # a checkpoint resumes only on the same normals (e.g. not after a new import)
-            data_version=hashlib.sha256(normals.numpy().tobytes()).hexdigest()[:16],
-        )
-        return lambda images: score_images(result.model, images, 256)
+        model = _trained(family, model_cfg, cfg, work_dir, digit, normals, val_normals)
+        return lambda images: score_images(model, images, 256)
+
+    return fit
+
+
+ENCODER_KNN = "autoencoder-eknn"
+
+
+def encoder_knn_fitter(
+    model_cfg: dict[str, Any], cfg: TrainConfig, work_dir: Path, k: int = 10
+) -> Fitter:
+    """The anomaly champion's encoder-kNN view (models.ensemble `encoder_knn`) on one digit:
+    the mean cosine distance to the `k` nearest of the digit's training images in the encoder
+    trunk of the autoencoder trained on them (the same run as the `autoencoder` scorer's when
+    both are asked for: its finished checkpoint resumes). Exhaustive fp32 search: a digit's
+    bank is small."""
+    from models.ensemble.model import encoder_features
+
+    def fit(digit: int, normals: Tensor, val_normals: Tensor) -> Callable[[Tensor], np.ndarray]:
+        model = _trained("autoencoder", model_cfg, cfg, work_dir, digit, normals, val_normals)
+        model.eval()
+        with torch.no_grad():
+            bank = torch.cat([encoder_features(model, normals[i : i + 256])
+                              for i in range(0, len(normals), 256)])  # fmt: skip
+        top = min(k, len(bank))
+
+        def score(images: Tensor) -> np.ndarray:
+            out = []
+            with torch.no_grad():
+                for i in range(0, len(images), 256):
+                    sims = encoder_features(model, images[i : i + 256]) @ bank.T
+                    out.append((1.0 - sims.topk(top, dim=1).values).mean(1))
+            return torch.cat(out).double().numpy()
+
+        return score
 
     return fit
 
@@ -228,10 +279,14 @@ def run_protocol(
     digits: Sequence[int] | None,
     data_dir: Path,
     work: Path = Path(".genops") / "one_class",
+    encoder_knn: int = 0,
 ) -> list[dict[str, Any]]:
     """The protocol for every seed: `base` maps a family to its (model config, train config),
     trained `steps` steps per digit; the kNN scorer (deterministic) runs once unless the
-    ensemble needs it per seed. Seeds default to the first family's configured seed."""
+    ensemble needs it per seed. Seeds default to the first family's configured seed. With
+    `encoder_knn` = k > 0 (needs the autoencoder in `base`), the `autoencoder-eknn` scorer too."""
+    if encoder_knn and "autoencoder" not in base:
+        raise ValueError("encoder_knn reads the autoencoder's encoder: add the autoencoder family")
     seeds = seeds or [next(iter(base.values()))[1].seed if base else 0]
     results: list[dict[str, Any]] = []
     for i, seed in enumerate(seeds):
@@ -250,6 +305,8 @@ def run_protocol(
                 }
             )
             fitters[family] = family_fitter(family, model_cfg, run_cfg, work)
+            if family == "autoencoder" and encoder_knn:
+                fitters[ENCODER_KNN] = encoder_knn_fitter(model_cfg, run_cfg, work, encoder_knn)
         if fitters:
             results.extend(one_class_run(fitters, data_dir, digits or range(10), ensemble, seed))
     return results

@@ -49,6 +49,14 @@ from pipelines.cli.common import DATA_DIR, REPORTS, fail, params
     help="Also report the mean of all scorers' scores, each standardised on the digit's "
     "validation normals.",
 )
+@click.option(
+    "--encoder-knn",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="With --family autoencoder: also the anomaly champion's encoder-kNN view (mean cosine "
+    "distance to this many nearest normals in the autoencoder's encoder; 0 = off).",
+)
 @click.option("--steps", type=int, default=600, show_default=True, help="Training steps per digit.")
 @click.option(
     "--threads",
@@ -85,6 +93,7 @@ def one_class_cmd(
     knn_shift,
     knn_metric,
     ensemble,
+    encoder_knn,
     steps,
     threads,
     digits,
@@ -109,13 +118,23 @@ def one_class_cmd(
         fail(f"invalid option: {exc}", 2)
     if not families and not knn:
         fail("nothing to run: give --family and/or --knn", 2)
+    if encoder_knn and "autoencoder" not in families:
+        fail("--encoder-knn reads the autoencoder's encoder: add --family autoencoder", 2)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     base = {family: family_params(params(ctx), family) for family in families}
     results = run_protocol(
-        base, knn_cfg if knn else None, ensemble, steps, threads, seed_list, digits, data_dir
+        base,
+        knn_cfg if knn else None,
+        ensemble,
+        steps,
+        threads,
+        seed_list,
+        digits,
+        data_dir,
+        encoder_knn=encoder_knn,
     )
     summary = summarise(results)
     atomic_write_json(out / "one_class.json", {"runs": results, "summary": summary})

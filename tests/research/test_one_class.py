@@ -13,6 +13,7 @@ from pipelines.cli import main
 from pipelines.data.dataset import images_path, labels_path, write_idx
 from pipelines.training.loop import TrainConfig
 from research.one_class import (
+    encoder_knn_fitter,
     family_fitter,
     knn_fitter,
     markdown,
@@ -132,7 +133,8 @@ def test_cli_knn_run_writes_reports(tiny_data, tmp_path) -> None:
 
 def test_cli_rejects_bad_options(tiny_data, tmp_path) -> None:
     runner = CliRunner()
-    for args in (["--no-knn"], ["--knn-k", "0"], ["--seeds", "a,b"]):
+    bad = (["--no-knn"], ["--knn-k", "0"], ["--seeds", "a,b"], ["--encoder-knn", "3"])
+    for args in bad:
         result = runner.invoke(main, ["one-class", "--data-dir", str(tiny_data), *args])
         assert result.exit_code == 2, args
     help_text = runner.invoke(main, ["one-class", "--help"]).output
@@ -166,3 +168,37 @@ def test_a_shorter_run_keeps_the_gans_encoder_phase():
     }
     assert phases_within("gan", {}, 1800, 600)["encoder_start_step"] == 500  # the default, 1500
     assert phases_within("vae", {"latent_dim": 16}, 1800, 600) == {"latent_dim": 16}
+
+
+def test_the_encoder_knn_scorer_reads_the_autoencoder_trained_on_the_digit(
+    tiny_data, tmp_path
+) -> None:
+    """The champion's encoder-kNN view per digit: it reuses the `autoencoder` scorer's run
+    (no second training), a training normal is its own nearest neighbour (distance ~0 at
+    k=1), noise is far, and it joins the ensemble like any scorer."""
+    cfg = TrainConfig(
+        steps=4, batch_size=16, val_every=4, checkpoint_every=4, progress=False, num_threads=1
+    )
+    model_cfg = {"channels": [8, 16], "latent_dim": 4}
+    fitters = {
+        "autoencoder": family_fitter("autoencoder", model_cfg, cfg, tmp_path),
+        "autoencoder-eknn": encoder_knn_fitter(model_cfg, cfg, tmp_path, k=2),
+    }
+    results = one_class_run(fitters, tiny_data, digits=(1, 7), ensemble=True)
+    assert [r["method"] for r in results] == [
+        "autoencoder",
+        "autoencoder-eknn",
+        "ensemble(autoencoder+autoencoder-eknn)",
+    ]
+    assert sorted(p.name for p in (tmp_path / "autoencoder").iterdir()) == ["seed0"]
+    assert all(0.0 <= a <= 1.0 for a in results[1]["per_digit_auroc"].values())
+
+    from pipelines.data.dataset import load_tensors
+
+    x, y = load_tensors(tiny_data, "train")
+    normals = x[y == 7]
+    score = encoder_knn_fitter(model_cfg, cfg, tmp_path, k=1)(7, normals, normals[:6])
+    own = score(normals)
+    noise = score(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    assert own.shape == (len(normals),) and np.abs(own).max() < 1e-5
+    assert noise.min() > own.max()
