@@ -72,6 +72,13 @@ A fourth round (each option fixed before its first run; docs/anomaly.md "Fourth 
                  (means of atypicalities) and gauss(Dknn@10,recon,Eknn@10) (the learned
                  combination); rule: the highest tuned mean, and a product change only if it
                  beats Dknn@10's by at least 0.001
+  --layers       (a seventh pass, fixed before its run, after the sixth's held-out print) the
+                 same kNN in earlier layers, for stroke texture the last layers may pool away:
+                 E1knn@10 (the autoencoder encoder's first convolution, 32 x 14 x 14), D1knn@10
+                 and D2knn@10 (the discriminator's first and second, 32 x 14 x 14 and 64 x 7 x 7),
+                 each alone and added to the champion's three parts (champion+...); rule: the
+                 highest tuned mean, and a product change only if it beats the champion recipe
+                 (Dknn@10+recon+Eknn@10) by at least 0.001
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
@@ -522,13 +529,18 @@ def encoder_candidates(model: Any, splits: dict, cfg: EvalConfig) -> dict[str, S
     }
 
 
+def champion_parts(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """The GAN's served Dknn@10 and the autoencoder's recon, Eknn@10 and recon+Eknn@10."""
+    gan = load_model(models / "gan").eval()
+    ae = encoder_candidates(load_model(models / "autoencoder").eval(), splits, cfg)
+    return {"Dknn@10": _cached(lambda x: _batched(gan.anomaly_score, x)), **ae}
+
+
 def cross_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
     """--cross (a sixth pass, module doc): the GAN's served Dknn@10 with the autoencoder's
     recon and Eknn@10, every combination fitted on validation normals only."""
-    gan = load_model(models / "gan").eval()
-    ae = encoder_candidates(load_model(models / "autoencoder").eval(), splits, cfg)
-    dknn = _cached(lambda x: _batched(gan.anomaly_score, x))
-    recon, eknn = ae["recon"], ae["Eknn@10"]
+    ae = champion_parts(models, splits, cfg)
+    dknn, recon, eknn = ae["Dknn@10"], ae["recon"], ae["Eknn@10"]
     val_x = splits["val"][0].numpy()
     d_e = {"Dknn@10": dknn, "Eknn@10": eknn}
     d_r_e = {"Dknn@10": dknn, "recon": recon, "Eknn@10": eknn}
@@ -539,6 +551,49 @@ def cross_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, S
         "Dknn@10+recon+Eknn@10": combine(d_r_e, val_x, "mean", cfg),
         "gauss(Dknn@10,recon,Eknn@10)": gaussian_over_scores(d_r_e, val_x),
     }
+
+
+def layer_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """--layers (a seventh pass, module doc): kNN in the first layers of the autoencoder's
+    encoder and of the GAN's discriminator, alone and with the champion recipe's three parts."""
+    from models.gan.model import frozen
+
+    gan = load_model(models / "gan").eval()
+    ae_model = load_model(models / "autoencoder").eval()
+    trunk_ae, trunk_d = ae_model.encoder.features, gan.d.trunk
+
+    def after(trunk: torch.nn.Module, n_modules: int, prepare: Callable) -> Callable:
+        def features(images: torch.Tensor) -> torch.Tensor:
+            with frozen(gan.d):
+                x = prepare(images)
+                for module in list(trunk)[:n_modules]:
+                    x = module(x)
+            return torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
+
+        return features
+
+    layers = {  # name -> features: after the first conv's activation, the second's (D: norm too)
+        "E1knn@10": after(trunk_ae, 2, ae_model._prepare),
+        "D1knn@10": after(trunk_d, 2, gan._to_net),
+        "D2knn@10": after(trunk_d, 5, gan._to_net),
+    }
+    train_x = splits["train"][0].numpy()
+    out: dict[str, Score] = {}
+    for name, features in layers.items():
+        bank = torch.from_numpy(_batched(features, train_x)).float()
+        out[name] = _cached(
+            lambda x, f=features, b=bank: mean_cosine_distance(
+                torch.from_numpy(_batched(f, x)).float(), b
+            )
+        )
+    parts = champion_parts(models, splits, cfg)
+    champion = {k: parts[k] for k in ("Dknn@10", "recon", "Eknn@10")}
+    val_x = splits["val"][0].numpy()
+    result = {"champion (Dknn@10+recon+Eknn@10)": combine(champion, val_x, "mean", cfg)}
+    result.update(out)
+    for name, score in out.items():
+        result[f"champion+{name}"] = combine(champion | {name: score}, val_x, "mean", cfg)
+    return result
 
 
 def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
@@ -665,6 +720,9 @@ def main() -> None:
         "--cross", action="store_true", help="the GAN's and the autoencoder's spaces together"
     )
     parser.add_argument(
+        "--layers", action="store_true", help="kNN in the first layers of both networks"
+    )
+    parser.add_argument(
         "--missed", action="store_true", help="print the glyphs the family's verdict misses"
     )
     parser.add_argument(
@@ -685,7 +743,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
-    model = None if args.cross else load_model(args.models / args.family).eval()
+    model = None if args.cross or args.layers else load_model(args.models / args.family).eval()
     if args.per_level:
         if args.family != "diffusion":
             parser.error("--per-level reads a diffusion model: add --family diffusion")
@@ -715,6 +773,10 @@ def main() -> None:
         dims = (64, 128, 256, 512) if args.pca else ()
         scores = discriminator_candidates(model, splits, cfg, sizes, dims)
         fit = {"discriminator": time.perf_counter() - t0}
+    elif args.layers:
+        t0 = time.perf_counter()
+        scores = layer_candidates(args.models, splits, cfg)
+        fit = {"layers": time.perf_counter() - t0}
     elif args.cross:
         t0 = time.perf_counter()
         scores = cross_candidates(args.models, splits, cfg)

@@ -52,6 +52,11 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.net = _mlp([PIXELS, *hidden_dims, latent_dim])
 
+    def features(self, images: Tensor) -> Tensor:
+        """The last hidden layer's activations (N, hidden_dims[-1]), before the latent head:
+        the MLP's counterpart of `ConvEncoder.features` (models.ensemble's encoder kNN)."""
+        return self.net[:-1](images.flatten(1))
+
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images.flatten(1))
 

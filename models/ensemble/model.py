@@ -173,7 +173,8 @@ class Ensemble(GenerativeModel):
 @torch.no_grad()
 def encoder_features(autoencoder: GenerativeModel, images: Tensor) -> Tensor:
     """(N, F) unit-length fp32 features of `images` in the autoencoder's encoder trunk (its
-    convolutional features before the bottleneck, flattened)."""
+    convolutional features before the bottleneck, flattened; an MLP encoder's last hidden
+    layer)."""
     trunk = autoencoder.encoder.features(autoencoder._prepare(images))
     return torch.nn.functional.normalize(trunk.flatten(1).float(), dim=1)
 

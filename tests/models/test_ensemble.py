@@ -267,3 +267,15 @@ def test_the_encoder_knn_view_needs_the_autoencoder_and_its_training_digits(
     empty = Ensemble(knn_ensemble.config)  # a bank that was never fitted: a clear error
     with pytest.raises(RuntimeError, match="needs a bank"):
         empty.encoder_knn_scores(val[:2])
+
+
+def test_the_encoder_knn_view_reads_an_mlp_autoencoder_too(members, real_digits):
+    """An MLP autoencoder (arch "mlp", the test profile's) has no convolutional trunk: the view
+    reads its last hidden layer."""
+    mlp = make_scoring("autoencoder", real_digits[0][TRAIN], arch="mlp", hidden_dims=(32,))
+    ens = fit_ensemble({"autoencoder": mlp, "gan": members["gan"]}, real_digits[0][VAL],
+                       **SPLIT, encoder_knn=3, train_images=real_digits[0][TRAIN])  # fmt: skip
+    assert ens.knn_bank.shape == (400, 32)
+    with torch.no_grad():
+        score = ens.anomaly_score(real_digits[0][OTHER])
+    assert score.shape == (12,) and torch.isfinite(score).all()
