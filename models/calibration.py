@@ -119,7 +119,9 @@ class Calibration:
         """Thresholds on validation normals: at most `low_fpr` of them strictly below the low
         score threshold, `energy_fpr / 2` strictly outside each energy bound (needs
         `val_images`), and `target_fpr - low_fpr - energy_fpr` strictly above `threshold`.
-        The defaults fit the one-sided score test."""
+        When the low threshold flags none of them (the smallest score is the threshold), its
+        share goes to the high side (`low_fpr` is recorded as 0). The defaults fit the
+        one-sided score test."""
         if not 0.0 < target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
         if low_fpr < 0 or energy_fpr < 0 or low_fpr + energy_fpr >= target_fpr:
@@ -129,6 +131,12 @@ class Calibration:
             )
         scores = _sorted_finite(val_scores, "scores")
         low, high = _quantiles(scores, low_fpr, target_fpr - low_fpr - energy_fpr)
+        if low is not None and scores[0] >= low:
+            # the low side flags no validation normal (a score floored at a quantile, as the
+            # ensemble's is, or too few normals for its share): its share of the budget goes
+            # to the high side instead of being lost
+            low_fpr = 0.0
+            high = _quantiles(scores, 0.0, target_fpr - energy_fpr)[1]
         energy: tuple[float | None, float | None] = (None, None)
         val_energy: tuple[float, ...] = ()
         if energy_fpr > 0:

@@ -23,8 +23,8 @@ own statistic beside its members', calibrated and combined like one: the mean co
 an image to its k nearest training digits in the autoencoder member's encoder trunk (its
 convolutional features before the bottleneck, unit length). The bank, the training digits'
 features in fp16, is saved with the ensemble's weights (`knn_bank`) and searched in two stages
-(models.neighbours). It is fitted on the training split (the digits the autoencoder itself was
-trained on) and calibrated on validation normals, like everything else here.
+(models.gan.neighbours). It is fitted on the training split (the digits the autoencoder itself
+was trained on) and calibrated on validation normals, like everything else here.
 
 Capabilities are the members', declared not invented: `sample` delegates to one member
 (`config.sampler`, the GAN by default: the ensemble competes in the anomaly task only,

@@ -111,3 +111,24 @@ def test_invalid_fits_are_refused():
         Calibration.fit(scores, 0.05, val_images=np.zeros((50, 784)), energy_fpr=0.01)
     with pytest.raises(ValueError, match="finite"):
         Calibration.fit(np.array([0.0, np.nan]), 0.05)
+
+
+def test_a_low_side_that_flags_no_normal_gives_its_budget_to_the_high_side():
+    """A score floored at its median (the ensemble's) has nothing strictly below its low
+    threshold: the low side's 1 % goes to the high side, so the verdict still spends the
+    whole budget on the validation normals; a score with a real low tail keeps its split."""
+    rng = np.random.default_rng(1)
+    raw = rng.gamma(2.0, size=2000)
+    floored = np.maximum(raw, np.median(raw))
+    images = _digits_like(2000, rng)
+    cal = Calibration.fit(floored, 0.05, 0.01, images, 0.01)
+    assert cal.two_sided and cal.low_fpr == 0.0
+    assert (floored < cal.low_threshold).sum() == 0
+    assert (floored > cal.threshold).mean() == pytest.approx(0.04, abs=1e-3)
+    flagged = np.mean([cal.is_anomaly(s, im) for s, im in zip(floored, images, strict=True)])
+    assert 0.04 <= flagged <= 0.05
+    before = Calibration.fit(raw, 0.05, 0.01, images, 0.01)  # a real low tail: unchanged split
+    assert before.low_fpr == 0.01 and (raw < before.low_threshold).mean() == pytest.approx(
+        0.01, abs=1e-3
+    )
+    assert (raw > before.threshold).mean() == pytest.approx(0.03, abs=1e-3)
