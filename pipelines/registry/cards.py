@@ -60,6 +60,7 @@ class CardInputs:
     run_id: str | None = None
     source: str = ""
     written_at: float = field(default_factory=time.time)
+    config: Mapping[str, Any] = field(default_factory=dict)  # the bundle's model config
 
 
 def card_inputs(
@@ -89,9 +90,34 @@ def card_inputs(
         if (eval_dir / "plots" / file).is_file()
     )
     family = tags.get(Tag.FAMILY) or str(metrics.get("family", "unknown"))
+    config_file = eval_dir / "bundle" / "config.json"
+    config = json.loads(config_file.read_text()).get("config", {}) if config_file.is_file() else {}
     return CardInputs(
-        name, str(version), family, dict(tags), metrics, calibration, plots, run_id, source
-    )
+        name, str(version), family, dict(tags), metrics, calibration, plots, run_id, source,
+        config=config,
+    )  # fmt: skip
+
+
+def config_rows(config: Mapping[str, Any], prefix: str = "") -> list[list[str]]:
+    """The model config as (dotted key, value) rows: what is served, an ensemble's members
+    included. A composite's per-member calibrations become one row (their thresholds are in
+    the model's own config, their validation scores are not worth a row each); long lists are
+    counted, not listed."""
+    rows: list[list[str]] = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key == "calibrations" and isinstance(value, Mapping):
+            counts = {k: len(v.get("val_scores", [])) for k, v in value.items()}
+            rows.append([name, ", ".join(f"{k} ({n:,} validation normals)"
+                                         for k, n in counts.items())])  # fmt: skip
+        elif isinstance(value, Mapping):
+            rows += config_rows(value, f"{name}.")
+        elif isinstance(value, list | tuple) and len(value) > 8:
+            rows.append([name, f"{len(value):,} values"])
+        else:
+            rows.append([name, _fmt(value) if not isinstance(value, list | tuple) else
+                         ", ".join(_fmt(v) for v in value)])  # fmt: skip
+    return rows
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -164,6 +190,7 @@ def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str]
             calibration or "no calibration.json",
             None,
         ),
+        ("Configuration", config_rows(c.config) or "no bundle config.json", ["key", "value"]),
         ("All registry tags", lineage, ["tag", "value"]),
     ]
     return sections

@@ -71,6 +71,7 @@ def test_card_shows_plots_metrics_baselines_lineage_and_calibration(eval_dir):
     assert "| tuned: blur | 0.8 | 0.7 |" in markdown
     assert "| held-out: letters | 0.93 | 0.6 |" in markdown
     assert "threshold" in markdown and "validation_normals | 200" in markdown
+    assert "| arch | mlp |" in markdown and "| hidden_dims | 16 |" in markdown  # what is served
     page = render_html(card)
     assert page.count("data:image/png;base64,") == 3  # self-contained: plots inlined
     assert "<script" not in page and "http://" not in page and "https://" not in page
@@ -106,3 +107,24 @@ def test_a_registered_version_gets_its_card_logged_tagged_and_served(
     card = bundle / MODEL_CARD_DIR
     assert f"genops-autoencoder v{version}" in (card / "card.md").read_text()
     assert (card / "card.html").read_text().count("data:image/png") == 3
+
+
+def test_an_ensembles_card_lists_its_members_and_view_not_its_calibration_data():
+    from pipelines.registry.cards import config_rows
+
+    config = {
+        "members": {"autoencoder": {"arch": "conv", "channels": [32, 64]},
+                    "gan": {"score": "dknn", "score_k": 10}},
+        "calibrations": {"autoencoder": {"val_scores": [0.1] * 30, "threshold": 0.2},
+                         "encoder_knn": {"val_scores": [0.3] * 30, "threshold": 0.4}},
+        "encoder_knn": 10,
+        "floor": 0.5,
+        "long": list(range(20)),
+    }  # fmt: skip
+    rows = dict(map(tuple, config_rows(config)))
+    assert rows["members.gan.score"] == "dknn" and rows["members.autoencoder.channels"] == "32, 64"
+    assert rows["encoder_knn"] == "10" and rows["long"] == "20 values"
+    assert rows["calibrations"] == (
+        "autoencoder (30 validation normals), encoder_knn (30 validation normals)"
+    )
+    assert not any(key.startswith("calibrations.") for key in rows)
