@@ -56,11 +56,16 @@ class EnsembleConfig(ModelConfig):
     encoder_knn: int = 0
     knn_coarse_dims: int = 128
     knn_candidates: int = 256
+    # members whose own score is not combined: they serve a view only (the autoencoder behind
+    # the encoder-kNN view, docs/anomaly.md eighth pass); they still sample or reconstruct
+    view_only: tuple[str, ...] = ()
 
     def statistics(self) -> list[str]:
-        """The combined statistics' names, in the order they are combined: the members (the
-        project's family order), then the encoder-kNN view when it is on."""
-        return self.ordered_members() + ([ENCODER_KNN] if self.encoder_knn else [])
+        """The combined statistics' names, in the order they are combined: the scored members
+        (the project's family order, `view_only` left out), then the encoder-kNN view when it
+        is on."""
+        scored = [f for f in self.ordered_members() if f not in self.view_only]
+        return scored + ([ENCODER_KNN] if self.encoder_knn else [])
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
@@ -84,6 +89,18 @@ class EnsembleConfig(ModelConfig):
             f"ensemble.knn_candidates must be >= encoder_knn ({self.encoder_knn}), "
             f"got {self.knn_candidates}",
         )
+        require(
+            isinstance(self.view_only, tuple | list) and set(self.view_only) <= set(self.members),
+            f"ensemble.view_only must list members ({sorted(self.members)}), "
+            f"got {self.view_only!r}",
+        )
+        require(
+            set(self.view_only) <= ({"autoencoder"} if self.encoder_knn else set()),
+            f"ensemble.view_only {sorted(self.view_only)}: only a member a view reads can be "
+            "view-only (the autoencoder, under encoder_knn > 0)",
+        )
+        require(bool(self.statistics()), "ensemble: nothing left to combine (every member is "
+                                         "view-only and no view is on)")  # fmt: skip
         require(
             set(self.calibrations) == set(self.statistics()),
             f"ensemble.calibrations must cover exactly {sorted(self.statistics())}, "

@@ -26,6 +26,11 @@ features in fp16, is saved with the ensemble's weights (`knn_bank`) and searched
 (models.gan.neighbours). It is fitted on the training split (the digits the autoencoder itself
 was trained on) and calibrated on validation normals, like everything else here.
 
+View-only members (`config.view_only`, docs/anomaly.md eighth pass): a member kept for a view
+alone. The default ensemble keeps the autoencoder for its encoder (the view's features) but
+leaves its reconstruction score out: max(GAN Dknn, encoder kNN) ranked the tuned suite above the
+mean of all three. A view-only member's own score is never computed, calibrated or combined.
+
 Capabilities are the members', declared not invented: `sample` delegates to one member
 (`config.sampler`, the GAN by default: the ensemble competes in the anomaly task only,
 `models.spec.COMPOSITE_TASKS`), `reconstruct` to the autoencoder (or the first member that
@@ -149,6 +154,8 @@ class Ensemble(GenerativeModel):
         pixels = images.detach().cpu().numpy()
         out = {}
         for name, member in self.members.items():
+            if name in self.config.view_only:  # serves a view only: its own score is unused
+                continue
             scores = member.anomaly_score(images).detach().cpu().numpy()
             out[name] = self.calibrations[name].statistic(scores, pixels)
         if self.config.encoder_knn:
@@ -197,11 +204,14 @@ def fit_ensemble(
     train_images: Tensor | None = None,
     knn_coarse_dims: int = 128,
     knn_candidates: int = 256,
+    view_only: tuple[str, ...] = (),
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
     (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
     `encoder_knn` = k > 0, the encoder-kNN view too: its bank is the autoencoder member's
-    features of `train_images` (the training split), calibrated on `val_images` likewise."""
+    features of `train_images` (the training split), calibrated on `val_images` likewise.
+    Members in `view_only` are kept (their weights, for the view) but their own scores are not
+    calibrated or combined."""
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
@@ -230,7 +240,8 @@ def fit_ensemble(
 
     calibrations: dict[str, dict[str, Any]] = {}
     stats = []
-    names = [f for f in FAMILIES if f in members] + ([ENCODER_KNN] if encoder_knn else [])
+    names = [f for f in FAMILIES if f in members and f not in view_only]
+    names += [ENCODER_KNN] if encoder_knn else []
     for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
         scores = scores_of(name)
         calibration = Calibration.fit(scores, target_fpr, low_fpr, pixels, energy_fpr)
@@ -249,6 +260,7 @@ def fit_ensemble(
         encoder_knn=encoder_knn,
         knn_coarse_dims=knn_coarse_dims,
         knn_candidates=knn_candidates,
+        view_only=tuple(f for f in FAMILIES if f in view_only),
     )
     ensemble = Ensemble(config)
     for name, member in members.items():

@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EnsembleParams(Config):
     """params.yaml `ensemble`: which trained families it combines, how, and who samples;
-    `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble)."""
+    `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble);
+    `view_only` members serve that view only (their own scores are not combined)."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
     sampler: str = "gan"
     encoder_knn: int = 0
+    view_only: tuple[str, ...] = ()
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -45,6 +47,12 @@ class EnsembleParams(Config):
         require(
             not self.encoder_knn or "autoencoder" in self.members,
             "ensemble.encoder_knn reads the autoencoder's encoder: add it to ensemble.members",
+        )
+        require(
+            set(self.view_only) <= ({"autoencoder"} if self.encoder_knn else set())
+            and set(self.view_only) <= set(self.members),
+            f"ensemble.view_only {list(self.view_only)}: only the autoencoder member can be "
+            "view-only, and only under encoder_knn > 0 (it serves the encoder-kNN view)",
         )
 
 
@@ -76,6 +84,7 @@ def build_ensemble(
         batch_size=cfg.score_batch_size,
         encoder_knn=settings.encoder_knn,
         train_images=load_tensors(data_dir, "train")[0] if settings.encoder_knn else None,
+        view_only=settings.view_only,
     )
     lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
     sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
@@ -84,6 +93,7 @@ def build_ensemble(
         "combine": settings.combine,
         "sampler": settings.sampler,
         "encoder_knn": settings.encoder_knn,
+        "view_only": list(settings.view_only),
         "n_val": int(val_images.shape[0]),
         "fit_seconds": time.perf_counter() - started,
         "weights_sha256": sha,

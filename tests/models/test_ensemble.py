@@ -279,3 +279,66 @@ def test_the_encoder_knn_view_reads_an_mlp_autoencoder_too(members, real_digits)
     with torch.no_grad():
         score = ens.anomaly_score(real_digits[0][OTHER])
     assert score.shape == (12,) and torch.isfinite(score).all()
+
+
+# ---- view-only members (params.yaml ensemble.view_only, docs/anomaly.md eighth pass) -----------
+def test_a_view_only_member_serves_its_view_and_its_own_score_is_left_out(
+    members, knn_ensemble, real_digits, tmp_path, monkeypatch
+):
+    """max(GAN Dknn, encoder kNN): the autoencoder is kept for its encoder, its reconstruction
+    score is neither calibrated nor combined (nor even computed)."""
+    val, images, train = real_digits[0][VAL], real_digits[0][OTHER], real_digits[0][TRAIN]
+    pair = {f: members[f] for f in ("autoencoder", "gan")}
+    ens = fit_ensemble(pair, val, **SPLIT, combine="max", encoder_knn=3, train_images=train,
+                       view_only=("autoencoder",))  # fmt: skip
+    assert ens.config.view_only == ("autoencoder",)
+    assert ens.config.statistics() == ["gan", "encoder_knn"]
+    assert set(ens.calibrations) == {"gan", "encoder_knn"}
+    # the scored parts are calibrated exactly as in the ensemble that also scores the autoencoder
+    for name in ("gan", "encoder_knn"):
+        assert ens.calibrations[name] == knn_ensemble.calibrations[name]
+
+    def unused(*args, **kwargs):
+        raise AssertionError("a view-only member's own score was computed")
+
+    monkeypatch.setattr(ens.members["autoencoder"], "anomaly_score", unused)
+    with torch.no_grad():
+        stats = ens.member_statistics(images)
+        score = ens.anomaly_score(images)
+        full = knn_ensemble.member_statistics(images)
+    assert list(stats) == ["gan", "encoder_knn"]
+    for name in stats:
+        np.testing.assert_allclose(stats[name], full[name], rtol=1e-6)
+    expected = np.maximum(np.max([full["gan"], full["encoder_knn"]], axis=0), ens.config.floor)
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-6)
+    monkeypatch.undo()
+    save_model(ens, tmp_path / "ens")
+    back = load_model(tmp_path / "ens")
+    assert back.config == ens.config and back.config.view_only == ("autoencoder",)
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(images), ens.anomaly_score(images))
+        # it still reconstructs and samples through its members
+        assert back.reconstruct(images).shape == images.shape
+
+
+def test_view_only_is_validated(members, knn_ensemble, real_digits):
+    values = knn_ensemble.config.to_dict()
+    scored = {k: values["calibrations"][k] for k in ("gan", "encoder_knn")}
+    ok = EnsembleConfig.from_dict(values | {"view_only": ["autoencoder"], "calibrations": scored})
+    assert ok.view_only == ("autoencoder",)  # a JSON list comes back as the tuple
+    cal = values["calibrations"]
+    gan_view_only = {"autoencoder": cal["autoencoder"], "encoder_knn": cal["encoder_knn"]}
+    for bad, match in [
+        ({"view_only": ["gan"], "calibrations": gan_view_only}, "view_only"),
+        ({"view_only": ["vae"]}, "must list members"),
+        ({"view_only": ["autoencoder"]}, "cover exactly"),  # its calibration is then extra
+        (
+            {"view_only": ["autoencoder"], "encoder_knn": 0, "calibrations": {"gan": cal["gan"]}},
+            "view_only",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            EnsembleConfig.from_dict(values | bad)
+    with pytest.raises(ValueError, match="view_only"):  # a view-only member with no view
+        fit_ensemble({f: members[f] for f in ("autoencoder", "gan")}, real_digits[0][VAL],
+                      **SPLIT, view_only=("autoencoder",))  # fmt: skip

@@ -96,6 +96,18 @@ def test_build_stage_fits_the_encoder_knn_bank_on_the_training_split(
     assert ensemble.knn_bank.shape[0] == n_train  # the training split, not validation or test
     assert set(ensemble.config.calibrations) == {"autoencoder", "gan", "encoder_knn"}
 
+    # the default's shape: the autoencoder serves the view only, the rest combined by their max
+    settings |= {"view_only": ["autoencoder"], "combine": "max"}
+    info = build_ensemble(PARAMS | {"ensemble": settings}, data, models_root, tmp_path / "ens2")
+    assert info["view_only"] == ["autoencoder"]
+    ensemble = load_model(tmp_path / "ens2")
+    assert set(ensemble.config.calibrations) == {"gan", "encoder_knn"}
+    assert ensemble.config.view_only == ("autoencoder",) and ensemble.config.combine == "max"
+    for bad in ({"view_only": ["gan"]}, {"view_only": ["autoencoder"], "encoder_knn": 0}):
+        with pytest.raises(ValueError, match="view_only"):
+            build_ensemble(PARAMS | {"ensemble": settings | bad}, data, models_root,
+                           tmp_path / "x")  # fmt: skip
+
 
 # ---- the register step -------------------------------------------------------------------------
 TUNED, HELD = ("blur", "shapes"), ("letters", "blank")
