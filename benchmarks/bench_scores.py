@@ -91,6 +91,16 @@ A fourth round (each option fixed before its first run; docs/anomaly.md "Fourth 
                  and the same with the first layer 2 x 2 average-pooled (E1pknn@10, a quarter
                  of the bank); rule: the highest tuned mean, a product change only if it beats
                  max(Dknn@10,Eknn@10) by at least 0.001 and fits the serving limits
+  --patch        (a tenth pass, fixed before its run, after the ninth) local tests, for the
+                 stroke and edge detail a whole-image neighbour pools away: padimE1, padimE2,
+                 padimD2 (PaDiM, Defard et al. 2020: a Gaussian per position of the encoder's
+                 first and second layers and of the discriminator's second, ridge 0.01, the
+                 largest Mahalanobis distance over positions) and patchE1 (PatchCore, Roth et
+                 al. 2022, without its coreset: the encoder's first layer, 3 x 3-averaged, the
+                 largest distance over positions to the nearest of 50,000 seeded random
+                 training patches), each alone and added to the served union; rule: the highest
+                 tuned mean, a product change only if it beats max(Dknn@10,Eknn@10) by at least
+                 0.001 and fits the serving limits
 
     .venv/bin/python benchmarks/bench_scores.py --models artifacts/models --data-dir data
     .venv/bin/python benchmarks/bench_scores.py --knn --json reports/bench_scores.json
@@ -656,6 +666,103 @@ def union_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, S
     return result
 
 
+PATCH_BANK = 50_000  # random training patches in the position-free patch bank (--patch)
+PATCH_EPS = 0.01  # PaDiM's ridge on each position's covariance (Defard et al. 2020)
+
+
+def padim(maps: Callable[[torch.Tensor], torch.Tensor], train_x: np.ndarray) -> Score:
+    """PaDiM (Defard et al. 2020): a Gaussian per spatial position of a feature map, fitted on
+    the training digits; an image's score is its largest Mahalanobis distance over positions.
+    `maps` gives (N, C, H, W)."""
+    total = squares = None
+    n = 0
+    with torch.no_grad():
+        for i in range(0, len(train_x), 500):
+            f = maps(torch.from_numpy(train_x[i : i + 500])).flatten(2).permute(2, 0, 1).double()
+            total = f.sum(1) if total is None else total + f.sum(1)  # (P, C)
+            outer = torch.einsum("pnc,pnd->pcd", f, f)
+            squares = outer if squares is None else squares + outer
+            n += f.shape[1]
+    mean = total / n
+    cov = squares / n - torch.einsum("pc,pd->pcd", mean, mean)
+    cov = cov + PATCH_EPS * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    precision = torch.linalg.inv(cov).float()
+    mean = mean.float()
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        d = maps(images).flatten(2).permute(0, 2, 1) - mean  # (N, P, C)
+        m = torch.einsum("npc,pcd,npd->np", d, precision, d)
+        return m.clamp_min(0).sqrt().amax(1)
+
+    return _cached(lambda x: _batched(score, x))
+
+
+def patch_knn(maps: Callable[[torch.Tensor], torch.Tensor], train_x: np.ndarray) -> Score:
+    """PatchCore (Roth et al. 2022) without its coreset: every position's feature averaged over
+    its 3 x 3 neighbourhood, a bank of PATCH_BANK seeded random training patches; an image's
+    score is the largest distance over its positions to the nearest patch in the bank."""
+
+    def patches(images: torch.Tensor) -> torch.Tensor:  # (N * P, C)
+        f = torch.nn.functional.avg_pool2d(maps(images), 3, stride=1, padding=1)
+        return f.flatten(2).permute(0, 2, 1).reshape(-1, f.shape[1])
+
+    with torch.no_grad():
+        rows = _batched(patches, train_x)  # fp64 of 54k x 196 x 32 is 2.7 GB: pick, then drop
+        picked = np.random.default_rng(0).choice(len(rows), PATCH_BANK, replace=False)
+        bank = torch.from_numpy(rows[np.sort(picked)]).float()
+        del rows
+    bank_sq = (bank * bank).sum(1)
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), 10):
+            q = patches(images[i : i + 10])
+            d2 = (q * q).sum(1, keepdim=True) + bank_sq - 2.0 * q @ bank.T
+            nearest = d2.amin(1).clamp_min(0).sqrt()
+            out.append(nearest.reshape(len(images[i : i + 10]), -1).amax(1))
+        return torch.cat(out)
+
+    return _cached(lambda x: _batched(score, x))
+
+
+def patch_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
+    """--patch (a tenth pass, module doc): local tests, each position of a feature map against
+    the training digits' features there (PaDiM) or anywhere (PatchCore), alone and added to
+    the served union max(Dknn@10, Eknn@10); every part calibrated on validation normals only."""
+    from models.gan.model import frozen
+
+    gan = load_model(models / "gan").eval()
+    ae_model = load_model(models / "autoencoder").eval()
+
+    def maps(trunk: torch.nn.Module, n_modules: int, prepare: Callable) -> Callable:
+        def features(images: torch.Tensor) -> torch.Tensor:
+            with frozen(gan.d):
+                x = prepare(images)
+                for module in list(trunk)[:n_modules]:
+                    x = module(x)
+            return x.float()
+
+        return features
+
+    e1 = maps(ae_model.encoder.features, 2, ae_model._prepare)  # 32 x 14 x 14
+    e2 = maps(ae_model.encoder.features, 4, ae_model._prepare)  # 64 x 7 x 7
+    d2 = maps(gan.d.trunk, 5, gan._to_net)  # 64 x 7 x 7, after its norm and activation
+    train_x, val_x = splits["train"][0].numpy(), splits["val"][0].numpy()
+    local = {
+        "padimE1": padim(e1, train_x),
+        "padimE2": padim(e2, train_x),
+        "padimD2": padim(d2, train_x),
+        "patchE1": patch_knn(e1, train_x),
+    }
+    parts = champion_parts(models, splits, cfg)
+    served = {k: parts[k] for k in ("Dknn@10", "Eknn@10")}
+    result = {"max(Dknn@10,Eknn@10)": combine(served, val_x, "max", cfg)}
+    result.update(local)
+    for name, score in local.items():
+        result[f"max(Dknn@10,Eknn@10,{name})"] = combine(served | {name: score}, val_x, "max", cfg)
+    return result
+
+
 def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
     """Print which glyphs of each glyph kind the family's verdict calls normal (the --missed
     diagnostic): the held-out benchmark built as evaluation builds it, each glyph's character
@@ -784,6 +891,9 @@ def main() -> None:
         "--union", action="store_true", help="the served union with the encoder's first layer"
     )
     parser.add_argument(
+        "--patch", action="store_true", help="local (per-position) tests added to the union"
+    )
+    parser.add_argument(
         "--layers", action="store_true", help="kNN in the first layers of both networks"
     )
     parser.add_argument(
@@ -807,7 +917,8 @@ def main() -> None:
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
-    reads_both = args.cross or args.layers or args.max or args.union  # the GAN and the AE
+    # these read the GAN and the AE
+    reads_both = args.cross or args.layers or args.max or args.union or args.patch
     model = None if reads_both else load_model(args.models / args.family).eval()
     if args.per_level:
         if args.family != "diffusion":
@@ -842,6 +953,10 @@ def main() -> None:
         t0 = time.perf_counter()
         scores = max_candidates(args.models, splits, cfg)
         fit = {"max": time.perf_counter() - t0}
+    elif args.patch:
+        t0 = time.perf_counter()
+        scores = patch_candidates(args.models, splits, cfg)
+        fit = {"patch": time.perf_counter() - t0}
     elif args.union:
         t0 = time.perf_counter()
         scores = union_candidates(args.models, splits, cfg)

@@ -6,13 +6,17 @@ the ten digits. Published means: conv AE ~0.90, Deep SVDD 0.948, OCGAN 0.975, Ge
 AGAD 0.991 (on full MNIST, 6k training images per digit; the default data here has 400).
 
 Scorers: any registered family (trained per digit, scored by its `anomaly_score`), `knn`
-(`research.one_class_knn`, no training) and `autoencoder-eknn` (the anomaly champion's third
-part, `models.ensemble` `encoder_knn`: kNN in the encoder trunk of the autoencoder trained on
-the digit). `ensemble` averages the scorers' scores after
-standardising each on the digit's *validation* normals (mean and std of their scores), so no
-anomaly and no test image is ever used to fit anything. Every result also carries the
-validation-split AUROC (same protocol on the val split), the number to select settings on;
-the test AUROC is for reporting only.
+(`research.one_class_knn`, no training) and `autoencoder-eknn` (the anomaly champion's encoder
+view, `models.ensemble` `encoder_knn`: kNN in the encoder trunk of the autoencoder trained on
+the digit). `ensemble` averages the scorers' scores after standardising each on the digit's
+*validation* normals (mean and std of their scores), so no anomaly and no test image is ever
+used to fit anything. With `combine="max"` it is the served anomaly champion's rule instead
+(`models.ensemble`, `combine: max`): each scorer's atypicality from a `Calibration` fitted on
+the digit's validation normals (evaluation's two-sided split, MAX_TARGET_FPR and MAX_LOW_FPR;
+no energy test and no floor, which only matter for degenerate inputs), and their maximum.
+`ensemble_of` picks which scorers it combines (default: all). Every result also carries the
+validation-split AUROC (same protocol on the val split), the number to select settings on; the
+test AUROC is for reporting only.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ PUBLISHED = {
     "AGAD": 0.991,
 }
 ENSEMBLE = "ensemble"
+COMBINES = ("mean", "max")
+MAX_TARGET_FPR = 0.05  # params.yaml evaluate.target_fpr
+MAX_LOW_FPR = 0.01  # params.yaml evaluate.anomaly_low_fpr
 
 # (digit, normal training images, normal validation images) -> a batch scorer
 Fitter = Callable[[int, Tensor, Tensor], Callable[[Tensor], np.ndarray]]
@@ -141,21 +148,52 @@ def _auroc_of(scores: np.ndarray, labels: Tensor, digit: int) -> float:
     return float(auroc(scores[normal], scores[~normal]))
 
 
+def ensemble_name(combine: str) -> str:
+    """The ensemble's method name: `ensemble` for the mean (as before), `ensemble-max`."""
+    return ENSEMBLE if combine == "mean" else f"{ENSEMBLE}-{combine}"
+
+
+def _combined(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], combine: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each part's (validation scores, test scores, its validation normals' scores) -> the
+    ensemble's (validation, test) scores: the mean of standardised scores, or the maximum of
+    calibrated atypicalities (module doc)."""
+    from models.calibration import Calibration
+
+    if combine == "mean":
+        val = np.mean([standardise(v, ref) for v, _, ref in parts], 0)
+        return val, np.mean([standardise(e, ref) for _, e, ref in parts], 0)
+    calibrations = [Calibration.fit(ref, MAX_TARGET_FPR, MAX_LOW_FPR) for _, _, ref in parts]
+    val = np.max([c.statistic(v) for c, (v, _, _) in zip(calibrations, parts, strict=True)], 0)
+    test = np.max([c.statistic(e) for c, (_, e, _) in zip(calibrations, parts, strict=True)], 0)
+    return val, test
+
+
 def one_class_run(
     fitters: dict[str, Fitter],
     data_dir: Path,
     digits: Sequence[int] = tuple(range(10)),
     ensemble: bool = False,
     seed: int = 0,
+    combine: str = "mean",
+    ensemble_of: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """One seed of the protocol for every scorer in `fitters` (plus their ensemble): one
-    result dict per scorer with per-digit test and validation AUROC, means and seconds."""
+    """One seed of the protocol for every scorer in `fitters` (plus their ensemble of
+    `ensemble_of`, default all, combined by `combine`): one result dict per scorer with
+    per-digit test and validation AUROC, means and seconds."""
     if not fitters:
         raise ValueError("give at least one scorer")
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    unknown = sorted(set(ensemble_of) - set(fitters))
+    if unknown:
+        raise ValueError(f"ensemble_of names no scorer: {unknown} (scorers: {sorted(fitters)})")
     tx, ty = load_tensors(data_dir, "train")
     vx, vy = load_tensors(data_dir, "val")
     ex, ey = load_tensors(data_dir, "test")
-    names = [*fitters, ENSEMBLE] if ensemble and len(fitters) > 1 else list(fitters)
+    combined = list(ensemble_of) or list(fitters)
+    names = [*fitters, ENSEMBLE] if ensemble and len(combined) > 1 else list(fitters)
     test = {n: {} for n in names}
     val = {n: {} for n in names}
     seconds = dict.fromkeys(names, 0.0)
@@ -163,7 +201,7 @@ def one_class_run(
         normals, val_normals = tx[ty == digit], vx[vy == digit]
         if len(normals) == 0 or len(val_normals) < 2:
             raise ValueError(f"digit {digit}: needs training and >= 2 validation images")
-        z_val, z_test = [], []
+        parts = {}
         for name, fitter in fitters.items():
             started = time.perf_counter()
             score = fitter(digit, normals, val_normals)
@@ -171,19 +209,20 @@ def one_class_run(
             seconds[name] += time.perf_counter() - started
             val[name][str(digit)] = _auroc_of(v, vy, digit)
             test[name][str(digit)] = _auroc_of(e, ey, digit)
-            ref = v[(vy == digit).numpy()]
-            z_val.append(standardise(v, ref))
-            z_test.append(standardise(e, ref))
+            parts[name] = (v, e, v[(vy == digit).numpy()])
             print(
                 f"seed {seed} {name} digit {digit}: AUROC {test[name][str(digit)]:.4f}", flush=True
             )
         if ENSEMBLE in names:
-            val[ENSEMBLE][str(digit)] = _auroc_of(np.mean(z_val, 0), vy, digit)
-            test[ENSEMBLE][str(digit)] = _auroc_of(np.mean(z_test, 0), ey, digit)
-            seconds[ENSEMBLE] = sum(seconds[n] for n in fitters)
+            v, e = _combined([parts[n] for n in combined], combine)
+            val[ENSEMBLE][str(digit)] = _auroc_of(v, vy, digit)
+            test[ENSEMBLE][str(digit)] = _auroc_of(e, ey, digit)
+            seconds[ENSEMBLE] = sum(seconds[n] for n in combined)
     return [
         {
-            "method": name if name != ENSEMBLE else f"{ENSEMBLE}({'+'.join(fitters)})",
+            "method": name
+            if name != ENSEMBLE
+            else f"{ensemble_name(combine)}({'+'.join(combined)})",
             "seed": seed,
             "per_digit_auroc": test[name],
             "mean_auroc": float(np.mean(list(test[name].values()))),
@@ -280,17 +319,21 @@ def run_protocol(
     data_dir: Path,
     work: Path = Path(".genops") / "one_class",
     encoder_knn: int = 0,
+    combine: str = "mean",
+    ensemble_of: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The protocol for every seed: `base` maps a family to its (model config, train config),
     trained `steps` steps per digit; the kNN scorer (deterministic) runs once unless the
     ensemble needs it per seed. Seeds default to the first family's configured seed. With
-    `encoder_knn` = k > 0 (needs the autoencoder in `base`), the `autoencoder-eknn` scorer too."""
+    `encoder_knn` = k > 0 (needs the autoencoder in `base`), the `autoencoder-eknn` scorer too.
+    `combine` and `ensemble_of`: one_class_run's."""
     if encoder_knn and "autoencoder" not in base:
         raise ValueError("encoder_knn reads the autoencoder's encoder: add the autoencoder family")
     seeds = seeds or [next(iter(base.values()))[1].seed if base else 0]
     results: list[dict[str, Any]] = []
     for i, seed in enumerate(seeds):
-        fitters = {"knn": knn_fitter(knn_cfg)} if knn_cfg and (i == 0 or ensemble) else {}
+        knn_joins = ensemble and (not ensemble_of or "knn" in ensemble_of)
+        fitters = {"knn": knn_fitter(knn_cfg)} if knn_cfg and (i == 0 or knn_joins) else {}
         for family, (configured, cfg) in base.items():
             model_cfg = phases_within(family, configured, cfg.steps, steps)
             run_cfg = cfg.__class__.from_dict(
@@ -308,5 +351,9 @@ def run_protocol(
             if family == "autoencoder" and encoder_knn:
                 fitters[ENCODER_KNN] = encoder_knn_fitter(model_cfg, run_cfg, work, encoder_knn)
         if fitters:
-            results.extend(one_class_run(fitters, data_dir, digits or range(10), ensemble, seed))
+            results.extend(
+                one_class_run(
+                    fitters, data_dir, digits or range(10), ensemble, seed, combine, ensemble_of
+                )
+            )
     return results

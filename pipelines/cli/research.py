@@ -50,6 +50,21 @@ from pipelines.cli.common import DATA_DIR, REPORTS, fail, params
     "validation normals.",
 )
 @click.option(
+    "--combine",
+    type=click.Choice(["mean", "max"]),
+    default="mean",
+    show_default=True,
+    help="With --ensemble: mean of standardised scores, or max of calibrated atypicalities "
+    "(the served anomaly champion's rule).",
+)
+@click.option(
+    "--ensemble-of",
+    "ensemble_of",
+    multiple=True,
+    help="With --ensemble: a scorer it combines (repeatable, e.g. gan, autoencoder-eknn; "
+    "default: every scorer).",
+)
+@click.option(
     "--encoder-knn",
     type=click.IntRange(0),
     default=0,
@@ -93,6 +108,8 @@ def one_class_cmd(
     knn_shift,
     knn_metric,
     ensemble,
+    combine,
+    ensemble_of,
     encoder_knn,
     steps,
     threads,
@@ -118,6 +135,12 @@ def one_class_cmd(
         fail(f"invalid option: {exc}", 2)
     if not families and not knn:
         fail("nothing to run: give --family and/or --knn", 2)
+    scorers = {*families, *(["knn"] if knn else []), *(["autoencoder-eknn"] if encoder_knn else [])}
+    if ensemble_of and not ensemble:
+        fail("--ensemble-of picks the ensemble's scorers: add --ensemble", 2)
+    if sorted(set(ensemble_of) - scorers):
+        unknown = ", ".join(sorted(set(ensemble_of) - scorers))
+        fail(f"--ensemble-of {unknown}: not a scorer of this run ({', '.join(sorted(scorers))})", 2)
     if encoder_knn and "autoencoder" not in families:
         fail("--encoder-knn reads the autoencoder's encoder: add --family autoencoder", 2)
     if threads:
@@ -135,6 +158,8 @@ def one_class_cmd(
         digits,
         data_dir,
         encoder_knn=encoder_knn,
+        combine=combine,
+        ensemble_of=ensemble_of,
     )
     summary = summarise(results)
     atomic_write_json(out / "one_class.json", {"runs": results, "summary": summary})

@@ -110,6 +110,50 @@ def test_one_class_run_with_ensemble(tiny_data) -> None:
     assert "| knn |" in markdown(summary)
 
 
+def test_the_max_ensemble_is_the_maximum_of_calibrated_atypicalities(tiny_data) -> None:
+    """combine="max" is the served champion's rule: each chosen scorer calibrated on the
+    digit's validation normals, the maximum of their atypicalities; `ensemble_of` picks the
+    scorers, and a scorer outside the run is refused."""
+    from models.calibration import Calibration
+    from pipelines.data.dataset import load_tensors
+    from pipelines.evaluation.metrics import auroc
+    from research.one_class import MAX_LOW_FPR, MAX_TARGET_FPR, _combined
+
+    fitters = {
+        "knn": knn_fitter(KnnConfig()),
+        "knn_raw": knn_fitter(KnnConfig(k=1, blur=0.0, shift=0, cosine=False)),
+        "knn_k3": knn_fitter(KnnConfig(k=3, blur=0.0, shift=0)),
+    }
+    results = one_class_run(
+        fitters, tiny_data, digits=(1, 7), ensemble=True, combine="max",
+        ensemble_of=("knn", "knn_raw"),
+    )  # fmt: skip
+    assert [r["method"] for r in results] == [
+        "knn", "knn_raw", "knn_k3", "ensemble-max(knn+knn_raw)"
+    ]  # fmt: skip
+    # the digit-7 figure recomputed by hand from the two scorers' own scores
+    tx, ty = load_tensors(tiny_data, "train")
+    vx, vy = load_tensors(tiny_data, "val")
+    ex, ey = load_tensors(tiny_data, "test")
+    stats = []
+    for name in ("knn", "knn_raw"):
+        score = fitters[name](7, tx[ty == 7], vx[vy == 7])
+        calibration = Calibration.fit(score(vx)[(vy == 7).numpy()], MAX_TARGET_FPR, MAX_LOW_FPR)
+        stats.append(calibration.statistic(score(ex)))
+    by_hand = np.max(stats, 0)
+    normal = (ey == 7).numpy()
+    assert results[-1]["per_digit_auroc"]["7"] == pytest.approx(
+        float(auroc(by_hand[normal], by_hand[~normal]))
+    )
+    # the mean is the standardised mean, as before
+    parts = [(np.array([1.0, 2.0]), np.array([3.0, 5.0]), np.array([1.0, 3.0]))]
+    assert np.allclose(_combined(parts, "mean")[1], [1.0, 3.0])
+    with pytest.raises(ValueError, match="names no scorer"):
+        one_class_run(fitters, tiny_data, digits=(1,), ensemble=True, ensemble_of=("gan",))
+    with pytest.raises(ValueError, match="combine"):
+        one_class_run(fitters, tiny_data, digits=(1,), ensemble=True, combine="median")
+
+
 def test_one_class_run_rejects_no_scorer(tiny_data) -> None:
     with pytest.raises(ValueError):
         one_class_run({}, tiny_data)
@@ -133,12 +177,20 @@ def test_cli_knn_run_writes_reports(tiny_data, tmp_path) -> None:
 
 def test_cli_rejects_bad_options(tiny_data, tmp_path) -> None:
     runner = CliRunner()
-    bad = (["--no-knn"], ["--knn-k", "0"], ["--seeds", "a,b"], ["--encoder-knn", "3"])
+    bad = (
+        ["--no-knn"],
+        ["--knn-k", "0"],
+        ["--seeds", "a,b"],
+        ["--encoder-knn", "3"],
+        ["--ensemble-of", "knn"],  # without --ensemble
+        ["--ensemble", "--ensemble-of", "gan"],  # not a scorer of this run
+        ["--ensemble", "--combine", "median"],
+    )
     for args in bad:
         result = runner.invoke(main, ["one-class", "--data-dir", str(tiny_data), *args])
         assert result.exit_code == 2, args
     help_text = runner.invoke(main, ["one-class", "--help"]).output
-    for option in ("--seeds", "--knn-k", "--knn-blur", "--knn-shift", "--ensemble"):
+    for option in ("--seeds", "--knn-k", "--knn-shift", "--ensemble", "--combine", "--ensemble-of"):
         assert option in help_text
 
 
