@@ -18,6 +18,9 @@ COMBINES = ("mean", "max")
 # the ensemble's own statistic beside its members' (calibrated like a member): the kNN view in
 # the autoencoder member's encoder trunk (models.ensemble.model, docs/anomaly.md sixth pass)
 ENCODER_KNN = "encoder_knn"
+# the format view: an image's distance from MNIST's format (models.digit_format, docs/anomaly.md
+# eleventh pass), calibrated like a member
+FORMAT = "format"
 _CALIBRATION_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
 
 
@@ -59,13 +62,17 @@ class EnsembleConfig(ModelConfig):
     # members whose own score is not combined: they serve a view only (the autoencoder behind
     # the encoder-kNN view, docs/anomaly.md eighth pass); they still sample or reconstruct
     view_only: tuple[str, ...] = ()
+    # the format view: distance from MNIST's format with this reference longer side (px; the
+    # training digits' median, fitted by fit_ensemble); 0 = no view
+    format_side: float = 0.0
 
     def statistics(self) -> list[str]:
         """The combined statistics' names, in the order they are combined: the scored members
-        (the project's family order, `view_only` left out), then the encoder-kNN view when it
-        is on."""
+        (the project's family order, `view_only` left out), then the encoder-kNN view and the
+        format view when they are on."""
         scored = [f for f in self.ordered_members() if f not in self.view_only]
-        return scored + ([ENCODER_KNN] if self.encoder_knn else [])
+        views = ([ENCODER_KNN] if self.encoder_knn else []) + ([FORMAT] if self.format_side else [])
+        return scored + views
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
@@ -98,6 +105,12 @@ class EnsembleConfig(ModelConfig):
             set(self.view_only) <= ({"autoencoder"} if self.encoder_knn else set()),
             f"ensemble.view_only {sorted(self.view_only)}: only a member a view reads can be "
             "view-only (the autoencoder, under encoder_knn > 0)",
+        )
+        require(
+            isinstance(self.format_side, int | float)
+            and not isinstance(self.format_side, bool)
+            and 0 <= self.format_side <= 28,
+            f"ensemble.format_side must be a number of pixels in [0, 28], got {self.format_side!r}",
         )
         require(bool(self.statistics()), "ensemble: nothing left to combine (every member is "
                                          "view-only and no view is on)")  # fmt: skip

@@ -26,6 +26,12 @@ features in fp16, is saved with the ensemble's weights (`knn_bank`) and searched
 (models.gan.neighbours). It is fitted on the training split (the digits the autoencoder itself
 was trained on) and calibrated on validation normals, like everything else here.
 
+The format view (`config.format_side` > 0, docs/anomaly.md eleventh pass): the image's distance
+from MNIST's format (models.digit_format: its ink's bounding box against the training digits'
+20 px, and its centre of mass against the field's centre), calibrated and combined like a
+member. It reads pixels only, fitted on the training split (the reference side) and calibrated
+on validation normals.
+
 View-only members (`config.view_only`, docs/anomaly.md eighth pass): a member kept for a view
 alone. The default ensemble keeps the autoencoder for its encoder (the view's features) but
 leaves its reconstruction score out: max(GAN Dknn, encoder kNN) ranked the tuned suite above the
@@ -49,8 +55,10 @@ from torch import Tensor, nn
 
 from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.calibration import Calibration
+from models.digit_format import format_distance, reference_side
 from models.ensemble.config import (
     ENCODER_KNN,
+    FORMAT,
     EnsembleConfig,
     calibration_from_dict,
     calibration_to_dict,
@@ -149,7 +157,7 @@ class Ensemble(GenerativeModel):
     # ---- scoring --------------------------------------------------------------------------
     def member_statistics(self, images: Tensor) -> dict[str, np.ndarray]:
         """Each member's calibrated atypicality (N,) float64 of `images` (and the encoder-kNN
-        view's, under `encoder_knn`), in `config.statistics()` order."""
+        and format views', when on), in `config.statistics()` order."""
         images = check_images(images)
         pixels = images.detach().cpu().numpy()
         out = {}
@@ -161,6 +169,9 @@ class Ensemble(GenerativeModel):
         if self.config.encoder_knn:
             scores = self.encoder_knn_scores(images).detach().cpu().numpy()
             out[ENCODER_KNN] = self.calibrations[ENCODER_KNN].statistic(scores, pixels)
+        if self.config.format_side:
+            scores = format_distance(pixels, self.config.format_side)
+            out[FORMAT] = self.calibrations[FORMAT].statistic(scores, pixels)
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -205,13 +216,15 @@ def fit_ensemble(
     knn_coarse_dims: int = 128,
     knn_candidates: int = 256,
     view_only: tuple[str, ...] = (),
+    format_test: bool = False,
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
     (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
     `encoder_knn` = k > 0, the encoder-kNN view too: its bank is the autoencoder member's
     features of `train_images` (the training split), calibrated on `val_images` likewise.
     Members in `view_only` are kept (their weights, for the view) but their own scores are not
-    calibrated or combined."""
+    calibrated or combined. `format_test` adds the format view, its reference side the median
+    of `train_images`, calibrated on `val_images` likewise."""
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
@@ -223,13 +236,22 @@ def fit_ensemble(
         knn_bank = torch.cat([encoder_features(ae, train[i : i + batch_size].to(ae.device)).cpu()
                               for i in range(0, len(train), batch_size)]).half()  # fmt: skip
         proj, coarse = coarse_index(knn_bank, knn_coarse_dims)
+    format_side = 0.0
+    if format_test:
+        if train_images is None:
+            raise ValueError("format_test needs the train_images (its reference side)")
+        format_side = reference_side(check_images(torch.as_tensor(train_images)).cpu().numpy())
+        if format_side <= 0:
+            raise ValueError("format_test: the training images have no ink to measure")
 
     def scores_of(name: str) -> np.ndarray:
         chunks = []
         with torch.no_grad():
             for start in range(0, len(val_images), batch_size):
                 batch = val_images[start : start + batch_size]
-                if name == ENCODER_KNN:
+                if name == FORMAT:
+                    s = torch.from_numpy(format_distance(batch.numpy(), format_side))
+                elif name == ENCODER_KNN:
                     f = encoder_features(members["autoencoder"], batch)
                     s = mean_cosine_distance(f.cpu(), knn_bank, proj, coarse, encoder_knn,
                                              knn_candidates)  # fmt: skip
@@ -242,6 +264,7 @@ def fit_ensemble(
     stats = []
     names = [f for f in FAMILIES if f in members and f not in view_only]
     names += [ENCODER_KNN] if encoder_knn else []
+    names += [FORMAT] if format_side else []
     for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
         scores = scores_of(name)
         calibration = Calibration.fit(scores, target_fpr, low_fpr, pixels, energy_fpr)
@@ -261,6 +284,7 @@ def fit_ensemble(
         knn_coarse_dims=knn_coarse_dims,
         knn_candidates=knn_candidates,
         view_only=tuple(f for f in FAMILIES if f in view_only),
+        format_side=format_side,
     )
     ensemble = Ensemble(config)
     for name, member in members.items():

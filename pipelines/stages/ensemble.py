@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 class EnsembleParams(Config):
     """params.yaml `ensemble`: which trained families it combines, how, and who samples;
     `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble);
-    `view_only` members serve that view only (their own scores are not combined)."""
+    `view_only` members serve that view only (their own scores are not combined);
+    `format_test` adds the format view (distance from MNIST's format, models.digit_format)."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
     sampler: str = "gan"
     encoder_knn: int = 0
     view_only: tuple[str, ...] = ()
+    format_test: bool = False
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -54,6 +56,10 @@ class EnsembleParams(Config):
             f"ensemble.view_only {list(self.view_only)}: only the autoencoder member can be "
             "view-only, and only under encoder_knn > 0 (it serves the encoder-kNN view)",
         )
+        require(
+            isinstance(self.format_test, bool),
+            f"ensemble.format_test must be true or false, got {self.format_test!r}",
+        )
 
 
 def build_ensemble(
@@ -73,6 +79,7 @@ def build_ensemble(
     started = time.perf_counter()
     members = {f: load_model(Path(models_root) / f) for f in settings.members}
     val_images = load_tensors(data_dir, "val")[0]
+    reads_train = bool(settings.encoder_knn) or settings.format_test  # a view's reference
     ensemble = fit_ensemble(
         members,
         val_images,
@@ -83,8 +90,9 @@ def build_ensemble(
         sampler=settings.sampler,
         batch_size=cfg.score_batch_size,
         encoder_knn=settings.encoder_knn,
-        train_images=load_tensors(data_dir, "train")[0] if settings.encoder_knn else None,
+        train_images=load_tensors(data_dir, "train")[0] if reads_train else None,
         view_only=settings.view_only,
+        format_test=settings.format_test,
     )
     lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
     sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
@@ -94,6 +102,7 @@ def build_ensemble(
         "sampler": settings.sampler,
         "encoder_knn": settings.encoder_knn,
         "view_only": list(settings.view_only),
+        "format_side": ensemble.config.format_side,
         "n_val": int(val_images.shape[0]),
         "fit_seconds": time.perf_counter() - started,
         "weights_sha256": sha,

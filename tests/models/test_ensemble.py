@@ -342,3 +342,49 @@ def test_view_only_is_validated(members, knn_ensemble, real_digits):
     with pytest.raises(ValueError, match="view_only"):  # a view-only member with no view
         fit_ensemble({f: members[f] for f in ("autoencoder", "gan")}, real_digits[0][VAL],
                       **SPLIT, view_only=("autoencoder",))  # fmt: skip
+
+
+def test_the_format_view_is_calibrated_and_combined_like_a_member(members, real_digits, tmp_path):
+    """format_test adds the distance from MNIST's format, its reference side the training
+    digits' median (20 px), calibrated on validation normals like a member; it survives save
+    and load, and an off-format digit (the same digit shrunk) scores above the digit."""
+    from models.digit_format import format_distance
+
+    val, images, train = real_digits[0][VAL], real_digits[0][OTHER], real_digits[0][TRAIN]
+    pair = {f: members[f] for f in ("autoencoder", "gan")}
+    ens = fit_ensemble(pair, val, **SPLIT, encoder_knn=3, train_images=train, combine="max",
+                       view_only=("autoencoder",), format_test=True)  # fmt: skip
+    assert ens.config.statistics() == ["gan", "encoder_knn", "format"]
+    assert ens.config.format_side == 20.0
+    calibration = Calibration.fit(format_distance(val.numpy(), 20.0), 0.05, 0.01, val.numpy(), 0.01)
+    assert ens.calibrations["format"] == calibration
+    with torch.no_grad():
+        stats = ens.member_statistics(images)
+        np.testing.assert_allclose(
+            stats["format"], calibration.statistic(format_distance(images.numpy(), 20.0), images)
+        )
+        expected = np.maximum(np.max(list(stats.values()), axis=0), ens.config.floor)
+        np.testing.assert_allclose(ens.anomaly_score(images).numpy(), expected, rtol=1e-6)
+        small = torch.nn.functional.interpolate(images, size=14, mode="bilinear")
+        shrunk = torch.nn.functional.pad(small, (7, 7, 7, 7))  # the same digits at half size
+        assert (ens.member_statistics(shrunk)["format"] > 1).all()
+    save_model(ens, tmp_path / "ens")
+    back = load_model(tmp_path / "ens")
+    assert back.config == ens.config
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(images), ens.anomaly_score(images))
+
+
+def test_the_format_view_is_validated(members, real_digits):
+    val = real_digits[0][VAL]
+    with pytest.raises(ValueError, match="format_test needs the train_images"):
+        fit_ensemble({"gan": members["gan"]}, val, **SPLIT, format_test=True)
+    ens = fit_ensemble({"gan": members["gan"]}, val, **SPLIT, format_test=True,
+                       train_images=real_digits[0][TRAIN])  # fmt: skip
+    values = ens.config.to_dict()
+    for bad in (-1, 29, True, "20"):
+        with pytest.raises(ValueError, match="format_side"):
+            EnsembleConfig.from_dict(values | {"format_side": bad})
+    no_view = values | {"format_side": 0.0}
+    with pytest.raises(ValueError, match="cover exactly"):  # its calibration is then extra
+        EnsembleConfig.from_dict(no_view)

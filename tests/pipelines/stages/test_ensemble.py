@@ -108,6 +108,16 @@ def test_build_stage_fits_the_encoder_knn_bank_on_the_training_split(
             build_ensemble(PARAMS | {"ensemble": settings | bad}, data, models_root,
                            tmp_path / "x")  # fmt: skip
 
+    # the default's format view: its reference side read from the training split
+    settings |= {"format_test": True}
+    info = build_ensemble(PARAMS | {"ensemble": settings}, data, models_root, tmp_path / "ens3")
+    assert info["format_side"] == 20.0
+    ensemble = load_model(tmp_path / "ens3")
+    assert ensemble.config.statistics() == ["gan", "encoder_knn", "format"]
+    with pytest.raises(ValueError, match="format_test"):
+        build_ensemble(PARAMS | {"ensemble": settings | {"format_test": "yes"}}, data,
+                       models_root, tmp_path / "x")  # fmt: skip
+
 
 # ---- the register step -------------------------------------------------------------------------
 TUNED, HELD = ("blur", "shapes"), ("letters", "blank")
