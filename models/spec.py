@@ -100,12 +100,17 @@ class Tag:
     FAMILY = "family"
     DATA_VERSION = "data_version"
     WEIGHTS_SHA256 = "weights_sha256"
+    # the bundle's config.json: with the weights, what the model *is* (an ensemble's views,
+    # combination and member calibrations live there, not in its weights)
+    CONFIG_SHA256 = "config_sha256"
     PARAMS_HASH = "params_hash"
     GIT_COMMIT = "git_commit"
     JUDGE_VERSION = "judge_version"
     METRIC_PREFIX = "metric."
     PROMOTION_PREFIX = "promotion."
-    LINEAGE = (FAMILY, DATA_VERSION, WEIGHTS_SHA256, PARAMS_HASH, GIT_COMMIT, JUDGE_VERSION)
+    LINEAGE = (
+        FAMILY, DATA_VERSION, WEIGHTS_SHA256, CONFIG_SHA256, PARAMS_HASH, GIT_COMMIT, JUDGE_VERSION
+    )  # fmt: skip
 
 
 def metric_tag(metric: str) -> str:

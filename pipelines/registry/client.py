@@ -199,10 +199,12 @@ def gate(
         d.champion_family = tags.get(Tag.FAMILY)
         d.champion_data_version = tags.get(Tag.DATA_VERSION)
         mine = client.get_model_version(task.registered_model, str(candidate_version))
-        same_weights = (mine.tags or {}).get(Tag.WEIGHTS_SHA256)
+        ours = mine.tags or {}
+        same_weights = ours.get(Tag.WEIGHTS_SHA256)
+        same_config = ours.get(Tag.CONFIG_SHA256) == tags.get(Tag.CONFIG_SHA256)
         if d.champion_version == str(candidate_version):
             d.reason, d.method = "candidate is already the champion", "same-version"
-        elif same_weights and same_weights == tags.get(Tag.WEIGHTS_SHA256):
+        elif same_weights and same_weights == tags.get(Tag.WEIGHTS_SHA256) and same_config:
             d.method = "same-weights"
             d.reason = "the candidate has the champion's very weights (a copy): nothing to gain"
         elif compare is not None:
@@ -389,10 +391,12 @@ def registry_state() -> dict[str, Any]:
 
 def register_candidate(name: str, run: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Register an evaluate run's bundle under `name` with its lineage and metric tags, unless
-    the same weights on the same data (and judge) are registered there already."""
+    the same model (weights and config) on the same data (and judge) is registered there
+    already. The config counts: an ensemble with a new view or combination keeps its members'
+    weights, and must not be mistaken for the version registered before it."""
     from models.spec import REGISTERED_ARTIFACT_PATH
 
-    key = (Tag.WEIGHTS_SHA256, Tag.DATA_VERSION, Tag.JUDGE_VERSION)
+    key = (Tag.WEIGHTS_SHA256, Tag.CONFIG_SHA256, Tag.DATA_VERSION, Tag.JUDGE_VERSION)
     for mv in _client().search_model_versions(f"name='{name}'"):
         if all(mv.tags.get(k) == run.get(k) for k in key):
             return str(mv.version)

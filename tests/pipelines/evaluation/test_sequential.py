@@ -116,13 +116,14 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _version(tmp_path, family: str, sha: str) -> str:
+def _version(tmp_path, family: str, sha: str, config: str | None = None) -> str:
     model_dir = tmp_path / f"m-{family}-{sha}"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps({"family": family}))
     run_id = tracking.log_run(f"eval-{family}", params={}, tags={}, metrics={"fd_judge": 1.0},
                               artifacts={"model": model_dir})  # fmt: skip
     tags = {Tag.FAMILY: family, Tag.DATA_VERSION: "d1", Tag.WEIGHTS_SHA256: sha}
+    tags |= {Tag.CONFIG_SHA256: config} if config else {}
     return registry.register_version(TASKS["generation"].registered_model, run_id, "model", tags)
 
 
@@ -154,6 +155,37 @@ def test_a_copy_of_the_champion_is_never_promoted(store):
     kept = registry.gate(task, v2, "gan", {"fd_judge": 1.0}, "d2", margin=0.0, compare=compare)
     assert not kept.promoted and kept.method == "same-weights"
     assert str(registry.champion(task).version) == v1
+
+
+def test_the_same_weights_with_another_config_are_another_model(store):
+    """An ensemble with a new view keeps its members' weights: the registry must register it
+    as a new version (not hand back the old one) and the gate must test it, not wave it
+    through as a copy."""
+    task = TASKS["generation"]
+    name = task.registered_model
+    model_dir = store / "m-ensemble"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    run_id = tracking.log_run("eval-ensemble", params={}, tags={}, metrics={"fd_judge": 1.0},
+                              artifacts={"model": model_dir})  # fmt: skip
+    run = {"run_id": run_id, Tag.FAMILY: "gan", Tag.DATA_VERSION: "d1", Tag.WEIGHTS_SHA256: "w"}
+    v1 = registry.register_candidate(name, run | {Tag.CONFIG_SHA256: "c1"}, {"fd_judge": 9.0})
+    assert registry.register_candidate(name, run | {Tag.CONFIG_SHA256: "c1"}, {}) == v1
+    v2 = registry.register_candidate(name, run | {Tag.CONFIG_SHA256: "c2"}, {"fd_judge": 5.0})
+    assert v2 != v1
+    tags = registry._client().get_model_version(name, v2).tags
+    assert tags[Tag.CONFIG_SHA256] == "c2" and tags[Tag.WEIGHTS_SHA256] == "w"
+    registry.gate(task, v1, "gan", {"fd_judge": 9.0}, "d1", margin=0.05)
+    asked = []
+    result = sequential_test(gaussian(0.1), gaussian(0.4), REAL, 0.05, SMALL)
+
+    def compare(mv):
+        asked.append(str(mv.version))
+        return result, "fresh samples"
+
+    won = registry.gate(task, v2, "gan", {"fd_judge": 5.0}, "d1", margin=0.05, compare=compare)
+    assert asked == [v1] and won.method == METHOD and won.promoted
+    assert str(registry.champion(task).version) == v2
 
 
 # ---- real tiny models through a real (tiny) judge ---------------------------------------------
