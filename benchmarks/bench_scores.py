@@ -597,24 +597,35 @@ def max_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Sco
     }
 
 
+def layer_maps(
+    gan: Any, trunk: torch.nn.Module, n_modules: int, prepare: Callable
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images -> the fp32 feature maps after the first `n_modules` modules of `trunk` (the
+    autoencoder's encoder or the GAN's discriminator; `prepare` is that network's own input
+    step), with the discriminator frozen as its own scoring freezes it."""
+    from models.gan.model import frozen
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        with frozen(gan.d):
+            x = prepare(images)
+            for module in list(trunk)[:n_modules]:
+                x = module(x)
+        return x.float()
+
+    return features
+
+
 def layer_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
     """--layers (a seventh pass, module doc): kNN in the first layers of the autoencoder's
     encoder and of the GAN's discriminator, alone and with the champion recipe's three parts."""
-    from models.gan.model import frozen
 
     gan = load_model(models / "gan").eval()
     ae_model = load_model(models / "autoencoder").eval()
     trunk_ae, trunk_d = ae_model.encoder.features, gan.d.trunk
 
     def after(trunk: torch.nn.Module, n_modules: int, prepare: Callable) -> Callable:
-        def features(images: torch.Tensor) -> torch.Tensor:
-            with frozen(gan.d):
-                x = prepare(images)
-                for module in list(trunk)[:n_modules]:
-                    x = module(x)
-            return torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
-
-        return features
+        maps = layer_maps(gan, trunk, n_modules, prepare)
+        return lambda images: torch.nn.functional.normalize(maps(images).flatten(1), dim=1)
 
     layers = {  # name -> features: after the first conv's activation, the second's (D: norm too)
         "E1knn@10": after(trunk_ae, 2, ae_model._prepare),
@@ -738,20 +749,11 @@ def patch_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, S
     """--patch (a tenth pass, module doc): local tests, each position of a feature map against
     the training digits' features there (PaDiM) or anywhere (PatchCore), alone and added to
     the served union max(Dknn@10, Eknn@10); every part calibrated on validation normals only."""
-    from models.gan.model import frozen
-
     gan = load_model(models / "gan").eval()
     ae_model = load_model(models / "autoencoder").eval()
 
     def maps(trunk: torch.nn.Module, n_modules: int, prepare: Callable) -> Callable:
-        def features(images: torch.Tensor) -> torch.Tensor:
-            with frozen(gan.d):
-                x = prepare(images)
-                for module in list(trunk)[:n_modules]:
-                    x = module(x)
-            return x.float()
-
-        return features
+        return layer_maps(gan, trunk, n_modules, prepare)
 
     e1 = maps(ae_model.encoder.features, 2, ae_model._prepare)  # 32 x 14 x 14
     e2 = maps(ae_model.encoder.features, 4, ae_model._prepare)  # 64 x 7 x 7
@@ -855,6 +857,17 @@ def content_diagnostic(scores: dict[str, Score], splits: dict, cfg: EvalConfig) 
             stat = calibration.statistic(score(images), images)
             cells.append(f"{auroc(normal, stat):.3f} ({np.mean(stat > 1):.0%})")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+# the passes that read both the GAN and the autoencoder from --models: option -> candidates
+BOTH_MODEL_PASSES: dict[str, Callable[[Path, dict, EvalConfig], dict[str, Score]]] = {
+    "max": max_candidates,
+    "format": format_candidates,
+    "patch": patch_candidates,
+    "union": union_candidates,
+    "layers": layer_candidates,
+    "cross": cross_candidates,
+}
 
 
 def missed_glyphs(model: Any, splits: dict, cfg: EvalConfig) -> None:
@@ -1014,8 +1027,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
-    # these read the GAN and the AE
-    reads_both = args.cross or args.layers or args.max or args.union or args.patch or args.format
+    reads_both = any(getattr(args, name) for name in BOTH_MODEL_PASSES)  # GAN and AE
     model = None if reads_both else load_model(args.models / args.family).eval()
     if args.per_level:
         if args.family != "diffusion":
@@ -1046,30 +1058,11 @@ def main() -> None:
         dims = (64, 128, 256, 512) if args.pca else ()
         scores = discriminator_candidates(model, splits, cfg, sizes, dims)
         fit = {"discriminator": time.perf_counter() - t0}
-    elif args.max:
+    elif reads_both:  # one pass at a time: the first option given, in this order
+        name, build = next((n, f) for n, f in BOTH_MODEL_PASSES.items() if getattr(args, n))
         t0 = time.perf_counter()
-        scores = max_candidates(args.models, splits, cfg)
-        fit = {"max": time.perf_counter() - t0}
-    elif args.format:
-        t0 = time.perf_counter()
-        scores = format_candidates(args.models, splits, cfg)
-        fit = {"format": time.perf_counter() - t0}
-    elif args.patch:
-        t0 = time.perf_counter()
-        scores = patch_candidates(args.models, splits, cfg)
-        fit = {"patch": time.perf_counter() - t0}
-    elif args.union:
-        t0 = time.perf_counter()
-        scores = union_candidates(args.models, splits, cfg)
-        fit = {"union": time.perf_counter() - t0}
-    elif args.layers:
-        t0 = time.perf_counter()
-        scores = layer_candidates(args.models, splits, cfg)
-        fit = {"layers": time.perf_counter() - t0}
-    elif args.cross:
-        t0 = time.perf_counter()
-        scores = cross_candidates(args.models, splits, cfg)
-        fit = {"cross": time.perf_counter() - t0}
+        scores = build(args.models, splits, cfg)
+        fit = {name: time.perf_counter() - t0}
     elif args.encoder_knn:
         t0 = time.perf_counter()
         scores = encoder_candidates(model, splits, cfg)
