@@ -199,9 +199,8 @@ def gate(
         d.champion_family = tags.get(Tag.FAMILY)
         d.champion_data_version = tags.get(Tag.DATA_VERSION)
         mine = client.get_model_version(task.registered_model, str(candidate_version))
-        ours = mine.tags or {}
-        same_weights = ours.get(Tag.WEIGHTS_SHA256)
-        same_config = ours.get(Tag.CONFIG_SHA256) == tags.get(Tag.CONFIG_SHA256)
+        same_weights = (mine.tags or {}).get(Tag.WEIGHTS_SHA256)
+        same_config = config_sha256(mine) == config_sha256(current)
         if d.champion_version == str(candidate_version):
             d.reason, d.method = "candidate is already the champion", "same-version"
         elif same_weights and same_weights == tags.get(Tag.WEIGHTS_SHA256) and same_config:
@@ -389,6 +388,41 @@ def registry_state() -> dict[str, Any]:
     return state
 
 
+def config_sha256(model_version: Any) -> str | None:
+    """The version's `config_sha256` tag; for a version registered before the tag existed, the
+    sha256 of its registered config.json (downloaded once, then kept as the tag), or None when
+    that cannot be read (the version is then told apart from every tagged one)."""
+    import hashlib
+    import tempfile
+
+    import mlflow
+
+    from models.spec import CONFIG_FILE
+
+    tags = model_version.tags or {}
+    if tags.get(Tag.CONFIG_SHA256):
+        return tags[Tag.CONFIG_SHA256]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_version.source}/{CONFIG_FILE}",
+                dst_path=tmp,
+                tracking_uri=tracking.tracking_uri(),
+            )
+            with open(path, "rb") as f:
+                sha = hashlib.sha256(f.read()).hexdigest()
+    except Exception as exc:  # an unreadable legacy version: never the same model
+        log.warning("%s v%s: no readable %s (%s)", model_version.name, model_version.version,
+                    CONFIG_FILE, exc)  # fmt: skip
+        return None
+    client = _client()  # before the lock: the client's setup takes it too
+    with tracking.write_lock():
+        client.set_model_version_tag(
+            model_version.name, str(model_version.version), Tag.CONFIG_SHA256, sha
+        )
+    return sha
+
+
 def register_candidate(name: str, run: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Register an evaluate run's bundle under `name` with its lineage and metric tags, unless
     the same model (weights and config) on the same data (and judge) is registered there
@@ -396,9 +430,11 @@ def register_candidate(name: str, run: dict[str, Any], metrics: dict[str, Any]) 
     weights, and must not be mistaken for the version registered before it."""
     from models.spec import REGISTERED_ARTIFACT_PATH
 
-    key = (Tag.WEIGHTS_SHA256, Tag.CONFIG_SHA256, Tag.DATA_VERSION, Tag.JUDGE_VERSION)
+    key = (Tag.WEIGHTS_SHA256, Tag.DATA_VERSION, Tag.JUDGE_VERSION)
     for mv in _client().search_model_versions(f"name='{name}'"):
-        if all(mv.tags.get(k) == run.get(k) for k in key):
+        if all(mv.tags.get(k) == run.get(k) for k in key) and (
+            run.get(Tag.CONFIG_SHA256) is None or config_sha256(mv) == run[Tag.CONFIG_SHA256]
+        ):
             return str(mv.version)
     tags = {k: run[k] for k in Tag.LINEAGE if k in run}
     tags |= {metric_tag(k): v for k, v in metrics.items() if isinstance(v, int | float)}

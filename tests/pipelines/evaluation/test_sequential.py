@@ -188,6 +188,34 @@ def test_the_same_weights_with_another_config_are_another_model(store):
     assert str(registry.champion(task).version) == v2
 
 
+def test_a_version_registered_before_the_config_tag_is_recognised_by_its_config(store):
+    """A version without `config_sha256` (registered before the tag existed) is the same model
+    as a tagged run with its weights and the sha256 of its registered config.json: register
+    hands it back (and tags it) instead of a needless new version; another config is another
+    version. The gate reads the legacy champion's config the same way."""
+    import hashlib
+
+    task = TASKS["generation"]
+    name = task.registered_model
+    legacy = _version(store, "gan", "w")  # no config tag; its config.json is {"family": "gan"}
+    config = json.dumps({"family": "gan"}).encode()
+    sha = hashlib.sha256(config).hexdigest()
+    run_id = registry._client().get_model_version(name, legacy).run_id
+    run = {"run_id": run_id, Tag.FAMILY: "gan", Tag.DATA_VERSION: "d1", Tag.WEIGHTS_SHA256: "w"}
+    assert registry.register_candidate(name, run | {Tag.CONFIG_SHA256: sha}, {}) == legacy
+    assert registry._client().get_model_version(name, legacy).tags[Tag.CONFIG_SHA256] == sha
+    other = registry.register_candidate(name, run | {Tag.CONFIG_SHA256: "other"}, {})
+    assert other != legacy
+    registry.gate(task, legacy, "gan", {"fd_judge": 9.0}, "d1", margin=0.05)
+    same = _version(store, "gan", "w")  # another legacy copy: same weights, same config
+
+    def compare(mv):  # pragma: no cover - must not be reached
+        raise AssertionError("a copy needs no test")
+
+    kept = registry.gate(task, same, "gan", {"fd_judge": 1.0}, "d1", margin=0.0, compare=compare)
+    assert kept.method == "same-weights" and not kept.promoted
+
+
 # ---- real tiny models through a real (tiny) judge ---------------------------------------------
 def test_a_trained_generator_beats_an_untrained_one_on_fresh_samples(real_digits):
     images, labels = real_digits
