@@ -228,19 +228,20 @@ def fit_ensemble(
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
+    reads_train = (encoder_knn or format_test) and train_images is not None  # a view's reference
+    train = check_images(torch.as_tensor(train_images)).cpu() if reads_train else None
     if encoder_knn:
-        if "autoencoder" not in members or train_images is None:
+        if "autoencoder" not in members or train is None:
             raise ValueError("encoder_knn needs an autoencoder member and the train_images")
-        train = check_images(torch.as_tensor(train_images)).cpu()
         ae = members["autoencoder"].eval()
         knn_bank = torch.cat([encoder_features(ae, train[i : i + batch_size].to(ae.device)).cpu()
                               for i in range(0, len(train), batch_size)]).half()  # fmt: skip
         proj, coarse = coarse_index(knn_bank, knn_coarse_dims)
     format_side = 0.0
     if format_test:
-        if train_images is None:
+        if train is None:
             raise ValueError("format_test needs the train_images (its reference side)")
-        format_side = reference_side(check_images(torch.as_tensor(train_images)).cpu().numpy())
+        format_side = reference_side(train.numpy())
         if format_side <= 0:
             raise ValueError("format_test: the training images have no ink to measure")
 

@@ -200,10 +200,13 @@ def gate(
         d.champion_data_version = tags.get(Tag.DATA_VERSION)
         mine = client.get_model_version(task.registered_model, str(candidate_version))
         same_weights = (mine.tags or {}).get(Tag.WEIGHTS_SHA256)
-        same_config = config_sha256(mine) == config_sha256(current)
         if d.champion_version == str(candidate_version):
             d.reason, d.method = "candidate is already the champion", "same-version"
-        elif same_weights and same_weights == tags.get(Tag.WEIGHTS_SHA256) and same_config:
+        elif (
+            same_weights
+            and same_weights == tags.get(Tag.WEIGHTS_SHA256)
+            and config_sha256(mine) == config_sha256(current)  # read only when weights match
+        ):
             d.method = "same-weights"
             d.reason = "the candidate has the champion's very weights (a copy): nothing to gain"
         elif compare is not None:
