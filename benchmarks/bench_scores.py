@@ -136,7 +136,7 @@ import numpy as np
 import torch
 
 from models.calibration import Calibration
-from models.digit_format import digit_format, format_distance, reference_side
+from models.digit_format import digit_format, format_distance, reference_side, to_mnist_format
 from models.imaging import to_signed
 from models.io import load_model
 from pipelines.data.dataset import SPLITS, load_tensors
@@ -781,36 +781,6 @@ def format_score(train_x: np.ndarray) -> Score:
     return lambda images: format_distance(images, side)
 
 
-def mnist_normalise(images: np.ndarray) -> np.ndarray:
-    """LeCun et al.'s preprocessing applied to any image: crop to the ink's bounding box, scale
-    (bilinear, aspect kept) so that its longer side is 20 px, and paste it into 28 x 28 with its
-    centre of mass at the centre (whole-pixel shift). Blank images stay blank."""
-    from PIL import Image
-
-    out = np.zeros((len(images), 28, 28))
-    for i, img in enumerate(np.asarray(images, dtype=np.float64).reshape(-1, 28, 28)):
-        rows, cols = np.nonzero(img > 0)
-        if len(rows) == 0:
-            continue
-        crop = img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        h, w = crop.shape
-        scale = 20.0 / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = np.asarray(
-            Image.fromarray(crop.astype(np.float32), mode="F").resize(
-                size, Image.Resampling.BILINEAR
-            )
-        ).clip(0, 1)
-        mass = small.sum() + 1e-12
-        yy, xx = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
-        cy, cx = (small * yy).sum() / mass, (small * xx).sum() / mass
-        top, left = round(13.5 - cy), round(13.5 - cx)
-        canvas = np.zeros((28 + 2 * 28, 28 + 2 * 28))  # margins: a shift may push past an edge
-        canvas[28 + top : 28 + top + small.shape[0], 28 + left : 28 + left + small.shape[1]] = small
-        out[i] = canvas[28:56, 28:56]
-    return out.astype(np.float32)[:, None]
-
-
 def format_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, Score]:
     """--format (an eleventh pass, module doc): MNIST's format as a test, alone and in the
     served union; every part calibrated on validation normals only."""
@@ -827,7 +797,7 @@ def format_candidates(models: Path, splits: dict, cfg: EvalConfig) -> dict[str, 
 
 def content_diagnostic(scores: dict[str, Score], splits: dict, cfg: EvalConfig) -> None:
     """--format's second table: each candidate on the glyph kinds brought to MNIST's format
-    (mnist_normalise: only the content differs from a digit), and on the test digits brought
+    (to_mnist_format: only the content differs from a digit), and on the test digits brought
     to it too (the control: near 0.5 and the target FPR if normalising adds no artefact).
     Calibrated as evaluation calibrates; AUROC against the test normals by the calibrated
     statistic, flagged = the verdict (statistic > 1)."""
@@ -840,8 +810,8 @@ def content_diagnostic(scores: dict[str, Score], splits: dict, cfg: EvalConfig) 
         test_x, n_per_kind=per_kind, seed=cfg.heldout_seed, kinds=tuple(GLYPH_KINDS)
     )
     control = np.random.default_rng(0).choice(len(test_x), 1000, replace=False)
-    sets = {f"{k}@mnist": mnist_normalise(glyphs[kinds == k]) for k in GLYPH_KINDS}
-    sets["test digits@mnist (control)"] = mnist_normalise(test_x[np.sort(control)])
+    sets = {f"{k}@mnist": to_mnist_format(glyphs[kinds == k]) for k in GLYPH_KINDS}
+    sets["test digits@mnist (control)"] = to_mnist_format(test_x[np.sort(control)])
     longer, _ = digit_format(np.concatenate(list(sets.values())))
     print(f"\nnormalised sets: {np.mean(longer == 20):.1%} of their images have a 20 px box")
     head = ["candidate", *sets]

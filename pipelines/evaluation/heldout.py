@@ -23,6 +23,13 @@ Real kinds (REAL_KINDS):
   greek, script and symbols were added after the first recorded runs (issue 24); they draw from
   generators of their own, so every earlier kind's images stay byte-identical.
 
+Content-only kinds (CONTENT_KINDS): letters_mnist, greek_mnist, script_mnist, symbols_mnist are
+  the four glyph kinds drawn the same way (fresh draws, from generators of their own) and then
+  brought to MNIST's format (models.digit_format.to_mnist_format: crop, longer side 20 px,
+  centred by mass), the preprocessing every training digit went through. The glyph kinds above
+  differ from a digit in format as well as content (a 16-24 px glyph; a format test alone flags
+  them, docs/anomaly.md eleventh pass); these differ in content only, the harder question.
+
 Degenerate kinds (DEGENERATE_KINDS), the inputs reconstruction and likelihood scores call
 "most normal" (Nalisnick et al. 2019; Serra et al. 2020):
   blank         all zeros
@@ -42,8 +49,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from models.digit_format import to_mnist_format
+
 SIZE = 28
-REAL_KINDS = ("photo", "uci_digits", "letters", "mri", "greek", "script", "symbols")
+CONTENT_KINDS = ("letters_mnist", "greek_mnist", "script_mnist", "symbols_mnist")
+REAL_KINDS = ("photo", "uci_digits", "letters", "mri", "greek", "script", "symbols", *CONTENT_KINDS)
 DEGENERATE_KINDS = ("blank", "faint", "dot", "saturated", "uniform_noise")
 HELDOUT_KINDS = REAL_KINDS + DEGENERATE_KINDS
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -64,7 +74,9 @@ GLYPH_KINDS = {
     "symbols": (SYMBOLS, (*_FONT_FILES, "STIXGeneral.ttf", "STIXGeneralBol.ttf")),
 }
 # kinds added after the first recording: each draws from its own generator (seed, id)
-_OWN_STREAM = {"greek": 1, "script": 2, "symbols": 3}
+_OWN_STREAM = {"greek": 1, "script": 2, "symbols": 3} | {
+    kind: 4 + i for i, kind in enumerate(CONTENT_KINDS)
+}
 
 Builder = Callable[[np.random.Generator, int, np.ndarray], np.ndarray]
 
@@ -149,6 +161,15 @@ def _glyphs(kind: str) -> Builder:
     return build
 
 
+def _in_mnist_format(build: Builder) -> Builder:
+    """The same kind, brought to MNIST's format: only its content differs from a digit."""
+
+    def built(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
+        return to_mnist_format(build(rng, n, digits))[:, 0].astype(np.float64)
+
+    return built
+
+
 def _mri_crops(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
     return np.stack([_upload(_random_crop(rng, _mri(), 64)) for _ in range(n)])
 
@@ -186,6 +207,7 @@ _BUILDERS: dict[str, Builder] = {
     "greek": _glyphs("greek"),
     "script": _glyphs("script"),
     "symbols": _glyphs("symbols"),
+    **{f"{kind}_mnist": _in_mnist_format(_glyphs(kind)) for kind in GLYPH_KINDS},
     "blank": _blank,
     "faint": _faint,
     "dot": _dot,

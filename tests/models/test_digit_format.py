@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.digit_format import digit_format, format_distance, reference_side
+from models.digit_format import digit_format, format_distance, reference_side, to_mnist_format
 
 
 def _bar(top: int, left: int, height: int, width: int, value: float = 1.0) -> np.ndarray:
@@ -45,3 +45,25 @@ def test_real_digits_are_in_the_format(real_digits) -> None:
     assert np.mean(longer == 20) > 0.99 and np.percentile(offset, 99) < 1.5
     assert reference_side(images) == 20.0
     assert np.percentile(format_distance(images, 20.0), 95) < 0.15
+
+
+def test_to_mnist_format_resizes_the_ink_to_20_px_and_centres_it_by_mass() -> None:
+    # a small 8 x 4 bar in a corner, a wide 6 x 26 bar, and a blank image
+    images = np.concatenate([_bar(1, 1, 8, 4), _bar(10, 1, 6, 26), np.zeros((1, 1, 28, 28))])
+    out = to_mnist_format(images)
+    assert out.shape == (3, 1, 28, 28) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    longer, offset = digit_format(out[:2])
+    assert longer.tolist() == [20, 20] and (offset <= np.sqrt(0.5)).all()  # whole-pixel shift
+    assert not out[2].any()  # blank stays blank
+    tall = np.nonzero(out[0, 0].max(1) > 0.2)[0]  # aspect kept: 20 x 10 from 8 x 4
+    wide = np.nonzero(out[0, 0].max(0) > 0.2)[0]
+    assert len(tall) == 20 and len(wide) == 10
+
+
+def test_to_mnist_format_leaves_a_real_digit_in_its_format(real_digits) -> None:
+    """A digit already in the format stays there: the same box, within a pixel of the centre."""
+    images = real_digits[0][:200].numpy()
+    out = to_mnist_format(images)
+    assert np.percentile(format_distance(out, 20.0), 95) < 0.15
+    assert np.corrcoef(out.ravel(), images.ravel())[0, 1] > 0.8

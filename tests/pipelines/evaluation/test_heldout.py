@@ -7,8 +7,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from models.digit_format import to_mnist_format
 from pipelines.evaluation.anomalies import ANOMALY_KINDS
 from pipelines.evaluation.heldout import (
+    CONTENT_KINDS,
     DEGENERATE_KINDS,
     HELDOUT_KINDS,
     REAL_KINDS,
@@ -95,4 +97,24 @@ def test_kinds_added_later_leave_every_earlier_kind_byte_identical(base_uint8, b
     before, _ = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5, kinds=first)
     images, all_kinds = bench
     assert np.array_equal(images[np.isin(all_kinds, first)], before)
-    assert set(REAL_KINDS) - set(first) == {"greek", "script", "symbols"}
+    assert set(REAL_KINDS) - set(first) == {"greek", "script", "symbols", *CONTENT_KINDS}
+    # and the content-only kinds, added later still, leave the three before them unchanged
+    second = (*first[:4], "greek", "script", "symbols", *DEGENERATE_KINDS)
+    before, _ = build_heldout_benchmark(base_uint8, n_per_kind=12, seed=5, kinds=second)
+    assert np.array_equal(images[np.isin(all_kinds, second)], before)
+
+
+def test_content_only_kinds_are_fresh_glyphs_in_mnist_format(base_uint8, bench):
+    """letters_mnist & co. pass MNIST's format test like a digit (box 20 px, centred by mass)
+    and are not the glyph kinds' own images resized: only their content differs from a digit."""
+    from models.digit_format import digit_format, format_distance
+
+    images, kinds = bench
+    assert set(CONTENT_KINDS) <= set(REAL_KINDS)
+    for kind in CONTENT_KINDS:
+        group, plain = images[kinds == kind], images[kinds == kind.removesuffix("_mnist")]
+        longer, _ = digit_format(group)
+        assert ((longer >= 18) & (longer <= 20)).all(), (kind, longer)  # antialiased edges
+        assert np.median(format_distance(group, 20.0)) < 0.2, kind
+        assert np.median(format_distance(plain, 20.0)) > 1.0, kind  # the plain kind is not
+        assert not np.array_equal(to_mnist_format(plain), group), kind  # fresh draws
