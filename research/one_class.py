@@ -37,7 +37,7 @@ from pipelines.data.dataset import load_tensors
 from pipelines.evaluation.evaluator import score_images
 from pipelines.evaluation.metrics import auroc
 from pipelines.training.loop import TrainConfig, train
-from research.one_class_knn import KnnConfig, KnnScorer
+from research.one_class_knn import KnnConfig, KnnScorer, translations
 
 PUBLISHED = {
     "conv AE": 0.90,
@@ -107,14 +107,19 @@ ENCODER_KNN = "autoencoder-eknn"
 
 
 def encoder_knn_fitter(
-    model_cfg: dict[str, Any], cfg: TrainConfig, work_dir: Path, k: int = 10
+    model_cfg: dict[str, Any], cfg: TrainConfig, work_dir: Path, k: int = 10, shift: int = 0
 ) -> Fitter:
     """The anomaly champion's encoder-kNN view (models.ensemble `encoder_knn`) on one digit:
     the mean cosine distance to the `k` nearest of the digit's training images in the encoder
     trunk of the autoencoder trained on them (the same run as the `autoencoder` scorer's when
     both are asked for: its finished checkpoint resumes). Exhaustive fp32 search: a digit's
-    bank is small."""
+    bank is small. `shift` = s > 0: the minimum of that over the (2s+1)^2 whole-pixel
+    translations of the query (the pixel kNN's shift tolerance, in the encoder's space; costs
+    (2s+1)^2 encoder passes per image)."""
     from models.ensemble.model import encoder_features
+
+    if not 0 <= shift <= 4:
+        raise ValueError(f"shift must be in 0..4 pixels, got {shift!r}")
 
     def fit(digit: int, normals: Tensor, val_normals: Tensor) -> Callable[[Tensor], np.ndarray]:
         model = _trained("autoencoder", model_cfg, cfg, work_dir, digit, normals, val_normals)
@@ -124,12 +129,17 @@ def encoder_knn_fitter(
                               for i in range(0, len(normals), 256)])  # fmt: skip
         top = min(k, len(bank))
 
+        def distance(batch: Tensor) -> Tensor:
+            sims = encoder_features(model, batch) @ bank.T
+            return (1.0 - sims.topk(top, dim=1).values).mean(1)
+
         def score(images: Tensor) -> np.ndarray:
             out = []
             with torch.no_grad():
                 for i in range(0, len(images), 256):
-                    sims = encoder_features(model, images[i : i + 256]) @ bank.T
-                    out.append((1.0 - sims.topk(top, dim=1).values).mean(1))
+                    batch = images[i : i + 256]
+                    moved = translations(batch, shift) if shift else batch[None]
+                    out.append(torch.stack([distance(m) for m in moved]).min(0).values)
             return torch.cat(out).double().numpy()
 
         return score
@@ -321,11 +331,13 @@ def run_protocol(
     encoder_knn: int = 0,
     combine: str = "mean",
     ensemble_of: Sequence[str] = (),
+    encoder_knn_shift: int = 0,
 ) -> list[dict[str, Any]]:
     """The protocol for every seed: `base` maps a family to its (model config, train config),
     trained `steps` steps per digit; the kNN scorer (deterministic) runs once unless the
     ensemble needs it per seed. Seeds default to the first family's configured seed. With
-    `encoder_knn` = k > 0 (needs the autoencoder in `base`), the `autoencoder-eknn` scorer too.
+    `encoder_knn` = k > 0 (needs the autoencoder in `base`), the `autoencoder-eknn` scorer too
+    (query translations of up to `encoder_knn_shift` px: encoder_knn_fitter).
     `combine` and `ensemble_of`: one_class_run's."""
     if encoder_knn and "autoencoder" not in base:
         raise ValueError("encoder_knn reads the autoencoder's encoder: add the autoencoder family")
@@ -349,7 +361,9 @@ def run_protocol(
             )
             fitters[family] = family_fitter(family, model_cfg, run_cfg, work)
             if family == "autoencoder" and encoder_knn:
-                fitters[ENCODER_KNN] = encoder_knn_fitter(model_cfg, run_cfg, work, encoder_knn)
+                fitters[ENCODER_KNN] = encoder_knn_fitter(
+                    model_cfg, run_cfg, work, encoder_knn, encoder_knn_shift
+                )
         if fitters:
             results.extend(
                 one_class_run(

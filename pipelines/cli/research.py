@@ -72,6 +72,14 @@ from pipelines.cli.common import DATA_DIR, REPORTS, fail, params
     help="With --family autoencoder: also the anomaly champion's encoder-kNN view (mean cosine "
     "distance to this many nearest normals in the autoencoder's encoder; 0 = off).",
 )
+@click.option(
+    "--encoder-knn-shift",
+    type=click.IntRange(0, 4),
+    default=0,
+    show_default=True,
+    help="With --encoder-knn: the minimum over query translations of up to this many pixels "
+    "(like the pixel kNN's --knn-shift; (2s+1)^2 encoder passes per image).",
+)
 @click.option("--steps", type=int, default=600, show_default=True, help="Training steps per digit.")
 @click.option(
     "--threads",
@@ -111,6 +119,7 @@ def one_class_cmd(
     combine,
     ensemble_of,
     encoder_knn,
+    encoder_knn_shift,
     steps,
     threads,
     digits,
@@ -141,6 +150,8 @@ def one_class_cmd(
     if sorted(set(ensemble_of) - scorers):
         unknown = ", ".join(sorted(set(ensemble_of) - scorers))
         fail(f"--ensemble-of {unknown}: not a scorer of this run ({', '.join(sorted(scorers))})", 2)
+    if encoder_knn_shift and not encoder_knn:
+        fail("--encoder-knn-shift shifts the encoder-kNN's queries: add --encoder-knn K", 2)
     if encoder_knn and "autoencoder" not in families:
         fail("--encoder-knn reads the autoencoder's encoder: add --family autoencoder", 2)
     if threads:
@@ -158,6 +169,7 @@ def one_class_cmd(
         digits,
         data_dir,
         encoder_knn=encoder_knn,
+        encoder_knn_shift=encoder_knn_shift,
         combine=combine,
         ensemble_of=ensemble_of,
     )

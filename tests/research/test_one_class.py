@@ -182,6 +182,8 @@ def test_cli_rejects_bad_options(tiny_data, tmp_path) -> None:
         ["--knn-k", "0"],
         ["--seeds", "a,b"],
         ["--encoder-knn", "3"],
+        ["--family", "autoencoder", "--encoder-knn-shift", "1"],  # without --encoder-knn
+        ["--family", "autoencoder", "--encoder-knn", "3", "--encoder-knn-shift", "5"],
         ["--ensemble-of", "knn"],  # without --ensemble
         ["--ensemble", "--ensemble-of", "gan"],  # not a scorer of this run
         ["--ensemble", "--combine", "median"],
@@ -190,7 +192,8 @@ def test_cli_rejects_bad_options(tiny_data, tmp_path) -> None:
         result = runner.invoke(main, ["one-class", "--data-dir", str(tiny_data), *args])
         assert result.exit_code == 2, args
     help_text = runner.invoke(main, ["one-class", "--help"]).output
-    for option in ("--seeds", "--knn-k", "--knn-shift", "--ensemble", "--combine", "--ensemble-of"):
+    options = ("--seeds", "--knn-k", "--knn-shift", "--ensemble", "--combine", "--ensemble-of")
+    for option in (*options, "--encoder-knn-shift"):
         assert option in help_text
 
 
@@ -254,3 +257,11 @@ def test_the_encoder_knn_scorer_reads_the_autoencoder_trained_on_the_digit(
     noise = score(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
     assert own.shape == (len(normals),) and np.abs(own).max() < 1e-5
     assert noise.min() > own.max()
+    # with query translations: the minimum over the 9 shifts, so never above the unshifted
+    # distance, and a normal moved by a pixel is (nearly) back at its own neighbour
+    shifted = encoder_knn_fitter(model_cfg, cfg, tmp_path, k=1, shift=1)(7, normals, normals[:6])
+    moved = torch.roll(normals, 1, dims=-1)
+    assert (shifted(moved) <= score(moved) + 1e-6).all()
+    assert np.median(shifted(moved)) < np.median(score(moved))
+    with pytest.raises(ValueError, match="shift"):
+        encoder_knn_fitter(model_cfg, cfg, tmp_path, k=1, shift=5)
