@@ -3,11 +3,19 @@
 The bundle layout and its metadata live in `models.bundle` (shared with the pipeline that
 writes it). `load_bundle` refuses (ValueError) a bundle whose weights do not match the
 recorded sha256.
+
+Roles that serve the same network share one copy of it and one lock: the same bundle (the
+bundle cache), and also a family's bundle and the same network inside an ensemble (its member;
+`network_digests`). The anomaly champion's ensemble carries the GAN with its feature bank
+(~220 MB), which `families/gan` serves as well: one copy, not two.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +35,8 @@ from models.bundle import (  # noqa: F401  (re-exported for serving's callers)
     write_meta,
 )
 from models.calibration import Calibration
-from models.io import load_model, sha256_file
-from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES
+from models.io import load_model, read_config, sha256_file
+from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES, WEIGHTS_FILE
 from serving.admission import Cancelled, CostEstimate
 from serving.errors import BadInput
 
@@ -182,11 +190,80 @@ def model_executor(torch_threads: int = 0, workers: int = 4) -> ThreadPoolExecut
     )
 
 
-def load_bundle(directory: Path, cache: dict[tuple[str, str], Any] | None = None) -> ServedModel:
+log = logging.getLogger("genops.serving")
+NETWORK = "network"  # the bundle cache's keys for one network: (NETWORK, its digest)
+_CHUNK = 1 << 24  # bytes hashed at a time: a digest never holds a whole weights file
+
+
+def network_digests(directory: Path) -> dict[str | None, str]:
+    """The networks in a bundle's weights, by content: {None: digest} for a family's bundle,
+    {member: digest} for an ensemble's (its `members.<member>.*` tensors). A digest is the
+    sha256 of the family, the config and every tensor (name within its network, dtype, shape,
+    bytes), read from the safetensors file a chunk at a time without loading it: equal
+    digests, interchangeable networks, whichever bundle they came from."""
+    directory = Path(directory)
+    payload = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    with weights.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        start = 8 + size
+        if payload["family"] == "ensemble":
+            members = payload["config"]["members"]
+            nets = {m: (members[m], f"members.{m}.") for m in members}
+        else:
+            nets = {None: (payload["config"], "")}
+        out: dict[str | None, str] = {}
+        for name, (config, prefix) in nets.items():
+            family = payload["family"] if name is None else name
+            h = hashlib.sha256(
+                json.dumps({"family": family, "config": config}, sort_keys=True).encode()
+            )
+            for key in sorted(k for k in header if k.startswith(prefix)):
+                entry = header[key]
+                h.update(f"|{key[len(prefix) :]}|{entry['dtype']}|{entry['shape']}|".encode())
+                begin, end = entry["data_offsets"]
+                f.seek(start + begin)
+                for at in range(begin, end, _CHUNK):
+                    h.update(f.read(min(_CHUNK, end - at)))
+            out[name] = h.hexdigest()
+    return out
+
+
+def _shared(
+    directory: Path, load: Callable[[], GenerativeModel], cache: dict[Any, Any]
+) -> tuple[GenerativeModel, Any]:
+    """A bundle's model and the lock its roles call it under, sharing any network another
+    role already loaded: a family served on its own and as an ensemble's member is one module
+    under one lock. A family's bundle whose network is known is not loaded at all; an ensemble
+    takes in the known members that share one lock (and uses that lock), so that no network
+    is ever called under two locks. Every network loaded here is added to `cache`."""
+    digests = network_digests(directory)
+    if None in digests:
+        key = (NETWORK, digests[None])
+        if key not in cache:
+            cache[key] = (load(), threading.Lock())
+        return cache[key]
+    model, lock = load(), None
+    members = model.members
+    for name, digest in digests.items():
+        known = cache.get((NETWORK, digest))
+        if known is not None and lock in (None, known[1]):
+            members[name], lock = known
+            log.info("%s: ensemble member %s shares the network of another role", directory, name)
+    lock = lock or threading.Lock()
+    for name, digest in digests.items():
+        cache.setdefault((NETWORK, digest), (members[name], lock))
+    return model, lock
+
+
+def load_bundle(directory: Path, cache: dict[Any, Any] | None = None) -> ServedModel:
     """Verify and load a bundle. Raises ValueError/FileNotFoundError when it cannot be served.
 
     `cache` (keyed by weights + config hash) lets several roles that point at the same
-    artifacts share one network and one lock.
+    artifacts share one network and one lock; it also holds every network loaded, so that a
+    family and an ensemble that carries it as a member share one (`network_digests`).
     """
     directory = Path(directory)
     meta = read_meta(directory)
@@ -196,9 +273,12 @@ def load_bundle(directory: Path, cache: dict[tuple[str, str], Any] | None = None
         verify_weights(directory, meta.weights_sha256)
         model, lock, costs = cache[key]
     else:
-        model = load_model(directory, expected_sha256=meta.weights_sha256)
-        lock, costs = threading.Lock(), CostEstimate()
-        if cache is not None:
+        costs = CostEstimate()
+        if cache is None:
+            model, lock = load_model(directory, meta.weights_sha256), threading.Lock()
+        else:
+            verify_weights(directory, meta.weights_sha256)
+            model, lock = _shared(directory, lambda: load_model(directory), cache)
             cache[key] = (model, lock, costs)
     if meta.family != model.family:
         raise ValueError(f"{directory}: meta.family {meta.family!r} but config is {model.family!r}")

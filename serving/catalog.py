@@ -170,7 +170,7 @@ def load_catalog(source: ModelSource, required: tuple[str, ...] = REQUIRED_ROLES
         )
     roles: dict[str, ServedModel] = {}
     errors: dict[str, str] = {}
-    cache: dict[tuple[str, str], Any] = {}
+    cache: dict[Any, Any] = {}
     for role, reason in sorted(snapshot.errors.items()):
         reason = redact_text(reason)
         log.error("REFUSING to serve %s: %s", role, reason)
@@ -218,9 +218,7 @@ def _probe_costs(roles: Mapping[str, ServedModel]) -> None:
             log.warning("could not time %s: %s", role, exc)
 
 
-def _load_role(
-    snapshot: Snapshot, role: str, path: Path, cache: dict[tuple[str, str], Any]
-) -> ServedModel:
+def _load_role(snapshot: Snapshot, role: str, path: Path, cache: dict[Any, Any]) -> ServedModel:
     """Load one bundle; refuse it unless it is the version the source said it would be."""
     served = load_bundle(path, cache)
     expected = snapshot.expected.get(role)

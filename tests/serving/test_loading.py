@@ -205,3 +205,44 @@ def test_serving_imports_neither_pipelines_nor_mlflow():
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_family_and_the_ensemble_that_carries_it_share_one_network(tmp_path, real_digits):
+    """The anomaly champion's ensemble carries the GAN (and its feature bank); families/gan
+    serves the same network: loaded once, called under one lock, scoring as if loaded alone.
+    A network that only looks alike (another seed) is not shared."""
+    from models.ensemble import fit_ensemble
+    from serving.bundle import network_digests
+    from tests.models.contract import make, make_scoring
+    from tests.serving.conftest import CALIB, write_role
+
+    images = real_digits[0]
+    members = {f: make_scoring(f, images[:300]) for f in ("autoencoder", "gan")}
+    ensemble = fit_ensemble(members, images[CALIB][:96], 0.05, 0.01, 0.01)
+    calib = images[CALIB][96:160]
+    write_role(tmp_path, "anomaly", ensemble, calib, "genops-anomaly", "4", ["anomaly"])
+    write_role(tmp_path, "families/gan", members["gan"], calib, "genops-gan", "2", [])
+    other = make("autoencoder", seed=1).eval()  # same family and config, other weights
+    write_role(tmp_path, "families/autoencoder", other, calib, "genops-autoencoder", "3", [])
+    write_role(tmp_path, "generation", other, calib, "genops-generation", "1", ["generation"])
+
+    catalog = load_catalog(DirSource(tmp_path))
+    assert catalog.ready and not catalog.errors
+    anomaly, gan = catalog.roles["anomaly"], catalog.roles["families/gan"]
+    assert gan.model is anomaly.model.members["gan"] and gan.lock is anomaly.lock
+    digests = network_digests(tmp_path / "anomaly")
+    assert set(digests) == {"autoencoder", "gan"}
+    assert network_digests(tmp_path / "families/gan") == {None: digests["gan"]}
+    assert network_digests(tmp_path / "families/autoencoder")[None] != digests["autoencoder"]
+    auto = catalog.roles["families/autoencoder"]
+    assert auto.model is not anomaly.model.members["autoencoder"] and auto.lock is not anomaly.lock
+    assert auto.model is catalog.roles["generation"].model  # the same bundle, as before
+
+    # scores are what each bundle gives when loaded on its own
+    probe = torch.cat([images[4500:4506], torch.rand(2, 1, 28, 28)])
+    for role in ("anomaly", "families/gan"):
+        alone = load_bundle(tmp_path / role)
+        with torch.no_grad():
+            want = alone.model.anomaly_score(probe).double().numpy()
+            got = catalog.roles[role].model.anomaly_score(probe).double().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
