@@ -250,15 +250,16 @@ def main() -> None:
             server = Server(f"dir:{bundle}", batching, tmp_path)
             try:
                 rows += bench_server(server, label, images, args)
-                memory[label] = server.peak_rss_mb()
+                memory[label] = (*server.peak_rss_mb(), *server.rss_mb())
             finally:
                 server.stop()
     print(markdown(rows))
     print()
-    for label, (worker, tree) in memory.items():
+    for label, (worker, tree, worker_now, tree_now) in memory.items():
         print(
             f"- peak RSS, batching {label}: largest process {worker:.0f} MiB, "
-            f"server process tree {tree:.0f} MiB"
+            f"server process tree {tree:.0f} MiB; resident after the run: largest process "
+            f"{worker_now:.0f} MiB, tree {tree_now:.0f} MiB"
         )
     print(
         f"- torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, "

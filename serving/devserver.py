@@ -119,21 +119,30 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def peak_rss_mb(self) -> tuple[float, float]:
-        """(largest single process, whole tree) peak resident set size, MiB (Linux VmHWM)."""
+        """(largest single process, whole tree) peak resident set size, MiB (Linux VmHWM):
+        what the server ever held, the model load's transient included."""
+        return self._rss_mb("VmHWM")
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(largest single process, whole tree) resident set size now, MiB (Linux VmRSS):
+        what a running server holds."""
+        return self._rss_mb("VmRSS")
+
+    def _rss_mb(self, field: str) -> tuple[float, float]:
         import psutil
 
-        peaks = []
+        sizes = []
         root = psutil.Process(self.proc.pid)
         for proc in [root, *root.children(recursive=True)]:
             try:
                 status = Path(f"/proc/{proc.pid}/status").read_text()
                 kb = next(
-                    int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+                    int(line.split()[1]) for line in status.splitlines() if line.startswith(field)
                 )
             except (OSError, StopIteration):
                 kb = proc.memory_info().rss // 1024
-            peaks.append(kb / 1024)
-        return max(peaks), sum(peaks)
+            sizes.append(kb / 1024)
+        return max(sizes), sum(sizes)
 
     def __enter__(self) -> ServeProcess:
         """Ready to serve (stopped again if it never gets ready)."""

@@ -340,3 +340,12 @@ def test_the_served_score_ranks_the_tuned_suite_above_test_normals(server, real_
         calibrated_auroc,
         raw_auroc,
     )
+
+
+def test_the_server_reports_its_resident_and_peak_memory(server):
+    """What benchmarks quote: resident now (VmRSS) and the peak (VmHWM) of the process tree,
+    per process never above its own peak, and within the 2 GiB a running service may hold."""
+    worker_now, tree_now = server.rss_mb()
+    worker_peak, tree_peak = server.peak_rss_mb()
+    assert 0 < worker_now <= tree_now < 2048
+    assert worker_now <= worker_peak and tree_now <= tree_peak
