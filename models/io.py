@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from models.base import GenerativeModel
@@ -113,9 +112,70 @@ def load_model(directory: Path, expected_sha256: str | None = None) -> Generativ
                 f"weights checksum mismatch for {weights}: expected {expected_sha256}, got {actual}"
             )
     model = build_model(payload["family"], payload["config"])
-    model.load_state_dict(load_file(weights, device="cpu"), strict=True)
+    load_weights_streamed(model, weights)
     model.eval()
     return model
+
+
+# safetensors' dtype names -> torch's (the ones a state dict of ours can hold)
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
+    """`model.load_state_dict(load_file(weights), strict=True)`, one tensor at a time: each is
+    read from the file, copied into the module (whose layout it keeps, so outputs are
+    bit-identical) and dropped before the next, so a load holds the module plus one tensor,
+    not the module plus the whole file (a 542 MB ensemble peaked at twice its size).
+
+    Raises ValueError when the file is not a safetensors file of exactly this state dict."""
+    weights = Path(weights)
+    total = weights.stat().st_size
+    with weights.open("rb") as f:
+        try:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= total - 8:
+                raise ValueError(f"header length {size} does not fit a {total}-byte file")
+            header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{weights}: not a safetensors file: {exc}") from exc
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights}: does not match the {type(model).__name__} it configures: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        start = 8 + size
+        for key in sorted(header, key=lambda k: header[k]["data_offsets"][0]):
+            entry = header[key]
+            dtype, shape = _DTYPES.get(entry["dtype"]), tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
+            count = int(torch.Size(shape).numel())
+            if dtype is None or not 0 <= begin <= end <= total - start:
+                raise ValueError(f"{weights}: tensor {key!r} has a bad dtype or offsets")
+            if end - begin != count * torch.empty(0, dtype=dtype).element_size():
+                raise ValueError(f"{weights}: tensor {key!r} has {end - begin} bytes for {shape}")
+            f.seek(start + begin)
+            data = bytearray(f.read(end - begin))
+            tensor = (
+                torch.frombuffer(data, dtype=dtype).reshape(shape)
+                if count
+                else torch.empty(shape, dtype=dtype)
+            )
+            model.load_state_dict({key: tensor}, strict=False)
+            del data, tensor
 
 
 def load_extra(directory: Path) -> dict[str, Any]:
