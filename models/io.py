@@ -132,6 +132,24 @@ _DTYPES = {
 }
 
 
+def safetensors_header(f: Any, path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's tensor table ({name: {"dtype", "shape", "data_offsets"}}, without
+    its metadata) and the offset where the tensors' bytes start, read from the open binary file
+    `f` (left after the header). ValueError when `path` is not a safetensors file."""
+    total = Path(path).stat().st_size
+    try:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= total - 8:
+            raise ValueError(f"header length {size} does not fit a {total}-byte file")
+        header = json.loads(f.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a table")
+        header.pop("__metadata__", None)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a safetensors file: {exc}") from exc
+    return header, 8 + size
+
+
 def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
     """`model.load_state_dict(load_file(weights), strict=True)`, one tensor at a time: each is
     read from the file, copied into the module (whose layout it keeps, so outputs are
@@ -142,14 +160,7 @@ def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
     weights = Path(weights)
     total = weights.stat().st_size
     with weights.open("rb") as f:
-        try:
-            size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= total - 8:
-                raise ValueError(f"header length {size} does not fit a {total}-byte file")
-            header = json.loads(f.read(size))
-            header.pop("__metadata__", None)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{weights}: not a safetensors file: {exc}") from exc
+        header, start = safetensors_header(f, weights)
         expected = set(model.state_dict())
         missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
         if missing or unexpected:
@@ -157,7 +168,6 @@ def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
                 f"{weights}: does not match the {type(model).__name__} it configures: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        start = 8 + size
         for key in sorted(header, key=lambda k: header[k]["data_offsets"][0]):
             entry = header[key]
             dtype, shape = _DTYPES.get(entry["dtype"]), tuple(entry["shape"])

@@ -35,7 +35,7 @@ from models.bundle import (  # noqa: F401  (re-exported for serving's callers)
     write_meta,
 )
 from models.calibration import Calibration
-from models.io import load_model, read_config, sha256_file
+from models.io import load_model, read_config, safetensors_header, sha256_file
 from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES, WEIGHTS_FILE
 from serving.admission import Cancelled, CostEstimate
 from serving.errors import BadInput
@@ -205,10 +205,7 @@ def network_digests(directory: Path) -> dict[str | None, str]:
     payload = read_config(directory)
     weights = directory / WEIGHTS_FILE
     with weights.open("rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        header.pop("__metadata__", None)
-        start = 8 + size
+        header, start = safetensors_header(f, weights)
         if payload["family"] == "ensemble":
             members = payload["config"]["members"]
             nets = {m: (members[m], f"members.{m}.") for m in members}
