@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.base import ModelConfig, require
+from models.gan.negatives import NEGATIVES
 
 OBJECTIVES = ("dcgan", "wgan-gp")
 SCORES = ("izif", "dknn")
@@ -39,6 +40,10 @@ class GANConfig(ModelConfig):
     score_k: int = 10
     score_coarse_dims: int = 128  # dknn search: the coarse index's dimensions
     score_candidates: int = 256  # dknn search: rows the coarse index hands to the exact cosine
+    # negative data augmentation (models/gan/negatives.py): real digits rearranged ("jigsaw",
+    # "stitch") shown to D as fakes beside G's, their loss weighted by negative_weight; () = off
+    negatives: tuple[str, ...] = ()
+    negative_weight: float = 1.0
     label_loss_weight: float = 0.1  # conditional only: encoder label cross-entropy weight
     ema_decay: float = 0.999  # EMA of G used for sampling and scoring; 0 disables
     monitor_every: int = 50  # steps between mode-collapse (diversity) checks
@@ -102,6 +107,15 @@ class GANConfig(ModelConfig):
             isinstance(self.score_candidates, int) and self.score_candidates >= self.score_k,
             f"score_candidates must be an int >= score_k ({self.score_k}), "
             f"got {self.score_candidates!r}",
+        )
+        require(
+            isinstance(self.negatives, tuple)
+            and all(k in NEGATIVES for k in self.negatives)
+            and len(set(self.negatives)) == len(self.negatives),
+            f"negatives must be distinct kinds of {NEGATIVES}, got {self.negatives!r}",
+        )
+        require(
+            self.negative_weight > 0.0, f"negative_weight must be > 0, got {self.negative_weight!r}"
         )
         require(
             self.label_loss_weight >= 0.0,

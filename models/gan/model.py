@@ -31,6 +31,7 @@ from models.gan.monitors import (
     mode_collapse_warning,
     oscillation_warning,
 )
+from models.gan.negatives import negative_batch
 from models.gan.neighbours import coarse_index, mean_cosine_distance
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
@@ -40,6 +41,7 @@ from models.gan.objectives import (
     generator_loss,
     gradient_penalty,
     izif_residual,
+    negative_loss,
 )
 from models.imaging import to_signed, to_unit
 from models.tensors import NUM_CLASSES, bf16_autocast, check_images, check_labels, to_channels_last
@@ -163,6 +165,12 @@ class GAN(GenerativeModel):
             real_out, fake_out = self.d(x, y), self.d(fake.detach(), y)
             d_loss = discriminator_loss(cfg.objective, real_out.logits, fake_out.logits)
             d_total = d_loss
+            if cfg.negatives:  # negative data augmentation: rearranged real digits as fakes
+                negatives = negative_batch(x, cfg.negatives, generator)
+                negatives = to_channels_last(negatives, cfg.channels_last)
+                neg_logits = self.d(negatives, y).logits
+                neg_loss = negative_loss(cfg.objective, neg_logits)
+                d_total = d_total + cfg.negative_weight * neg_loss
             if cfg.objective == "wgan-gp":
                 gp = gradient_penalty(lambda v: self.d(v, y).logits, x, fake.detach(), generator)
                 d_total = d_loss + cfg.gp_weight * gp
@@ -176,6 +184,9 @@ class GAN(GenerativeModel):
         logs |= {"d_fake": d_fake, "d_gap": d_real - d_fake}
         if cfg.objective == "wgan-gp":
             logs["gp"] = gp.item()
+        if cfg.negatives:
+            logs["d_negative"] = discriminator_probs(cfg.objective, neg_logits).item()
+            logs["d_neg_loss"] = neg_loss.item()
         if step % cfg.critic_steps == 0:
             with frozen(self.d, eval_mode=False), self._autocast():  # D keeps batch statistics
                 g_loss = generator_loss(cfg.objective, self.d(fake, y).logits)

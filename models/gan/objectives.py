@@ -24,6 +24,15 @@ def discriminator_loss(objective: str, real_logits: Tensor, fake_logits: Tensor)
     return real + fake
 
 
+def negative_loss(objective: str, negative_logits: Tensor) -> Tensor:
+    """D's loss on negative-augmented reals, which it must call fake: BCE towards 0 for dcgan,
+    the mean critic value for wgan-gp (pushed down like a fake's)."""
+    if objective == "wgan-gp":
+        return negative_logits.float().mean()
+    target = torch.zeros_like(negative_logits)
+    return F.binary_cross_entropy_with_logits(negative_logits.float(), target)
+
+
 def generator_loss(objective: str, fake_logits: Tensor) -> Tensor:
     """Non-saturating -log D(G(z)) for dcgan; -critic(G(z)) for wgan-gp."""
     if objective == "wgan-gp":

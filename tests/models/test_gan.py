@@ -310,3 +310,67 @@ def test_the_trainer_fits_the_bank_on_the_training_images(real_digits, tmp_path)
     again = train("gan", TINY["gan"], cfg, (images, labels), (images[:32], labels[:32]), tmp_path)
     assert again.resumed_from == 4  # a finished run resumed: the same bank, fitted again
     assert torch.equal(again.model.score_bank, result.model.score_bank)
+
+
+# ---- negative data augmentation (models/gan/negatives.py) ---------------------------------
+def test_jigsaw_moves_every_quadrant_set_and_keeps_the_pixels():
+    from models.gan.negatives import jigsaw
+
+    x = torch.rand(64, 1, 28, 28)
+    out = jigsaw(x, torch.Generator().manual_seed(0))
+    for img, src in zip(out, x, strict=True):
+        quads = [src[:, r : r + 14, c : c + 14] for r in (0, 14) for c in (0, 14)]
+        got = [img[:, r : r + 14, c : c + 14] for r in (0, 14) for c in (0, 14)]
+        order = [next(j for j, q in enumerate(quads) if torch.equal(g, q)) for g in got]
+        assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+
+
+def test_stitch_joins_halves_of_two_digits():
+    from models.gan.negatives import stitch
+
+    x = torch.rand(32, 1, 28, 28)
+    out = stitch(x, torch.Generator().manual_seed(1))
+    partner = x.roll(1, dims=0)
+    for img, a, b in zip(out, x, partner, strict=True):
+        left_right = torch.equal(img[..., :14], a[..., :14]) and torch.equal(
+            img[..., 14:], b[..., 14:]
+        )
+        top_bottom = torch.equal(img[:, :14], a[:, :14]) and torch.equal(img[:, 14:], b[:, 14:])
+        assert left_right or top_bottom
+    assert not torch.equal(out, x)
+
+
+def test_negative_batch_mixes_the_kinds_and_refuses_unknown_ones():
+    from models.gan.negatives import jigsaw, negative_batch, stitch
+
+    x = torch.rand(64, 1, 28, 28)
+    out = negative_batch(x, ("jigsaw", "stitch"), torch.Generator().manual_seed(2))
+    assert out.shape == x.shape
+    g = torch.Generator().manual_seed(2)
+    which = torch.randint(0, 2, (64,), generator=g)
+    assert torch.equal(out[which == 0], jigsaw(x, g)[which == 0])
+    assert torch.equal(out[which == 1], stitch(x, g)[which == 1])
+    with pytest.raises(ValueError, match="cutout"):
+        negative_batch(x, ("cutout",), None)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("negatives", ("cutout",)), ("negatives", ("jigsaw", "jigsaw")), ("negative_weight", 0.0)],
+)
+def test_negatives_config_is_validated(key, value):
+    with pytest.raises(ValueError, match=key):
+        GANConfig.from_dict({key: value})
+
+
+def test_negatives_train_d_to_call_them_fake(small_batch):
+    images, labels = small_batch
+    plain = tiny_gan(encoder_start_step=100, lr=1e-3)
+    logs_plain, _, _ = run_steps(plain, images, labels, range(3), seed=0)
+    assert "d_negative" not in logs_plain[-1]
+    model = tiny_gan(encoder_start_step=100, lr=1e-3, negatives=("jigsaw", "stitch"))
+    assert GANConfig.from_dict({"negatives": ["jigsaw"]}).negatives == ("jigsaw",)  # YAML list
+    logs, _, _ = run_steps(model, images, labels, range(12), seed=0)
+    assert all(0.0 < e["d_negative"] < 1.0 and e["d_neg_loss"] > 0 for e in logs)
+    assert logs[-1]["d_negative"] < logs[0]["d_negative"]  # D learns to reject them
+    assert logs[-1]["loss"] > logs[-1]["d_loss"]  # the negatives' loss is in D's total
