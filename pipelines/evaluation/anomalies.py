@@ -209,8 +209,11 @@ def build_anomaly_suite(
     rng = np.random.default_rng(seed)
     images, names = [], []
     for kind in kinds:
-        pool = pools.get(kind, digits.shape[0])
-        idx = rng.choice(pool, size=n_per_kind, replace=np.size(pool) < n_per_kind)
+        pool = pools.get(kind)  # a content kind's digits; every other kind draws from all
+        if pool is None:
+            idx = rng.choice(digits.shape[0], size=n_per_kind, replace=digits.shape[0] < n_per_kind)
+        else:
+            idx = rng.choice(pool, size=n_per_kind, replace=pool.size < n_per_kind)
         images.append(np.clip(_BUILDERS[kind](rng, digits[idx]), 0.0, 1.0))
         names.extend([kind] * n_per_kind)
     out = np.concatenate(images).astype(np.float32)[:, None]
