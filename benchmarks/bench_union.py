@@ -1,0 +1,138 @@
+"""Which union of tests should the anomaly ensemble serve, now that the tuned suite asks the
+content question? (issue 24, a thirteenth pass; docs/anomaly.md "Thirteenth pass").
+
+The served ensemble is max(GAN Dknn, encoder kNN, format): a union of three tests, each
+calibrated on validation normals. On the content-only kinds the GAN's Dknn alone is ahead of it
+(the other two tests spend part of the false-positive budget without seeing content). With the
+content proxy in the tuned suite (`mirrored`, `upside_down`: pipelines/evaluation/anomalies.py)
+the choice between unions can be made on the tuned suite.
+
+Each variant is the product's ensemble (models.ensemble.fit_ensemble, fitted on validation
+normals, the training split as the views' reference) built from the run's trained models with
+one setting of params.yaml `ensemble` changed, and measured as evaluation measures a family
+(detection_metrics):
+
+  served         max(Dknn, Eknn, format)   (params.yaml as it is)
+  no-eknn        max(Dknn, format)         encoder_knn 0, members [gan]
+  no-format      max(Dknn, Eknn)           format_test false
+  mean           mean(Dknn, Eknn, format)  combine mean
+
+The rule, fixed before the first run: the highest tuned-suite mean AUROC (its ten kinds, the
+content proxy included); a product change only if it beats `served` by at least 0.001. The
+held-out benchmark is printed once, beside, and never chooses.
+
+    .venv/bin/python benchmarks/bench_union.py --models artifacts/models --data-dir data
+
+Not a test: it reads a finished run's models and data. Prints time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.ensemble import fit_ensemble
+from models.io import load_model
+from pipelines.data.dataset import SPLITS, load_tensors
+from pipelines.evaluation.anomalies import ANOMALY_KINDS
+from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, scored_normals
+from pipelines.evaluation.heldout import REAL_KINDS
+from pipelines.settings import load_params, section
+from pipelines.stages.ensemble import EnsembleParams
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "served": {},
+    "no-eknn": {"encoder_knn": 0, "members": ("gan",), "view_only": ()},
+    "no-format": {"format_test": False},
+    "mean": {"combine": "mean"},
+}
+
+
+def build(settings: EnsembleParams, models: Path, splits: dict, cfg: EvalConfig) -> Any:
+    members = {f: load_model(models / f).eval() for f in settings.members}
+    return fit_ensemble(
+        members,
+        splits["val"][0],
+        cfg.target_fpr,
+        cfg.anomaly_low_fpr,
+        cfg.anomaly_energy_fpr,
+        combine=settings.combine,
+        sampler=settings.sampler,
+        batch_size=cfg.score_batch_size,
+        encoder_knn=settings.encoder_knn,
+        train_images=splits["train"][0],
+        view_only=settings.view_only,
+        format_test=settings.format_test,
+    ).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write every metric here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    params = load_params(args.params)
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
+    base = section(params, "ensemble")
+    splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
+    scored = scored_normals(splits, cfg)
+    results: dict[str, dict[str, float]] = {}
+    for name in args.variants:
+        t0 = time.perf_counter()
+        settings = EnsembleParams.from_dict(base | VARIANTS[name])
+        model = build(settings, args.models, splits, cfg)
+        fitted = time.perf_counter() - t0
+
+        def score(images: np.ndarray, model: Any = model) -> np.ndarray:
+            with torch.no_grad():
+                parts = [model.anomaly_score(torch.from_numpy(images[i : i + 500]))
+                         for i in range(0, len(images), 500)]  # fmt: skip
+            return torch.cat(parts).double().numpy()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics, _ = detection_metrics(score, scored, cfg, Path(tmp))
+        results[name] = metrics | {"fit_s": fitted, "seconds": time.perf_counter() - t0}
+        print(f"{name}: tuned {metrics['suite_auroc_mean']:.4f} "
+              f"({results[name]['seconds']:.0f} s)", flush=True)  # fmt: skip
+    chosen = max(results, key=lambda n: results[n]["suite_auroc_mean"])
+    content = [k for k in ANOMALY_KINDS if k in ("mirrored", "upside_down")]
+    kinds = [k for k in REAL_KINDS if f"heldout_auroc/{k}" in results[chosen]]
+    head = ["variant", "tuned mean (chooses)", *content, "test FPR", "gate metric",
+            *[f"{k} (flagged)" for k in kinds]]  # fmt: skip
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for name, m in results.items():
+        tuned = [f"{m[f'anomaly_auroc/{k}']:.3f} ({m[f'anomaly_tpr/{k}']:.0%})" for k in content]
+        held = [f"{m[f'heldout_auroc/{k}']:.3f} ({m[f'heldout_tpr/{k}']:.0%})" for k in kinds]
+        cells = [f"{m['suite_auroc_mean']:.4f}", *tuned, f"{m['test_fpr']:.3f}",
+                 f"{m['anomaly_auroc_mean']:.4f}", *held]  # fmt: skip
+        print(f"| {'**' + name + '**' if name == chosen else name} | " + " | ".join(cells) + " |")
+    gain = (
+        results[chosen]["suite_auroc_mean"]
+        - results.get("served", results[chosen])["suite_auroc_mean"]
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    wall = time.perf_counter() - start
+    print(f"\nchosen: {chosen} (+{gain:.4f} tuned over served; a product change needs >= "
+          f"0.001); wall {wall:.0f} s, peak RSS {rss:.2f} GB")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"chosen": chosen, "wall_s": wall, "peak_rss_gb": rss,
+                                         "results": results}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
