@@ -29,6 +29,12 @@ A second pass (`--weight`, fixed before its run, after the first pass's held-out
 chosen `jigsaw+stitch` with negative_weight 2 and 4 against 1, by the same rule (a heavier
 weight replaces 1 only if it beats it by at least 0.002).
 
+A third pass (`--set`, `--steps`, fixed before its run, after the second): more of D, with the
+served negatives at weight 1: `--set d_width=64` (twice the discriminator's channels) and
+`--steps 3600 --set encoder_start_step=3300` (twice the G/D steps), by the same rule against the
+served negatives (a variant replaces them only if it beats their choice mean by at least 0.002
+and the served process stays under 2 GiB).
+
     .venv/bin/python benchmarks/bench_negatives.py --data-dir data --seeds 0 1 --threads 2
 
 Not a test: it trains. Prints time and peak RSS.
@@ -46,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from models.calibration import Calibration
 from pipelines.data.dataset import SPLITS, load_tensors
@@ -111,6 +118,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--weight", type=float, default=1.0, help="negative_weight")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a GAN model setting for every variant (repeatable; YAML values)",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="write every metric here")
     args = parser.parse_args()
@@ -118,6 +130,12 @@ def main() -> None:
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     gan = section(params, "gan")
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
     train_cfg = {**section(params, "train"), **(gan.get("train") or {})}
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     proxy = content_proxy(splits["test"], cfg.anomaly_per_kind, seed=0)
@@ -125,9 +143,10 @@ def main() -> None:
     for name in args.variants:
         for seed in args.seeds:
             extra = VARIANTS[name] | ({"negative_weight": args.weight} if VARIANTS[name] else {})
-            model_cfg = dict(gan.get("model") or {}) | extra
+            model_cfg = dict(gan.get("model") or {}) | extra | overrides
+            steps = {"steps": args.steps} if args.steps else {}
             tcfg = TrainConfig.from_dict(
-                train_cfg | {"seed": seed, "progress": False, "num_threads": args.threads}
+                train_cfg | steps | {"seed": seed, "progress": False, "num_threads": args.threads}
             )
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as ckpt:
