@@ -173,7 +173,7 @@ class GAN(GenerativeModel):
                 d_total = d_total + cfg.negative_weight * neg_loss
             if cfg.objective == "wgan-gp":
                 gp = gradient_penalty(lambda v: self.d(v, y).logits, x, fake.detach(), generator)
-                d_total = d_loss + cfg.gp_weight * gp
+                d_total = d_total + cfg.gp_weight * gp
         optimizers["d"].zero_grad(set_to_none=True)
         d_total.backward()
         optimizers["d"].step()

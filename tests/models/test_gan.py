@@ -374,3 +374,12 @@ def test_negatives_train_d_to_call_them_fake(small_batch):
     assert all(0.0 < e["d_negative"] < 1.0 and e["d_neg_loss"] > 0 for e in logs)
     assert logs[-1]["d_negative"] < logs[0]["d_negative"]  # D learns to reject them
     assert logs[-1]["loss"] > logs[-1]["d_loss"]  # the negatives' loss is in D's total
+
+
+def test_wgan_gp_keeps_the_negatives_loss_beside_its_gradient_penalty(small_batch):
+    images, labels = small_batch
+    model = tiny_gan(objective="wgan-gp", encoder_start_step=100, negatives=("stitch",))
+    logs, _, _ = run_steps(model, images, labels, range(2), seed=0)
+    for entry in logs:  # the critic's total: its loss, the penalty and the negatives' term
+        expected = entry["d_loss"] + model.config.gp_weight * entry["gp"] + entry["d_neg_loss"]
+        assert entry["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
