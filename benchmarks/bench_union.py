@@ -7,10 +7,10 @@ calibrated on validation normals. On the content-only kinds the GAN's Dknn alone
 content proxy in the tuned suite (`mirrored`, `upside_down`: pipelines/evaluation/anomalies.py)
 the choice between unions can be made on the tuned suite.
 
-Each variant is the product's ensemble (models.ensemble.fit_ensemble, fitted on validation
-normals, the training split as the views' reference) built from the run's trained models with
-one setting of params.yaml `ensemble` changed, and measured as evaluation measures a family
-(detection_metrics):
+Each variant is the product's ensemble (pipelines.stages.ensemble.fit_configured, fitted on
+validation normals, the training split as the views' reference) built from the run's trained
+models with one setting of params.yaml `ensemble` changed, and measured as evaluation measures a
+family (detection_metrics):
 
   served         max(Dknn, Eknn, format)   (params.yaml as it is)
   no-eknn        max(Dknn, format)         encoder_knn 0, members [gan]
@@ -39,14 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.ensemble import fit_ensemble
 from models.io import load_model
 from pipelines.data.dataset import SPLITS, load_tensors
 from pipelines.evaluation.anomalies import ANOMALY_KINDS
 from pipelines.evaluation.evaluator import EvalConfig, detection_metrics, scored_normals
 from pipelines.evaluation.heldout import REAL_KINDS
 from pipelines.settings import load_params, section
-from pipelines.stages.ensemble import EnsembleParams
+from pipelines.stages.ensemble import EnsembleParams, fit_configured
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "served": {},
@@ -58,20 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def build(settings: EnsembleParams, models: Path, splits: dict, cfg: EvalConfig) -> Any:
     members = {f: load_model(models / f).eval() for f in settings.members}
-    return fit_ensemble(
-        members,
-        splits["val"][0],
-        cfg.target_fpr,
-        cfg.anomaly_low_fpr,
-        cfg.anomaly_energy_fpr,
-        combine=settings.combine,
-        sampler=settings.sampler,
-        batch_size=cfg.score_batch_size,
-        encoder_knn=settings.encoder_knn,
-        train_images=splits["train"][0],
-        view_only=settings.view_only,
-        format_test=settings.format_test,
-    ).eval()
+    return fit_configured(settings, cfg, members, splits["val"][0], splits["train"][0]).eval()
 
 
 def main() -> None:

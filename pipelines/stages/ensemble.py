@@ -62,25 +62,16 @@ class EnsembleParams(Config):
         )
 
 
-def build_ensemble(
-    params: dict[str, Any], data_dir: Path, models_root: Path, out_dir: Path
-) -> dict[str, Any]:
-    """Fit the ensemble of the trained families in `models_root/<family>` on the validation
-    normals of `data_dir` (nothing else: no test image, no anomaly; the encoder-kNN view's bank
-    is the training split, which the autoencoder was trained on) and save it to `out_dir` as
-    weights + JSON config, like a trained family. Returns what was built."""
-    import time
-
+def fit_configured(
+    settings: EnsembleParams, cfg: Any, members: dict[str, Any], val_images: Any, train_images: Any
+) -> Any:
+    """The ensemble `settings` describe, of the trained `members`, fitted on `val_images` with
+    evaluation's false-positive budget (`cfg`, an EvalConfig); `train_images` (the training
+    split, or None when no view reads it) is the views' reference. The one place a params
+    section becomes an ensemble: the stage below and the union benchmark both call it."""
     from models.ensemble import fit_ensemble
-    from pipelines.evaluation.evaluator import EvalConfig
 
-    settings = EnsembleParams.from_dict(section(params, "ensemble"))
-    cfg = EvalConfig.from_dict(section(params, "evaluate"))
-    started = time.perf_counter()
-    members = {f: load_model(Path(models_root) / f) for f in settings.members}
-    val_images = load_tensors(data_dir, "val")[0]
-    reads_train = bool(settings.encoder_knn) or settings.format_test  # a view's reference
-    ensemble = fit_ensemble(
+    return fit_ensemble(
         members,
         val_images,
         cfg.target_fpr,
@@ -90,10 +81,31 @@ def build_ensemble(
         sampler=settings.sampler,
         batch_size=cfg.score_batch_size,
         encoder_knn=settings.encoder_knn,
-        train_images=load_tensors(data_dir, "train")[0] if reads_train else None,
+        train_images=train_images,
         view_only=settings.view_only,
         format_test=settings.format_test,
     )
+
+
+def build_ensemble(
+    params: dict[str, Any], data_dir: Path, models_root: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Fit the ensemble of the trained families in `models_root/<family>` on the validation
+    normals of `data_dir` (nothing else: no test image, no anomaly; the encoder-kNN view's bank
+    is the training split, which the autoencoder was trained on) and save it to `out_dir` as
+    weights + JSON config, like a trained family. Returns what was built."""
+    import time
+
+    from pipelines.evaluation.evaluator import EvalConfig
+
+    settings = EnsembleParams.from_dict(section(params, "ensemble"))
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
+    started = time.perf_counter()
+    members = {f: load_model(Path(models_root) / f) for f in settings.members}
+    val_images = load_tensors(data_dir, "val")[0]
+    reads_train = bool(settings.encoder_knn) or settings.format_test  # a view's reference
+    train_images = load_tensors(data_dir, "train")[0] if reads_train else None
+    ensemble = fit_configured(settings, cfg, members, val_images, train_images)
     lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
     sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
     info = {
