@@ -8,10 +8,11 @@
     3. Every `poll_s`, the service's /metrics is read and judged on this canary's own window
        (counts since the start; pipelines/monitoring/live.py). Once the challenger answered
        `judge_after` requests, an error rate above `max_error_rate`, a p99 above
-       `max_p99_ms` or a p50 above `max_p50_ratio` times the champion's ends the canary at
-       once: the challenger alias is removed (a rollback) and the reason recorded. Clients
-       never saw those errors: the service answers a failed canary request again with the
-       champion (serving/canary.py).
+       `max_p99_ms` or a p50 above `max_p50_ratio` times the champion's (and more than
+       `min_p50_excess_ms` above it: medians of a millisecond or two sit inside one histogram
+       bucket, where their ratio is noise) ends the canary at once: the challenger alias is
+       removed (a rollback) and the reason recorded. Clients never saw those errors: the
+       service answers a failed canary request again with the champion (serving/canary.py).
     4. When `window_s` has passed and the challenger answered at least `min_requests`, it
        becomes the champion. Too little traffic by `timeout_s` ends the canary undecided.
 
@@ -48,6 +49,7 @@ class CanaryBudget:
     max_error_rate: float = 0.01
     max_p99_ms: float = 250.0
     max_p50_ratio: float = 2.0  # canary p50 / champion p50 over the same window
+    min_p50_excess_ms: float = 5.0  # ... and canary p50 - champion p50 above this
     poll_s: float = 5.0
     timeout_s: float = 1800.0
     shadow_min_requests: int = 0  # 0: no shadow evidence needed before a canary
@@ -63,6 +65,8 @@ class CanaryBudget:
                      "max_p50_ratio"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"canary.{name} must be > 0, got {getattr(self, name)}")
+        if self.min_p50_excess_ms < 0:
+            raise ValueError(f"canary.min_p50_excess_ms must be >= 0, got {self.min_p50_excess_ms}")
         if self.judge_after < 1 or self.min_requests < self.judge_after:
             raise ValueError("canary needs 1 <= judge_after <= min_requests")
 
@@ -143,12 +147,16 @@ def breach(figures: dict[str, Any], budget: CanaryBudget) -> str | None:
         return f"p99 {p99:.0f} ms over {n} requests > budget {budget.max_p99_ms:g} ms"
     # the champion's tail shares the workers with the canary (a slow canary lengthens it too),
     # its median much less: the canary's median against it catches a challenger many times
-    # slower that still fits the absolute p99 budget
+    # slower that still fits the absolute p99 budget. Both medians are interpolated inside
+    # histogram buckets (1 ms, 2.5 ms, 5 ms, ...): two millisecond medians in one bucket can
+    # differ 2x by chance, so the excess must also exceed `min_p50_excess_ms`
     p50, base = figures.get("canary_p50_ms"), figures.get("champion_p50_ms")
     if (p50 is not None and base and figures.get("champion_requests", 0) >= budget.judge_after
-            and p50 > budget.max_p50_ratio * base):  # fmt: skip
+            and p50 > budget.max_p50_ratio * base
+            and p50 - base > budget.min_p50_excess_ms):  # fmt: skip
         return (f"p50 {p50:.1f} ms is {p50 / base:.1f}x the champion's {base:.1f} ms > budget "
-                f"{budget.max_p50_ratio:g}x")  # fmt: skip
+                f"{budget.max_p50_ratio:g}x (and {p50 - base:.1f} ms > "
+                f"{budget.min_p50_excess_ms:g} ms above it)")  # fmt: skip
     return None
 
 
