@@ -30,7 +30,8 @@ The format view (`config.format_side` > 0, docs/anomaly.md eleventh pass): the i
 from MNIST's format (models.digit_format: its ink's bounding box against the training digits'
 20 px, and its centre of mass against the field's centre), calibrated and combined like a
 member. It reads pixels only, fitted on the training split (the reference side) and calibrated
-on validation normals.
+on validation normals, at a share of the false-positive budget (`format_share`, docs/anomaly.md
+"Fourteenth pass"; the share is the `target_fpr` its saved calibration records).
 
 View-only members (`config.view_only`, docs/anomaly.md eighth pass): a member kept for a view
 alone. The default ensemble keeps the autoencoder for its encoder (the view's features) but
@@ -217,6 +218,7 @@ def fit_ensemble(
     knn_candidates: int = 256,
     view_only: tuple[str, ...] = (),
     format_test: bool = False,
+    format_share: float = 1.0,
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
     (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
@@ -224,7 +226,11 @@ def fit_ensemble(
     features of `train_images` (the training split), calibrated on `val_images` likewise.
     Members in `view_only` are kept (their weights, for the view) but their own scores are not
     calibrated or combined. `format_test` adds the format view, its reference side the median
-    of `train_images`, calibrated on `val_images` likewise."""
+    of `train_images`, calibrated on `val_images` likewise, at `format_share` of the
+    false-positive budget (its atypicality passes 1 only where the view alone would flag that
+    share of the normals: a smaller share leaves the union's budget to the other views)."""
+    if not 0.0 < format_share <= 1.0:
+        raise ValueError(f"format_share must be in (0, 1], got {format_share}")
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
@@ -268,7 +274,10 @@ def fit_ensemble(
     names += [FORMAT] if format_side else []
     for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
         scores = scores_of(name)
-        calibration = Calibration.fit(scores, target_fpr, low_fpr, pixels, energy_fpr)
+        share = format_share if name == FORMAT else 1.0
+        calibration = Calibration.fit(
+            scores, target_fpr * share, low_fpr * share, pixels, energy_fpr * share
+        )
         calibrations[name] = calibration_to_dict(calibration)
         stats.append(calibration.statistic(scores, pixels))
     # the floor: the validation median ("higher" and float32, so that at least half of the

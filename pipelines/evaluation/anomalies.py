@@ -6,8 +6,13 @@ shapes) with one numpy Generator, so the same seed gives byte-identical arrays.
 Two kinds ask the content question in MNIST's own format (size, stroke and place of a digit,
 the shape of none): `mirrored` (a left-right mirror) and `upside_down` (a top-bottom flip) of
 digits of the classes whose flip is not a digit (CONTENT_PROXY). They pick their digits by
-label, so the suite needs the base digits' labels. They come last and draw after every other
-kind, so the earlier kinds are byte-identical to the suite before them.
+label, so the suite needs the base digits' labels. They draw after every earlier kind, so the
+earlier kinds are byte-identical to the suite before them.
+
+Two kinds ask the format question with a digit's content (FORMAT_PROXY, docs/anomaly.md
+"Fourteenth pass"): `resized` (a digit drawn with its longer side 12-16 or 24-26 px instead of
+MNIST's 20, centred by mass) and `off_centre` (a digit moved about 3.5-6 px, within its margins).
+They come last, after the content kinds, which stay byte-identical too.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+from models.digit_format import to_mnist_format
 
 ANOMALY_KINDS = (
     "gaussian_noise",
@@ -29,7 +36,15 @@ ANOMALY_KINDS = (
     "shapes",
     "mirrored",
     "upside_down",
+    "resized",
+    "off_centre",
 )
+# format-only kinds: real digits drawn out of MNIST's format (models.digit_format), the content
+# unchanged: longer side in RESIZED_SIDES px instead of 20; moved OFF_CENTRE px (a range; the
+# digits' own centre of mass: 99.5 % within 1.35 px of the field's centre), no ink cut off
+FORMAT_PROXY = ("resized", "off_centre")
+RESIZED_SIDES = (12, 13, 14, 15, 16, 24, 25, 26)
+OFF_CENTRE = (3.5, 6.0)
 # content-only kinds: (the digit classes whose flip is not a digit, the flipped image axis)
 CONTENT_PROXY = {
     "mirrored": ((2, 3, 4, 5, 6, 7, 9), 1),
@@ -171,6 +186,28 @@ def flipped(kind: str) -> Builder:
     return lambda rng, digits: np.flip(digits, axis=axis + 1)
 
 
+def _resized(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    sides = rng.choice(RESIZED_SIDES, size=digits.shape[0]).astype(np.float64)
+    return to_mnist_format(digits, side=sides)[:, 0].astype(np.float64)
+
+
+def _off_centre(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """Each digit moved by whole pixels in a random direction, its centre of mass OFF_CENTRE px
+    from where it was, never past the field's edge (a digit too big to move that far in that
+    direction moves as far as its margins allow, so that no ink is lost)."""
+    out = np.zeros_like(digits)
+    angles = rng.uniform(0.0, 2.0 * np.pi, size=digits.shape[0])
+    reach = rng.uniform(*OFF_CENTRE, size=digits.shape[0])
+    for i, (img, angle, r) in enumerate(zip(digits, angles, reach, strict=True)):
+        rows, cols = np.nonzero(img > 0)
+        if len(rows) == 0:
+            continue
+        dy = int(np.clip(round(r * np.sin(angle)), -rows.min(), SIZE - 1 - rows.max()))
+        dx = int(np.clip(round(r * np.cos(angle)), -cols.min(), SIZE - 1 - cols.max()))
+        out[i] = np.roll(img, (dy, dx), axis=(0, 1))
+    return out
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -181,6 +218,8 @@ _BUILDERS: dict[str, Builder] = {
     "strokes": _strokes,
     "shapes": _shapes,
     **{kind: flipped(kind) for kind in CONTENT_PROXY},
+    "resized": _resized,
+    "off_centre": _off_centre,
 }
 
 

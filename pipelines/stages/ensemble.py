@@ -26,7 +26,8 @@ class EnsembleParams(Config):
     """params.yaml `ensemble`: which trained families it combines, how, and who samples;
     `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble);
     `view_only` members serve that view only (their own scores are not combined);
-    `format_test` adds the format view (distance from MNIST's format, models.digit_format)."""
+    `format_test` adds the format view (distance from MNIST's format, models.digit_format),
+    calibrated at `format_share` of the false-positive budget."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
@@ -34,6 +35,7 @@ class EnsembleParams(Config):
     encoder_knn: int = 0
     view_only: tuple[str, ...] = ()
     format_test: bool = False
+    format_share: float = 1.0
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -60,6 +62,12 @@ class EnsembleParams(Config):
             isinstance(self.format_test, bool),
             f"ensemble.format_test must be true or false, got {self.format_test!r}",
         )
+        require(
+            isinstance(self.format_share, int | float)
+            and not isinstance(self.format_share, bool)
+            and 0 < self.format_share <= 1,
+            f"ensemble.format_share must be a number in (0, 1], got {self.format_share!r}",
+        )
 
 
 def fit_configured(
@@ -84,6 +92,7 @@ def fit_configured(
         train_images=train_images,
         view_only=settings.view_only,
         format_test=settings.format_test,
+        format_share=float(settings.format_share),
     )
 
 
@@ -115,6 +124,7 @@ def build_ensemble(
         "encoder_knn": settings.encoder_knn,
         "view_only": list(settings.view_only),
         "format_side": ensemble.config.format_side,
+        "format_share": settings.format_share if settings.format_test else None,
         "n_val": int(val_images.shape[0]),
         "fit_seconds": time.perf_counter() - started,
         "weights_sha256": sha,

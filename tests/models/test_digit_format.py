@@ -67,3 +67,13 @@ def test_to_mnist_format_leaves_a_real_digit_in_its_format(real_digits) -> None:
     out = to_mnist_format(images)
     assert np.percentile(format_distance(out, 20.0), 95) < 0.15
     assert np.corrcoef(out.ravel(), images.ravel())[0, 1] > 0.8
+
+
+def test_to_mnist_format_draws_at_another_side_per_image() -> None:
+    images = np.concatenate([_bar(1, 1, 8, 4), _bar(10, 1, 6, 26)])
+    out = to_mnist_format(images, side=np.array([13.0, 25.0]))
+    longer, _ = digit_format(out)
+    assert longer.tolist() == [13, 25]
+    assert np.array_equal(to_mnist_format(images, side=20.0), to_mnist_format(images))
+    with pytest.raises(ValueError, match="side"):
+        to_mnist_format(images, side=29.0)

@@ -375,6 +375,30 @@ def test_the_format_view_is_calibrated_and_combined_like_a_member(members, real_
         assert torch.equal(back.anomaly_score(images), ens.anomaly_score(images))
 
 
+def test_the_format_view_spends_its_share_of_the_budget(members, real_digits):
+    """format_share s: the view is calibrated at s x the budget (every side), so it passes 1 on
+    about s x 5 % of the validation normals, and fewer of them than at the whole budget."""
+    from models.digit_format import format_distance
+
+    val, train = real_digits[0][VAL], real_digits[0][TRAIN]
+    gan = {"gan": members["gan"]}
+    whole = fit_ensemble(gan, val, **SPLIT, format_test=True, train_images=train, combine="max")
+    fifth = fit_ensemble(gan, val, **SPLIT, format_test=True, train_images=train, combine="max",
+                         format_share=0.2)  # fmt: skip
+    expected = Calibration.fit(format_distance(val.numpy(), 20.0), 0.05 * 0.2, 0.01 * 0.2,
+                               val.numpy(), 0.01 * 0.2)  # fmt: skip
+    assert fifth.calibrations["format"] == expected
+    assert fifth.calibrations["gan"] == whole.calibrations["gan"]  # the other views unchanged
+    with torch.no_grad():
+        flagged = {share: (ens.member_statistics(val)["format"] > 1).mean()
+                   for share, ens in ((1.0, whole), (0.2, fifth))}  # fmt: skip
+    assert flagged[0.2] <= 0.01 + 1e-9 < flagged[1.0], flagged
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="format_share"):
+            fit_ensemble(gan, val, **SPLIT, format_test=True, train_images=train,
+                         format_share=bad)  # fmt: skip
+
+
 def test_the_format_view_is_validated(members, real_digits):
     val = real_digits[0][VAL]
     with pytest.raises(ValueError, match="format_test needs the train_images"):

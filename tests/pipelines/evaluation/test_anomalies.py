@@ -7,11 +7,19 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipelines.evaluation.anomalies import ANOMALY_KINDS, CONTENT_PROXY, build_anomaly_suite
+from models.digit_format import digit_format, format_distance
+from pipelines.evaluation.anomalies import (
+    ANOMALY_KINDS,
+    CONTENT_PROXY,
+    FORMAT_PROXY,
+    build_anomaly_suite,
+)
 
 LABELLED = ("mirrored", "upside_down")
 # the eight earlier kinds (n_per_kind=7, seed=3) as the code before the content kinds built them
 EARLIER_SUITE_SHA256 = "189adf7600e15c1368b325ac651b7229d0c9b4bd455e26a69152b8df0d90dc16"
+# the ten kinds before the format kinds (the same draw, with labels), as the code before them
+BEFORE_FORMAT_SHA256 = "945e5e35c83e9fd4bf54a783acd11083ae5cd319730856060da0207c0ca03aeb"
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +95,52 @@ def test_subset_of_kinds_and_invalid_arguments(base_uint8, base_labels):
         build_anomaly_suite(base_uint8, base_labels[:-1], n_per_kind=2)
     with pytest.raises(ValueError, match="no base digit"):
         build_anomaly_suite(base_uint8, np.zeros(len(base_uint8), int), kinds=("mirrored",))
-    images, _ = build_anomaly_suite(base_uint8, n_per_kind=2, kinds=ANOMALY_KINDS[:-2])
+    unlabelled = tuple(k for k in ANOMALY_KINDS if k not in LABELLED)
+    images, _ = build_anomaly_suite(base_uint8, n_per_kind=2, kinds=unlabelled)
     assert images.shape[0] == 2 * (len(ANOMALY_KINDS) - 2)  # no content kind: no labels needed
 
 
 def test_content_kinds_come_last_and_leave_the_earlier_kinds_byte_identical(
     base_uint8, base_labels
 ):
-    earlier = tuple(k for k in ANOMALY_KINDS if k not in LABELLED)
-    assert ANOMALY_KINDS[-2:] == LABELLED and set(CONTENT_PROXY) == set(LABELLED)
+    earlier = ANOMALY_KINDS[:8]
+    assert ANOMALY_KINDS[8:10] == LABELLED and set(CONTENT_PROXY) == set(LABELLED)
     before, _ = build_anomaly_suite(base_uint8, n_per_kind=7, seed=3, kinds=earlier)
     now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
     assert _digest(now[: len(before)]) == _digest(before) == EARLIER_SUITE_SHA256
-    assert set(kinds[len(before) :]) == set(LABELLED)
+    assert set(kinds[len(before) : len(before) + 14]) == set(LABELLED)
+
+
+def test_format_kinds_come_last_and_leave_every_earlier_kind_byte_identical(
+    base_uint8, base_labels
+):
+    assert ANOMALY_KINDS[-2:] == FORMAT_PROXY
+    now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
+    assert _digest(now[: 10 * 7]) == BEFORE_FORMAT_SHA256
+    assert kinds[10 * 7 :].tolist() == [k for k in FORMAT_PROXY for _ in range(7)]
+
+
+def test_format_kinds_are_digits_out_of_mnists_format(base_uint8, base_labels):
+    """`resized`: a digit's ink at another size; `off_centre`: a base digit moved whole pixels,
+    no ink lost. Both fail the format test beyond every base digit, their content a digit's."""
+    base = base_uint8.astype(np.float64) / 255
+    images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=30, seed=5)
+    limit = format_distance(base, 20.0).max()  # the least typical of the 200 base digits
+    for kind in FORMAT_PROXY:
+        group = images[kinds == kind]
+        assert (format_distance(group, 20.0) > min(limit, 0.2)).all(), kind
+    longer, _ = digit_format(images[kinds == "resized"])
+    assert ((longer <= 18) | (longer >= 23)).all(), longer
+    for img in images[kinds == "off_centre"][:, 0]:
+        found = False
+        for dy in range(-8, 9):
+            for dx in range(-8, 9):
+                if (dy, dx) == (0, 0):
+                    continue
+                back = np.roll(img, (-dy, -dx), axis=(0, 1))
+                found = found or bool(np.any(np.abs(base - back).reshape(len(base), -1).max(1)
+                                             < 1e-6))  # fmt: skip
+        assert found and img.sum() > 10  # a whole base digit, moved
 
 
 def test_content_kinds_flip_digits_whose_flip_is_no_digit(base_uint8, base_labels):

@@ -117,6 +117,18 @@ def test_build_stage_fits_the_encoder_knn_bank_on_the_training_split(
     with pytest.raises(ValueError, match="format_test"):
         build_ensemble(PARAMS | {"ensemble": settings | {"format_test": "yes"}}, data,
                        models_root, tmp_path / "x")  # fmt: skip
+    # ... at a share of the false-positive budget
+    assert info["format_share"] == 1.0
+    info = build_ensemble(PARAMS | {"ensemble": settings | {"format_share": 0.2}}, data,
+                          models_root, tmp_path / "ens4")  # fmt: skip
+    assert info["format_share"] == 0.2
+    assert load_model(tmp_path / "ens4").calibrations["format"].target_fpr == pytest.approx(
+        0.2 * ensemble.calibrations["format"].target_fpr
+    )
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="format_share"):
+            build_ensemble(PARAMS | {"ensemble": settings | {"format_share": bad}}, data,
+                           models_root, tmp_path / "x")  # fmt: skip
 
 
 # ---- the register step -------------------------------------------------------------------------
