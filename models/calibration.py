@@ -83,10 +83,13 @@ def _atypicality(
 
     g, mid = scale(values), float(scale(np.median(reference)))
     out = np.full(g.shape, -np.inf)
-    if high is not None:
-        out = np.maximum(out, (g - mid) / max(float(scale(high)) - mid, _TINY))
-    if low is not None:
-        out = np.maximum(out, (mid - g) / max(mid - float(scale(low)), _TINY))
+    # a threshold at the median itself (a side whose quantile is the median) divides by _TINY:
+    # every value beyond it is infinitely atypical (inf, flagged), as intended, not an overflow
+    with np.errstate(over="ignore"):
+        if high is not None:
+            out = np.maximum(out, (g - mid) / max(float(scale(high)) - mid, _TINY))
+        if low is not None:
+            out = np.maximum(out, (mid - g) / max(mid - float(scale(low)), _TINY))
     return out
 
 

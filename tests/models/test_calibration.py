@@ -132,3 +132,18 @@ def test_a_low_side_that_flags_no_normal_gives_its_budget_to_the_high_side():
         0.01, abs=1e-3
     )
     assert (raw > before.threshold).mean() == pytest.approx(0.03, abs=1e-3)
+
+
+def test_a_threshold_at_the_median_makes_every_value_beyond_it_infinitely_atypical():
+    """Most normals share one score (a format distance of 0, a floored score): the high
+    threshold is the median itself. Beyond it is huge or inf (flagged), without an overflow
+    warning."""
+    import warnings
+
+    scores = np.r_[np.zeros(990), np.linspace(1.0, 2.0, 10)]
+    calibration = Calibration.fit(scores, 0.05)
+    assert calibration.threshold == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = calibration.statistic(np.array([0.0, 0.5, 1e6]))
+    assert stats[0] <= 0 and stats[1] > 1e300 and stats[2] == np.inf
