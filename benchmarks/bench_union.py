@@ -24,6 +24,13 @@ The thirteenth pass (params.yaml then: max(Dknn, Eknn, format)) ran served, no-e
 and mean; the fourteenth (params.yaml: max(Dknn, Eknn); the tuned suite with the format proxy
 `resized`, `off_centre`) runs served, format and the format-<s> variants.
 
+A fifth pass (fixed before its run, after bench_negatives' fourth pass: docs/anomaly.md
+"Fifteenth pass"): the served union (params.yaml as it is) built on GANs trained 3,600 steps
+against 1,800, two training seeds each (`bench_negatives.py --save-dir`, seed 0 is the
+pipeline's), one `--models` directory per GAN (the run's autoencoder beside it), `--variants
+served`. Rule: the mean over the seeds of the union's tuned mean; the longer training only if
+it beats the served one by at least 0.002.
+
 The rule, fixed before the first run: the highest tuned-suite mean AUROC (every kind of it, the
 content and format proxies included); a product change only if it beats `served` by at least
 0.001. The held-out benchmark is printed once, beside, and never chooses.

@@ -12,7 +12,11 @@ earlier kinds are byte-identical to the suite before them.
 Two kinds ask the format question with a digit's content (FORMAT_PROXY, docs/anomaly.md
 "Fourteenth pass"): `resized` (a digit drawn with its longer side 12-16 or 24-26 px instead of
 MNIST's 20, centred by mass) and `off_centre` (a digit moved about 3.5-6 px, within its margins).
-They come last, after the content kinds, which stay byte-identical too.
+They come after the content kinds, which stay byte-identical too.
+
+`strokes_mnist` (docs/anomaly.md "Fifteenth pass") asks the content question with figures that
+are no digit at all: 2-3 pen strokes (lines, circular arcs) brought to MNIST's format like the
+held-out `*_mnist` kinds, but drawn from strokes, never from a typeface. It comes last.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ ANOMALY_KINDS = (
     "upside_down",
     "resized",
     "off_centre",
+    "strokes_mnist",
 )
 # format-only kinds: real digits drawn out of MNIST's format (models.digit_format), the content
 # unchanged: longer side in RESIZED_SIDES px instead of 20; moved OFF_CENTRE px (a range; the
@@ -208,6 +213,35 @@ def _off_centre(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _arc(cx: float, cy: float, r: float, start: float, sweep: float, width: float) -> np.ndarray:
+    """Anti-aliased circular arc of the given width (angles in radians)."""
+    angle = np.mod(np.arctan2(_YY - cy, _XX - cx) - start, 2 * np.pi)
+    ends = [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in (start, start + sweep)]
+    on = angle <= sweep  # within the arc's angles: distance to the circle; else to an end
+    dist = np.where(on, np.abs(np.hypot(_XX - cx, _YY - cy) - r),
+                    np.minimum(*[np.hypot(_XX - x, _YY - y) for x, y in ends]))  # fmt: skip
+    return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
+
+
+def _strokes_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """2-3 pen strokes (each a line or a circular arc), brought to MNIST's format: a figure
+    of a digit's size, place and stroke that is no digit (content only, like the held-out
+    `*_mnist` kinds, but drawn from strokes, not from any typeface)."""
+    out = np.zeros_like(digits)
+    for img in out:
+        for _ in range(int(rng.integers(2, 4))):
+            width = rng.uniform(2.0, 3.0)
+            if rng.random() < 0.5:
+                x0, y0, x1, y1 = rng.uniform(4, SIZE - 5, size=4)
+                stroke = _segment(x0, y0, x1, y1, width)
+            else:
+                cx, cy = rng.uniform(9, 19, size=2)
+                stroke = _arc(cx, cy, rng.uniform(4, 8), rng.uniform(0, 2 * np.pi),
+                              rng.uniform(0.5 * np.pi, 1.7 * np.pi), width)  # fmt: skip
+            np.maximum(img, stroke, out=img)
+    return to_mnist_format(out)[:, 0].astype(np.float64)
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -220,6 +254,7 @@ _BUILDERS: dict[str, Builder] = {
     **{kind: flipped(kind) for kind in CONTENT_PROXY},
     "resized": _resized,
     "off_centre": _off_centre,
+    "strokes_mnist": _strokes_mnist,
 }
 
 
