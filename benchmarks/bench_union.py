@@ -47,6 +47,7 @@ import json
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,18 @@ def build(settings: EnsembleParams, models: Path, splits: dict, cfg: EvalConfig)
     return fit_configured(settings, cfg, members, splits["val"][0], splits["train"][0]).eval()
 
 
+def scorer(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's anomaly score of (N, 1, 28, 28) float images, 500 at a time, float64."""
+
+    def score(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            parts = [model.anomaly_score(torch.from_numpy(images[i : i + 500]))
+                     for i in range(0, len(images), 500)]  # fmt: skip
+        return torch.cat(parts).double().numpy()
+
+    return score
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("artifacts/models"))
@@ -100,14 +113,8 @@ def main() -> None:
     for name in args.variants:
         t0 = time.perf_counter()
         settings = EnsembleParams.from_dict(base | VARIANTS[name])
-        model = build(settings, args.models, splits, cfg)
+        score = scorer(build(settings, args.models, splits, cfg))
         fitted = time.perf_counter() - t0
-
-        def score(images: np.ndarray, model: Any = model) -> np.ndarray:
-            with torch.no_grad():
-                parts = [model.anomaly_score(torch.from_numpy(images[i : i + 500]))
-                         for i in range(0, len(images), 500)]  # fmt: skip
-            return torch.cat(parts).double().numpy()
 
         with tempfile.TemporaryDirectory() as tmp:
             metrics, _ = detection_metrics(score, scored, cfg, Path(tmp))

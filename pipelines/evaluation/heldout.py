@@ -141,24 +141,28 @@ def _uci(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
     return np.stack([_upload(Image.fromarray(source[i])) for i in idx])
 
 
+def typeset(
+    rng: np.random.Generator, n: int, chars: str, font_files: tuple[str, ...] | list[str]
+) -> np.ndarray:
+    """`n` glyphs of `chars` in matplotlib's `font_files`, each drawn at random: white on
+    black, 16-24 px, centred within 2 px; float64 (n, 28, 28) in [0, 1]."""
+    fonts = _matplotlib_data() / "fonts" / "ttf"
+    out = []
+    for _ in range(n):
+        font = ImageFont.truetype(str(fonts / font_files[int(rng.integers(len(font_files)))]),
+                                  int(rng.integers(16, 25)))  # fmt: skip
+        canvas = Image.new("L", (SIZE, SIZE), 0)
+        cx, cy = SIZE / 2 + rng.uniform(-2, 2, size=2)
+        ImageDraw.Draw(canvas).text((cx, cy), chars[int(rng.integers(len(chars)))],
+                                    fill=255, font=font, anchor="mm")  # fmt: skip
+        out.append(np.asarray(canvas, dtype=np.float64) / 255.0)
+    return np.stack(out)
+
+
 def _glyphs(kind: str) -> Builder:
-    """A kind of typeset glyphs: white on black, 16-24 px, centred within 2 px."""
+    """A kind of typeset glyphs (`typeset`)."""
     chars, font_files = GLYPH_KINDS[kind]
-
-    def build(rng: np.random.Generator, n: int, digits: np.ndarray) -> np.ndarray:
-        fonts = _matplotlib_data() / "fonts" / "ttf"
-        out = []
-        for _ in range(n):
-            font = ImageFont.truetype(str(fonts / font_files[int(rng.integers(len(font_files)))]),
-                                      int(rng.integers(16, 25)))  # fmt: skip
-            canvas = Image.new("L", (SIZE, SIZE), 0)
-            cx, cy = SIZE / 2 + rng.uniform(-2, 2, size=2)
-            ImageDraw.Draw(canvas).text((cx, cy), chars[int(rng.integers(len(chars)))],
-                                        fill=255, font=font, anchor="mm")  # fmt: skip
-            out.append(np.asarray(canvas, dtype=np.float64) / 255.0)
-        return np.stack(out)
-
-    return build
+    return lambda rng, n, digits: typeset(rng, n, chars, font_files)
 
 
 def _in_mnist_format(build: Builder) -> Builder:
