@@ -150,11 +150,33 @@ def safetensors_header(f: Any, path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + size
 
 
+def derived_keys(model: torch.nn.Module) -> set[str]:
+    """The state-dict keys a weights file may lack because the model derives them from the
+    rest (a module's `DERIVED_STATE`: the neighbour searches' coarse indexes, saved only since
+    2026-12): a file from before still loads, and `ensure_indexes` derives them."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(module, "DERIVED_STATE", ())
+    }
+
+
+def ensure_indexes(model: torch.nn.Module) -> None:
+    """Check every derived index against what it is derived from; derive it where it is
+    absent or does not match (`ensure_index` of each module that has one)."""
+    for module in model.modules():
+        ensure = getattr(module, "ensure_index", None)
+        if callable(ensure):
+            ensure()
+
+
 def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
     """`model.load_state_dict(load_file(weights), strict=True)`, one tensor at a time: each is
     read from the file, copied into the module (whose layout it keeps, so outputs are
     bit-identical) and dropped before the next, so a load holds the module plus one tensor,
-    not the module plus the whole file (a 542 MB ensemble peaked at twice its size).
+    not the module plus the whole file (a 542 MB ensemble peaked at twice its size). Keys the
+    model derives (`derived_keys`) may be absent; every derived index is then checked against
+    its source and derived where needed (`ensure_indexes`).
 
     Raises ValueError when the file is not a safetensors file of exactly this state dict."""
     weights = Path(weights)
@@ -162,7 +184,8 @@ def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
     with weights.open("rb") as f:
         header, start = safetensors_header(f, weights)
         expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
+        missing = sorted(expected - set(header) - derived_keys(model))
+        unexpected = sorted(set(header) - expected)
         if missing or unexpected:
             raise ValueError(
                 f"{weights}: does not match the {type(model).__name__} it configures: "
@@ -186,6 +209,7 @@ def load_weights_streamed(model: torch.nn.Module, weights: Path) -> None:
             )
             model.load_state_dict({key: tensor}, strict=False)
             del data, tensor
+    ensure_indexes(model)
 
 
 def load_extra(directory: Path) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from models.ensemble.config import (
     calibration_from_dict,
     calibration_to_dict,
 )
-from models.gan.neighbours import coarse_index, mean_cosine_distance
+from models.gan.neighbours import coarse_index, index_matches, mean_cosine_distance
 from models.io import build_model
 from models.spec import FAMILIES
 from models.tensors import check_images
@@ -85,9 +85,11 @@ class Ensemble(GenerativeModel):
         }
         if config.encoder_knn:  # filled by fit_ensemble, saved; its length is the bank's
             self.register_buffer("knn_bank", torch.zeros(0, 0, dtype=torch.float16))
-            # the search's coarse index: derived from the bank whenever it is set or loaded
-            self.register_buffer("knn_proj", torch.zeros(0, 0), persistent=False)
-            self.register_buffer("knn_coarse", torch.zeros(0, 0).half(), persistent=False)
+            # the search's coarse index: derived from the bank at fit, saved with it; a file
+            # from before it was saved derives it at load (DERIVED_STATE, ensure_index)
+            self.register_buffer("knn_proj", torch.zeros(0, 0))
+            self.register_buffer("knn_coarse", torch.zeros(0, 0).half())
+        self._index_checked = True  # the index fits the bank (nothing loaded since it was)
         reconstructing = [f for f in names if self.members[f].capabilities.reconstruction]
         self._reconstructor = reconstructing[0] if reconstructing else None
 
@@ -104,24 +106,50 @@ class Ensemble(GenerativeModel):
             reconstruction=self._reconstructor is not None,
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """The encoder-kNN bank takes its saved shape; then its coarse index is derived."""
-        bank = state_dict.get(prefix + "knn_bank")
-        if self.config.encoder_knn and bank is not None:
-            self.knn_bank = torch.empty_like(bank, device=self.knn_bank.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.config.encoder_knn and bank is not None:
-            self.set_knn_bank(self.knn_bank)
+    # buffers a file may lack (weights saved before the coarse index was): derived at load
+    DERIVED_STATE = ("knn_proj", "knn_coarse")
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        """The encoder-kNN bank and its coarse index take their saved shapes. A file without
+        the index (saved before it was) still loads strictly; `ensure_index` (run by
+        models.io.load_model, and before any score) checks the index against the bank and
+        derives it where it is absent or does not match."""
+        names = ("knn_bank", *self.DERIVED_STATE) if self.config.encoder_knn else ()
+        for name in names:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+                self._index_checked = False
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        for name in self.DERIVED_STATE if names else ():
+            if prefix + name not in state_dict and prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     @torch.no_grad()
-    def set_knn_bank(self, bank: Tensor) -> None:
+    def ensure_index(self) -> None:
+        """Derive the encoder-kNN coarse index unless the one held fits the bank."""
+        if not self.config.encoder_knn or self._index_checked:
+            return
+        bank, dims = self.knn_bank, self.config.knn_coarse_dims
+        if bank.shape[0] and not index_matches(bank, self.knn_proj, self.knn_coarse, dims):
+            self.set_knn_bank(bank)
+        self._index_checked = True
+
+    @torch.no_grad()
+    def set_knn_bank(self, bank: Tensor, index: tuple[Tensor, Tensor] | None = None) -> None:
         """Keep `bank` (N, F) unit-length encoder features as the encoder-kNN bank (fp16) and
-        index it for the search."""
+        index it for the search: `index` (proj, coarse) when it fits the bank, else derived."""
         self.knn_bank = bank.half().to(self.device)
-        if self.knn_bank.shape[0]:
-            self.knn_proj, self.knn_coarse = coarse_index(
-                self.knn_bank, self.config.knn_coarse_dims
-            )
+        dims = self.config.knn_coarse_dims
+        if index is not None and index_matches(self.knn_bank, *index, dims):
+            self.knn_proj, self.knn_coarse = (t.to(self.device) for t in index)
+        elif self.knn_bank.shape[0]:
+            self.knn_proj, self.knn_coarse = coarse_index(self.knn_bank, dims)
+        self._index_checked = True
 
     def encoder_knn_scores(self, images: Tensor) -> Tensor:
         """(N,) the encoder-kNN view's raw statistic: mean cosine distance to the
@@ -132,6 +160,7 @@ class Ensemble(GenerativeModel):
                 f"ensemble: encoder_knn={k} needs a bank of at least {k} training digits, has "
                 f"{bank.shape[0]}: fit it with fit_ensemble(..., train_images=...)"
             )
+        self.ensure_index()
         features = encoder_features(self.members["autoencoder"], images)
         return mean_cosine_distance(
             features, bank, self.knn_proj, self.knn_coarse, k, self.config.knn_candidates
@@ -300,5 +329,5 @@ def fit_ensemble(
     for name, member in members.items():
         ensemble.members[name].load_state_dict(member.state_dict(), strict=True)
     if knn_bank is not None:
-        ensemble.set_knn_bank(knn_bank)
+        ensemble.set_knn_bank(knn_bank, (proj, coarse))
     return ensemble.eval()

@@ -32,7 +32,7 @@ from models.gan.monitors import (
     oscillation_warning,
 )
 from models.gan.negatives import negative_batch
-from models.gan.neighbours import coarse_index, mean_cosine_distance
+from models.gan.neighbours import coarse_index, index_matches, mean_cosine_distance
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -91,9 +91,11 @@ class GAN(GenerativeModel):
         if config.score == "dknn":  # filled by fit_scorer; saved with the weights
             features, dims = self.d.trunk.out_features, config.score_coarse_dims
             self.register_buffer("score_bank", torch.zeros(0, features, dtype=torch.float16))
-            # the search's coarse index: derived from the bank whenever it is set or loaded
-            self.register_buffer("score_proj", torch.zeros(features, dims), persistent=False)
-            self.register_buffer("score_coarse", torch.zeros(0, dims).half(), persistent=False)
+            # the search's coarse index: derived from the bank at fit, saved with it; a file
+            # from before it was saved derives it at load (DERIVED_STATE, ensure_index)
+            self.register_buffer("score_proj", torch.zeros(features, dims))
+            self.register_buffer("score_coarse", torch.zeros(0, dims).half())
+        self._index_checked = True  # the index fits the bank (nothing loaded since it was)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -125,15 +127,39 @@ class GAN(GenerativeModel):
         f_hat = self.d(x_hat).features
         return izif_residual(x, x_hat, f_x, f_hat, self.config.kappa), x_hat, enc.label_logits
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """The feature bank's length is the training set's: take the saved one's shape, then
-        derive the search's coarse index from it."""
-        bank = state_dict.get(prefix + "score_bank")
-        if self.config.score == "dknn" and bank is not None:
-            self.score_bank = torch.empty_like(bank, device=self.score_bank.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.config.score == "dknn" and bank is not None:
+    # buffers a file may lack (weights saved before the coarse index was): derived at load
+    DERIVED_STATE = ("score_proj", "score_coarse")
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        """The feature bank's length is the training set's: the bank and its coarse index take
+        their saved shapes. A file without the index (saved before it was) still loads
+        strictly; `ensure_index` (run by models.io.load_model, and before any score) checks the
+        index against the bank and derives it where it is absent or does not match."""
+        names = ("score_bank", *self.DERIVED_STATE) if self.config.score == "dknn" else ()
+        for name in names:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+                self._index_checked = False
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        for name in self.DERIVED_STATE if names else ():
+            if prefix + name not in state_dict and prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
+
+    @torch.no_grad()
+    def ensure_index(self) -> None:
+        """Derive the coarse index unless the one held fits the bank (`index_matches`)."""
+        if self.config.score != "dknn" or self._index_checked:
+            return
+        bank = self.score_bank
+        dims = self.config.score_coarse_dims
+        if bank.shape[0] and not index_matches(bank, self.score_proj, self.score_coarse, dims):
             self._index_bank()
+        self._index_checked = True
 
     # ---- training -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -297,11 +323,11 @@ class GAN(GenerativeModel):
     def _index_bank(self) -> None:
         """The coarse index (models.neighbours.coarse_index), a deterministic function of the
         bank."""
-        if self.score_bank.shape[0] == 0:
-            return
-        self.score_proj, self.score_coarse = coarse_index(
-            self.score_bank, self.config.score_coarse_dims
-        )
+        if self.score_bank.shape[0]:
+            self.score_proj, self.score_coarse = coarse_index(
+                self.score_bank, self.config.score_coarse_dims
+            )
+        self._index_checked = True
 
     @torch.no_grad()
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -317,6 +343,7 @@ class GAN(GenerativeModel):
                     f"gan: score 'dknn' needs a feature bank of at least score_k={k} training "
                     f"images, has {bank.shape[0]}: fit_scorer(train images) first"
                 )
+            self.ensure_index()
             return mean_cosine_distance(
                 self._features(images),
                 bank,

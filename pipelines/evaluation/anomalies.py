@@ -16,7 +16,10 @@ They come after the content kinds, which stay byte-identical too.
 
 `strokes_mnist` (docs/anomaly.md "Fifteenth pass") asks the content question with figures that
 are no digit at all: 2-3 pen strokes (lines, circular arcs) brought to MNIST's format like the
-held-out `*_mnist` kinds, but drawn from strokes, never from a typeface. It comes last.
+held-out `*_mnist` kinds, but drawn from strokes, never from a typeface. `pen_mnist`
+(docs/anomaly.md "Sixteenth pass") asks it with another pen: one continuous path of 4-6 curved
+pieces, some joined at a cusp, its width varying along the path like a pen's pressure, brought to
+the same format. Each comes after every earlier kind, which stays byte-identical.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ANOMALY_KINDS = (
     "resized",
     "off_centre",
     "strokes_mnist",
+    "pen_mnist",
 )
 # format-only kinds: real digits drawn out of MNIST's format (models.digit_format), the content
 # unchanged: longer side in RESIZED_SIDES px instead of 20; moved OFF_CENTRE px (a range; the
@@ -242,6 +246,37 @@ def _strokes_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return to_mnist_format(out)[:, 0].astype(np.float64)
 
 
+def _pen_path(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One pen path: 4-6 pieces of constant curvature (up to 0.45 rad/px, i.e. radii from
+    2.2 px), 4-9 px each, 40 % of the joins a cusp (the pen turns back by 126-172 degrees).
+    Returns the points (K, 2) in px from the start, 1 px apart, and the pen width at each."""
+    heading, points = rng.uniform(0, 2 * np.pi), [np.zeros(2)]
+    for piece in range(int(rng.integers(4, 7))):
+        if piece and rng.random() < 0.4:
+            heading += rng.choice([-1.0, 1.0]) * rng.uniform(2.2, 3.0)
+        curvature = rng.uniform(-0.45, 0.45)
+        for _ in range(round(rng.uniform(4, 9))):
+            heading += curvature
+            points.append(points[-1] + [np.cos(heading), np.sin(heading)])
+    path = np.asarray(points)
+    pressure = np.linspace(rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3), len(path))
+    return path, rng.uniform(1.8, 3.2) * pressure
+
+
+def _pen_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """One continuous pen path (`_pen_path`) scaled into a 16 px box, brought to MNIST's format:
+    content only, like `strokes_mnist`, from another pen (one curving, cusped line of varying
+    width instead of 2-3 separate lines and arcs)."""
+    out = np.zeros_like(digits)
+    for img in out:
+        path, widths = _pen_path(rng)
+        low, high = path.min(0), path.max(0)
+        path = (path - (low + high) / 2) * 16.0 / max(float((high - low).max()), 1e-9) + SIZE / 2
+        for (x0, y0), (x1, y1), width in zip(path[:-1], path[1:], widths[1:], strict=True):
+            np.maximum(img, _segment(x0, y0, x1, y1, width), out=img)
+    return to_mnist_format(out)[:, 0].astype(np.float64)
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -255,6 +290,7 @@ _BUILDERS: dict[str, Builder] = {
     "resized": _resized,
     "off_centre": _off_centre,
     "strokes_mnist": _strokes_mnist,
+    "pen_mnist": _pen_mnist,
 }
 
 

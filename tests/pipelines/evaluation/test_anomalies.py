@@ -22,6 +22,8 @@ EARLIER_SUITE_SHA256 = "189adf7600e15c1368b325ac651b7229d0c9b4bd455e26a69152b8df
 BEFORE_FORMAT_SHA256 = "945e5e35c83e9fd4bf54a783acd11083ae5cd319730856060da0207c0ca03aeb"
 # the twelve kinds before strokes_mnist, likewise
 BEFORE_STROKES_SHA256 = "37875242bd41f464758cdbf8b7d6c747f313752ec28b6040e7b6c29d7e3b0b1f"
+# the thirteen kinds before pen_mnist, likewise
+BEFORE_PEN_SHA256 = "4a8e2f6891bb103a9640570ec2f3259e4dc037031d3f122bf6c232db0f35e7f3"
 
 
 @pytest.fixture(scope="module")
@@ -116,24 +118,46 @@ def test_content_kinds_come_last_and_leave_the_earlier_kinds_byte_identical(
 def test_format_kinds_come_last_and_leave_every_earlier_kind_byte_identical(
     base_uint8, base_labels
 ):
-    assert ANOMALY_KINDS[10:12] == FORMAT_PROXY and ANOMALY_KINDS[12:] == ("strokes_mnist",)
+    assert ANOMALY_KINDS[10:12] == FORMAT_PROXY
+    assert ANOMALY_KINDS[12:] == ("strokes_mnist", "pen_mnist")
     now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
     assert _digest(now[: 10 * 7]) == BEFORE_FORMAT_SHA256
     assert _digest(now[: 12 * 7]) == BEFORE_STROKES_SHA256
+    assert _digest(now[: 13 * 7]) == BEFORE_PEN_SHA256
     assert kinds[10 * 7 : 12 * 7].tolist() == [k for k in FORMAT_PROXY for _ in range(7)]
-    assert kinds[12 * 7 :].tolist() == ["strokes_mnist"] * 7
+    assert kinds[12 * 7 :].tolist() == ["strokes_mnist"] * 7 + ["pen_mnist"] * 7
 
 
-def test_strokes_mnist_are_stroke_figures_in_mnists_format(base_uint8, base_labels):
-    """Drawn from 2-3 strokes, not from a digit, and in MNIST's format like a digit."""
+@pytest.mark.parametrize("kind", ["strokes_mnist", "pen_mnist"])
+def test_stroke_kinds_are_stroke_figures_in_mnists_format(base_uint8, base_labels, kind):
+    """Drawn from strokes (2-3 lines and arcs; one pen path), not from a digit, and in MNIST's
+    format like a digit."""
     base = base_uint8.astype(np.float64) / 255
     images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=40, seed=6)
-    group = images[kinds == "strokes_mnist"]
+    group = images[kinds == kind]
     longer, offset = digit_format(group)
     assert np.mean(longer == 20) >= 0.9 and np.percentile(offset, 90) < 1.5
     assert np.percentile(format_distance(group, 20.0), 90) < 0.2  # the format test passes them
     nearest = np.abs(group[:, 0, None] - base[None]).reshape(len(group), len(base), -1).max(2)
     assert (nearest.min(1) > 0.2).all()  # none is a base digit
+
+
+def test_pen_paths_are_one_continuous_line_with_cusps_and_varying_width():
+    """`pen_mnist`'s pen: 1 px steps (one unbroken line), 4-6 pieces, some joined at a cusp,
+    and a width that changes along the path."""
+    from pipelines.evaluation.anomalies import _pen_path
+
+    rng = np.random.default_rng(0)
+    cusps, varying = 0, 0
+    for _ in range(50):
+        path, widths = _pen_path(rng)
+        steps = np.diff(path, axis=0)
+        assert np.allclose(np.hypot(*steps.T), 1.0) and len(path) >= 4 * 4 + 1
+        turn = np.abs(np.angle(np.exp(1j * np.diff(np.arctan2(steps[:, 1], steps[:, 0])))))
+        cusps += int((turn > 2.0).any())
+        varying += int(np.ptp(widths) > 0.1)
+        assert widths.min() >= 1.8 * 0.7 - 1e-9 and widths.max() <= 3.2 * 1.3 + 1e-9
+    assert 25 <= cusps < 50 and varying >= 45
 
 
 def test_format_kinds_are_digits_out_of_mnists_format(base_uint8, base_labels):
