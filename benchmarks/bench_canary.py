@@ -15,6 +15,17 @@ throughout. Then, with params.yaml's canary budgets (window and minimum shortene
     2. v3 then v4, each `genops challenge` + `genops canary` -> rolled back.
 Reported: the controller's decision and figures, and what the clients saw: requests, failed
 requests, and latency by the version that answered, per phase.
+
+`--repeat N` measures the latency rules' error rates instead: N rounds, each under every
+`--baseline-s` value in turn (0: no baseline, the p50 rule reads the champion's median during
+the canary only), of an A/A canary (the other one of v1 and v2, as fast as the champion: a
+rollback is a false alarm) and a slow one (v4, with the p99 budget at `--slow-p99-ms`, out of
+its reach, so that only the p50 rule can see it: a promotion is a miss). With `--share 0.5`
+v4 saturates the workers and the champion queues behind it, the case a baseline is for.
+
+    .venv/bin/python benchmarks/bench_canary.py --repeat 5 --share 0.5 --window-s 10 \
+        --min-requests 30 --baseline-s 0 10
+
 Not a test: numbers depend on the machine and on what else runs on it.
 """
 
@@ -152,6 +163,9 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=30.0)
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--shadow-min-requests", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=0, help="error-rate rounds (module doc)")
+    parser.add_argument("--baseline-s", type=float, nargs="+", default=[0.0, 10.0])
+    parser.add_argument("--slow-p99-ms", type=float, default=5000.0)
     args = parser.parse_args()
     from models.spec import ALIAS, GENERATION, TASKS, mlflow_client
     from pipelines.registry.canary import CanaryBudget, Service, run_canary
@@ -189,6 +203,11 @@ def main() -> None:
             for t in traffic.threads:
                 t.start()
             service = Service(server.url, ADMIN_TOKEN)
+            if args.repeat:
+                rounds = error_rates(args, budget, service, traffic)
+                traffic.stop.set()
+                report_error_rates(args, budget, rounds, traffic.window(0.0, float("inf")))
+                return
             for version, shadow_s, need in (("2", args.shadow_s, args.shadow_min_requests),
                                             ("3", 0.0, 0), ("4", 0.0, 0)):  # fmt: skip
                 set_challenger("anomaly", version, "bench_canary")
@@ -216,6 +235,68 @@ def main() -> None:
         finally:
             server.stop()
         report(args, budget, results, total, worker, tree, history())
+
+
+def error_rates(args, budget, service, traffic) -> list[dict]:
+    """`--repeat` rounds of an A/A canary and a slow one under each `--baseline-s` (module
+    doc); each canary's outcome, reason and medians."""
+    from models.spec import ALIAS, TASKS, mlflow_client
+    from pipelines.registry import client as registry
+    from pipelines.registry.canary import run_canary
+
+    rounds = []
+    for i in range(args.repeat):
+        for baseline_s in args.baseline_s:
+            for kind in ("A/A", "slow"):
+                champion = str(registry.champion(TASKS["anomaly"]).version)
+                version = "4" if kind == "slow" else {"1": "2", "2": "1"}[champion]
+                p99 = args.slow_p99_ms if kind == "slow" else budget.max_p99_ms
+                registry.set_challenger("anomaly", version, "bench_canary")
+                service.reload()
+                time.sleep(2.0)  # both workers follow the reload
+                outcome = run_canary("anomaly", dataclasses.replace(
+                    budget, shadow_min_requests=0, baseline_s=baseline_s, max_p99_ms=p99),
+                    service)  # fmt: skip
+                f = outcome.figures
+                rounds.append({"round": i, "baseline_s": baseline_s, "kind": kind,
+                               "version": version, "event": outcome.event,
+                               "reason": outcome.reason, "canary_p50_ms": f.get("canary_p50_ms"),
+                               "champion_p50_ms": f.get("champion_p50_ms"),
+                               "baseline_p50_ms": f.get("baseline_p50_ms")})  # fmt: skip
+                print(json.dumps(rounds[-1]), flush=True)
+                if kind == "slow" and outcome.event == "promoted":  # a miss: v4 is let go again
+                    mlflow_client().set_registered_model_alias(ANOMALY_MODEL, ALIAS, champion)
+                    service.reload()
+                time.sleep(2.0)
+    return rounds
+
+
+def report_error_rates(args, budget, rounds, total) -> None:
+    print(f"\n### The canary's latency rules: error rates ({time.strftime('%Y-%m-%d')})\n")
+    print(f"- load: {args.rate:g} one-image /score/image requests/s from {args.clients} client "
+          f"keys on {args.threads} threads; 2 workers; canary share {args.share:g}; window "
+          f"{args.window_s:g} s, {args.min_requests} requests; A/A p99 budget "
+          f"{budget.max_p99_ms:g} ms, slow p99 budget {args.slow_p99_ms:g} ms")  # fmt: skip
+    print(
+        "\n| baseline_s | A/A canaries | rolled back (false alarms) | slow canaries | "
+        "rolled back (caught) | promoted (missed) |\n|---:|---:|---:|---:|---:|---:|"
+    )
+    for baseline_s in args.baseline_s:
+        aa = [r for r in rounds if r["baseline_s"] == baseline_s and r["kind"] == "A/A"]
+        slow = [r for r in rounds if r["baseline_s"] == baseline_s and r["kind"] == "slow"]
+        print(f"| {baseline_s:g} | {len(aa)} | {sum(r['event'] != 'promoted' for r in aa)} | "
+              f"{len(slow)} | {sum(r['event'] == 'rolled back' for r in slow)} | "
+              f"{sum(r['event'] == 'promoted' for r in slow)} |")  # fmt: skip
+    print(
+        "\n| baseline_s | kind | p50 ms: canary / champion during / champion before | outcome "
+        "|\n|---:|---|---|---|"
+    )
+    for r in rounds:
+        cells = " / ".join("-" if r[k] is None else f"{r[k]:.1f}" for k in
+                           ("canary_p50_ms", "champion_p50_ms", "baseline_p50_ms"))  # fmt: skip
+        print(f"| {r['baseline_s']:g} | {r['kind']} | {cells} | {r['event']}: {r['reason']} |")
+    print(f"\n- all clients: {total['requests']} requests, {total['failed']} failed")
+    print(f"- CPUs: {os.cpu_count()}, load average at end: {os.getloadavg()[0]:.1f}")
 
 
 def report(args, budget, results, total, worker, tree, events) -> None:

@@ -8,7 +8,9 @@ champion's answer, the canary gets a `fallback` on its record. The service only 
 measures; `genops canary` (pipelines/registry/canary.py) reads the figures from /metrics and
 rolls back or promotes.
 
-/metrics, while a canary is live (labels task, version, role = canary | champion):
+/metrics (labels task, version, role = canary | champion): the champion's requests (those for
+the task's champion by name or by default) always, the canary's while it is live. The
+champion's figures from before a canary are its baseline (`genops canary`, `baseline_s`).
     genops_canary_requests_total{..., outcome}   ok | fallback (the canary failed, the
                                                  champion answered)
     genops_canary_latency_seconds                time from routing to the model's answer
@@ -41,12 +43,12 @@ def canary_metrics() -> dict[str, Any]:
     labels = ["task", "version", "role"]
     return {
         "requests": prom.Counter(
-            "genops_canary_requests", "Requests routed while a canary is live, by who answered",
+            "genops_canary_requests", "Champion requests, and canary ones while it is live",
             [*labels, "outcome"],
         ),
         "latency": prom.Histogram(
             "genops_canary_latency_seconds",
-            "Routing to answer, per version, while a canary is live", labels,
+            "Routing to answer, per version: the champion always, a canary while live", labels,
             buckets=LATENCY_BUCKETS,
         ),
     }  # fmt: skip
@@ -65,7 +67,8 @@ async def answer(route: Route, run: Callable[[ServedModel], Awaitable[T]]) -> tu
     """Run the request on `route.served`; a canary that fails is retried on the champion.
 
     Refusals that are not the model's doing (a full lane, a bad input, a hang-up) pass
-    through unchanged. Records the canary metrics while a canary is live.
+    through unchanged. Records the canary metrics for a champion request (`route.task`)
+    always, and for the canary while it is live.
     """
     canary, started = route.canary, time.perf_counter()
     try:
@@ -80,10 +83,9 @@ async def answer(route: Route, run: Callable[[ServedModel], Awaitable[T]]) -> tu
                     exc)  # fmt: skip
         canary_metrics()["requests"].labels(canary.task, meta.version, "canary", "fallback").inc()
         return route.fallback, await run(route.fallback)
-    if canary is not None:
+    task = canary.task if canary is not None else route.task
+    if task is not None:
         metrics, version = canary_metrics(), route.served.meta.version
-        metrics["requests"].labels(canary.task, version, route.role, "ok").inc()
-        metrics["latency"].labels(canary.task, version, route.role).observe(
-            time.perf_counter() - started
-        )
+        metrics["requests"].labels(task, version, route.role, "ok").inc()
+        metrics["latency"].labels(task, version, route.role).observe(time.perf_counter() - started)
     return route.served, result

@@ -40,11 +40,13 @@ CHAMPION = ALIAS
 class Route:
     """Who answers one request: `served`, and when that is a canary, the champion to fall
     back on (`fallback`) should it fail. `canary` is the task's live canary, whoever answers
-    (its requests are measured for both sides)."""
+    (its requests are measured for both sides). `task`: set on a request for the task's
+    champion (canary or not), whose latency is measured always: the canary's baseline."""
 
     served: ServedModel
     fallback: ServedModel | None = None
     canary: Canary | None = None
+    task: str | None = None
 
     @property
     def role(self) -> str:
@@ -91,12 +93,12 @@ class Catalog:
         client the task's canary takes (models.canary: sticky by client key) goes to the
         challenger, with the champion as its fallback."""
         served = self.resolve(task, name)
-        canary = self.canary(task) if name in (None, CHAMPION) else None
-        if canary is None:
+        if name not in (None, CHAMPION):
             return Route(served)
-        if canary.takes(client):
-            return Route(self.roles[challenger_role(task)], served, canary)
-        return Route(served, None, canary)
+        canary = self.canary(task)
+        if canary is not None and canary.takes(client):
+            return Route(self.roles[challenger_role(task)], served, canary, task)
+        return Route(served, None, canary, task)
 
     def model_names(self, task: str | None = None) -> list[str]:
         challenged = task is None or self.challenger(task) is not None

@@ -242,7 +242,7 @@ class GenOps:
         """
         route = self.models.route("generation", model, _client(ctx))
         if route.fallback is not None and not _can_sample(route.served, n, label, steps, self):
-            route = Route(route.fallback, None, route.canary)  # the canary cannot take this one
+            route = Route(route.fallback, None, route.canary, route.task)  # the canary can't
         _can_sample(route.served, n, label, steps, self, explain=True)
         name_the_model(ctx, route.served)
         lane = self.lanes[GENERATION_LANE]

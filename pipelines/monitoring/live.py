@@ -117,6 +117,20 @@ def canary_figures(s: Samples, task: str, version: str, champion: str | None) ->
     return figures
 
 
+def champion_baseline(s: Samples, task: str, champion: str, seconds: float) -> dict[str, Any]:
+    """The champion's figures over `seconds` before a canary (the service measures champion
+    requests always): its requests, their rate and its median latency, the canary's baseline."""
+    count, latency = "genops_canary_requests_total", "genops_canary_latency_seconds"
+    served = s.total(count, task=task, version=champion, role="champion", outcome="ok")
+    (p50,) = s.quantiles(latency, (0.5,), task=task, version=champion, role="champion")
+    return {
+        "baseline_s": round(seconds, 1),
+        "baseline_requests": int(served),
+        "baseline_rate": served / seconds if seconds > 0 else None,
+        "baseline_p50_ms": _ms(p50),
+    }
+
+
 def shadow_figures(s: Samples, task: str, version: str) -> dict[str, Any]:
     """What shadowing showed of challenger `version` (serving/shadow.py's metrics)."""
     labels = {"task": task, "version": version}

@@ -3,9 +3,15 @@
     1. Optionally, the challenger must first have shadow evidence (serving/shadow.py): enough
        shadowed requests, verdict agreement with the champion, a latency bound. Otherwise
        the canary is refused and the reason recorded.
-    2. The canary starts: a registered-model tag (models.canary) every serving worker follows,
+    2. The champion's baseline: its median latency over `baseline_s` before the canary (the
+       service measures champion requests always). A slow challenger slows the champion on
+       the workers they share, so during the canary the champion's own median can hide it;
+       the baseline does not. It is used while the traffic stays steady (the request rate
+       during the canary at most `max_rate_growth` times the rate before): then the p50 rule
+       below reads the faster of the champion's two medians.
+    3. The canary starts: a registered-model tag (models.canary) every serving worker follows,
        made effective at once by one `/admin/reload` (passed on to every worker).
-    3. Every `poll_s`, the service's /metrics is read and judged on this canary's own window
+    4. Every `poll_s`, the service's /metrics is read and judged on this canary's own window
        (counts since the start; pipelines/monitoring/live.py). Once the challenger answered
        `judge_after` requests, an error rate above `max_error_rate`, a p99 above
        `max_p99_ms` or a p50 above `max_p50_ratio` times the champion's (and more than
@@ -13,7 +19,7 @@
        bucket, where their ratio is noise) ends the canary at once: the challenger alias is
        removed (a rollback) and the reason recorded. Clients never saw those errors: the
        service answers a failed canary request again with the champion (serving/canary.py).
-    4. When `window_s` has passed and the challenger answered at least `min_requests`, it
+    5. When `window_s` has passed and the challenger answered at least `min_requests`, it
        becomes the champion. Too little traffic by `timeout_s` ends the canary undecided.
 
 Every event, with its figures, is tagged on the challenger's version (`canary.<time>`, shown by
@@ -32,7 +38,13 @@ from typing import Any
 import httpx
 
 from models.spec import TASKS
-from pipelines.monitoring.live import Samples, canary_figures, read_metrics, shadow_figures
+from pipelines.monitoring.live import (
+    Samples,
+    canary_figures,
+    champion_baseline,
+    read_metrics,
+    shadow_figures,
+)
 
 log = logging.getLogger(__name__)
 PROMOTED, ROLLED_BACK, UNDECIDED, REFUSED = "promoted", "rolled back", "undecided", "refused"
@@ -50,6 +62,8 @@ class CanaryBudget:
     max_p99_ms: float = 250.0
     max_p50_ratio: float = 2.0  # canary p50 / champion p50 over the same window
     min_p50_excess_ms: float = 5.0  # ... and canary p50 - champion p50 above this
+    baseline_s: float = 0.0  # the champion's median over this long before the canary (0: none)
+    max_rate_growth: float = 1.5  # the baseline counts while the rate grew at most this much
     poll_s: float = 5.0
     timeout_s: float = 1800.0
     shadow_min_requests: int = 0  # 0: no shadow evidence needed before a canary
@@ -65,8 +79,11 @@ class CanaryBudget:
                      "max_p50_ratio"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"canary.{name} must be > 0, got {getattr(self, name)}")
-        if self.min_p50_excess_ms < 0:
-            raise ValueError(f"canary.min_p50_excess_ms must be >= 0, got {self.min_p50_excess_ms}")
+        for name in ("min_p50_excess_ms", "baseline_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"canary.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_rate_growth < 1:
+            raise ValueError(f"canary.max_rate_growth must be >= 1, got {self.max_rate_growth}")
         if self.judge_after < 1 or self.min_requests < self.judge_after:
             raise ValueError("canary needs 1 <= judge_after <= min_requests")
 
@@ -150,14 +167,31 @@ def breach(figures: dict[str, Any], budget: CanaryBudget) -> str | None:
     # slower that still fits the absolute p99 budget. Both medians are interpolated inside
     # histogram buckets (1 ms, 2.5 ms, 5 ms, ...): two millisecond medians in one bucket can
     # differ 2x by chance, so the excess must also exceed `min_p50_excess_ms`
-    p50, base = figures.get("canary_p50_ms"), figures.get("champion_p50_ms")
-    if (p50 is not None and base and figures.get("champion_requests", 0) >= budget.judge_after
-            and p50 > budget.max_p50_ratio * base
+    p50, (base, when) = figures.get("canary_p50_ms"), champion_median(figures, budget)
+    if (p50 is not None and base and p50 > budget.max_p50_ratio * base
             and p50 - base > budget.min_p50_excess_ms):  # fmt: skip
-        return (f"p50 {p50:.1f} ms is {p50 / base:.1f}x the champion's {base:.1f} ms > budget "
-                f"{budget.max_p50_ratio:g}x (and {p50 - base:.1f} ms > "
+        return (f"p50 {p50:.1f} ms is {p50 / base:.1f}x the champion's {base:.1f} ms {when} > "
+                f"budget {budget.max_p50_ratio:g}x (and {p50 - base:.1f} ms > "
                 f"{budget.min_p50_excess_ms:g} ms above it)")  # fmt: skip
     return None
+
+
+def champion_median(figures: dict[str, Any], budget: CanaryBudget) -> tuple[float | None, str]:
+    """The champion's median the canary's is read against, and when it was taken: the faster
+    of its median during the canary and its baseline from before (when the baseline has
+    `judge_after` requests and the traffic stayed steady: the rate during the canary at most
+    `max_rate_growth` times the rate before). A challenger that slows the champion on the
+    workers they share is then read against the champion as it was without it."""
+    during = figures.get("champion_p50_ms")
+    if figures.get("champion_requests", 0) < budget.judge_after:
+        during = None
+    before, rate, rate_before = (figures.get(k) for k in
+                                 ("baseline_p50_ms", "rate_during", "baseline_rate"))  # fmt: skip
+    steady = bool(rate is not None and rate_before and rate <= budget.max_rate_growth * rate_before)
+    if (before and steady and figures.get("baseline_requests", 0) >= budget.judge_after
+            and (during is None or before < during)):  # fmt: skip
+        return before, "before the canary"
+    return during, "during it"
 
 
 def run_canary(
@@ -183,6 +217,12 @@ def run_canary(
     if refused:
         registry.end_canary(task.name, version, REFUSED, refused, shadow)
         return Outcome(task.name, version, champion_version, REFUSED, refused, shadow)
+    baseline = {}
+    if budget.baseline_s > 0 and champion_version is not None:
+        since = clock()
+        sleep(budget.baseline_s)
+        baseline = champion_baseline(service.metrics().minus(before), task.name,
+                                     champion_version, clock() - since)  # fmt: skip
     registry.start_canary(task.name, budget.share, "genops canary", shadow)
     service.reload()
     started = clock()
@@ -191,8 +231,10 @@ def run_canary(
         sleep(budget.poll_s)
         elapsed = clock() - started
         figures = {**canary_figures(service.metrics().minus(base), task.name, version,
-                                    champion_version), **shadow,
+                                    champion_version), **shadow, **baseline,
                    "share": budget.share, "window_s": round(elapsed, 1)}  # fmt: skip
+        answered = figures["canary_requests"] + figures.get("champion_requests", 0)
+        figures["rate_during"] = answered / elapsed if elapsed > 0 else None
         if progress is not None:
             progress(figures)
         if reason := breach(figures, budget):

@@ -43,6 +43,35 @@ def test_a_canary_takes_its_share_of_clients_and_each_client_sticks():
     # a named model is never diverted; nor is another task
     assert catalog.route("anomaly", "challenger", to_canary[0]).fallback is None
     assert catalog.route("generation", None, to_canary[0]).canary is None
+    # the task's champion requests are measured (route.task), with a canary or without one;
+    # a request for a model by name is not the champion's
+    assert first.task == champion.task == "anomaly"
+    assert catalog.route("generation", None, "anyone").task == "generation"
+    assert _catalog(None).route("anomaly", "champion", "anyone").task == "anomaly"
+    assert catalog.route("anomaly", "challenger", to_canary[0]).task is None
+
+
+def test_champion_requests_are_measured_without_a_canary():
+    """The canary's baseline (`genops canary`, `baseline_s`): the champion's latency is
+    recorded while no canary is live; a request for a model by name is not."""
+    import asyncio
+
+    from serving.canary import answer, canary_metrics
+
+    catalog = _catalog(None)
+    count = canary_metrics()["requests"].labels("anomaly", "2", "champion", "ok")
+    latency = canary_metrics()["latency"].labels("anomaly", "2", "champion")
+    before, observed = count._value.get(), latency._sum.get()
+
+    async def run(served):
+        await asyncio.sleep(0.01)
+        return served.meta.version
+
+    _, result = asyncio.run(answer(catalog.route("anomaly", None, "c1"), run))
+    assert result == "2" and count._value.get() == before + 1
+    assert latency._sum.get() - observed >= 0.009
+    asyncio.run(answer(catalog.route("anomaly", "challenger", "c1"), run))  # by name
+    assert count._value.get() == before + 1
 
 
 def test_a_canary_for_a_version_that_is_not_the_challenger_is_ignored():

@@ -9,7 +9,7 @@ import numpy as np
 import prometheus_client as prom
 import pytest
 
-from pipelines.monitoring.live import Samples, canary_figures, shadow_figures
+from pipelines.monitoring.live import Samples, canary_figures, champion_baseline, shadow_figures
 from pipelines.registry.canary import CanaryBudget, breach, shadow_refusal
 from serving.canary import LATENCY_BUCKETS
 
@@ -93,11 +93,40 @@ def test_budgets_are_judged_only_with_enough_requests():
                                                  min_p50_excess_ms=1.0))  # fmt: skip
 
 
+def test_the_champions_baseline_from_before_the_canary():
+    """A challenger that slows the champion on the workers they share (CI at 16c8e69: v4 at
+    p50 47 ms, the champion queued behind it at 57 ms) is read against the champion's median
+    from before the canary, while the traffic stays steady."""
+    empty = Samples.parse(_exposition({}, {}))
+    window = Samples.parse(_exposition({("2", "champion"): [0.003] * 300},
+                                       {("2", "champion", "ok"): 300}))  # fmt: skip
+    baseline = champion_baseline(window.minus(empty), "anomaly", "2", 3.0)
+    assert baseline["baseline_requests"] == 300 and baseline["baseline_rate"] == 100.0
+    assert 2.5 <= baseline["baseline_p50_ms"] <= 5.0
+    budget = CanaryBudget(judge_after=20, min_requests=50, max_p99_ms=120.0, baseline_s=3.0)
+    during = {"canary_requests": 40, "canary_errors": 0, "canary_error_rate": 0.0,
+              "canary_p99_ms": 99.0, "canary_p50_ms": 47.0, "champion_p50_ms": 57.0,
+              "champion_requests": 360, "rate_during": 100.0}  # fmt: skip
+    assert breach(during, budget) is None  # the champion's own median hides it
+    ci = {**during, **baseline, "baseline_p50_ms": 3.0}
+    assert "15.7x the champion's 3.0 ms before the canary" in breach(ci, budget)
+    # the traffic grew (2x > max_rate_growth 1.5): the baseline does not say what the champion
+    # would answer now, and is not used; nor with too few requests behind it
+    assert breach({**ci, "rate_during": 200.0}, budget) is None
+    assert breach({**ci, "baseline_requests": 10}, budget) is None
+    # the faster of the two medians: a champion faster now than before is read as it is now
+    now = {**ci, "canary_p50_ms": 20.0, "champion_p50_ms": 2.0, "baseline_p50_ms": 8.0}
+    assert "10.0x the champion's 2.0 ms during it" in breach(now, budget)
+    # a good challenger, as fast as the champion before it: within budget
+    assert breach({**ci, "canary_p50_ms": 4.0, "champion_p50_ms": 4.2}, budget) is None
+
+
 @pytest.mark.parametrize(
     "values, message",
     [({"share": 0}, "share"), ({"share": 1.5}, "share"), ({"poll_s": 0}, "poll_s"),
      ({"judge_after": 60, "min_requests": 50}, "judge_after"),
-     ({"min_p50_excess_ms": -1}, "min_p50_excess_ms"), ({"windows": 3}, "unknown")],
+     ({"min_p50_excess_ms": -1}, "min_p50_excess_ms"), ({"baseline_s": -1}, "baseline_s"),
+     ({"max_rate_growth": 0.5}, "max_rate_growth"), ({"windows": 3}, "unknown")],
 )  # fmt: skip
 def test_budget_values_are_checked(values, message):
     with pytest.raises(ValueError, match=message):
