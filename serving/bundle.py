@@ -200,7 +200,11 @@ def network_digests(directory: Path) -> dict[str | None, str]:
     {member: digest} for an ensemble's (its `members.<member>.*` tensors). A digest is the
     sha256 of the family, the config and every tensor (name within its network, dtype, shape,
     bytes), read from the safetensors file a chunk at a time without loading it: equal
-    digests, interchangeable networks, whichever bundle they came from."""
+    digests, interchangeable networks, whichever bundle they came from. Tensors the family
+    derives from the others (its `DERIVED_STATE`: a neighbour search's coarse index, saved only
+    by newer code) are left out, so a file with them and one without are the same network."""
+    from models.io import family_class
+
     directory = Path(directory)
     payload = read_config(directory)
     weights = directory / WEIGHTS_FILE
@@ -217,7 +221,10 @@ def network_digests(directory: Path) -> dict[str | None, str]:
             h = hashlib.sha256(
                 json.dumps({"family": family, "config": config}, sort_keys=True).encode()
             )
+            derived = set(getattr(family_class(family), "DERIVED_STATE", ()))
             for key in sorted(k for k in header if k.startswith(prefix)):
+                if key[len(prefix) :] in derived:
+                    continue
                 entry = header[key]
                 h.update(f"|{key[len(prefix) :]}|{entry['dtype']}|{entry['shape']}|".encode())
                 begin, end = entry["data_offsets"]

@@ -246,3 +246,12 @@ def test_a_family_and_the_ensemble_that_carries_it_share_one_network(tmp_path, r
             want = alone.model.anomaly_score(probe).double().numpy()
             got = catalog.roles[role].model.anomaly_score(probe).double().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+    # a GAN bundle written before the coarse index was saved with the weights is the same
+    # network as the ensemble's member written after: still shared
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "families/gan" / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if k not in ("score_proj", "score_coarse")}
+    save_file(state, weights, metadata={"family": "gan"})
+    assert network_digests(tmp_path / "families/gan") == {None: digests["gan"]}
