@@ -21,7 +21,9 @@ requests, and latency by the version that answered, per phase.
 the canary only), of an A/A canary (the other one of v1 and v2, as fast as the champion: a
 rollback is a false alarm) and a slow one (v4, with the p99 budget at `--slow-p99-ms`, out of
 its reach, so that only the p50 rule can see it: a promotion is a miss). With `--share 0.5`
-v4 saturates the workers and the champion queues behind it, the case a baseline is for.
+v4 saturates the workers and the champion queues behind it, the case a baseline is for;
+`--burn N` adds N busy-loop processes beside the server (a host as busy as CI's, where the
+champion's median once rose above v4's).
 
     .venv/bin/python benchmarks/bench_canary.py --repeat 5 --share 0.5 --window-s 10 \
         --min-requests 30 --baseline-s 0 10
@@ -35,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -166,6 +169,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=0, help="error-rate rounds (module doc)")
     parser.add_argument("--baseline-s", type=float, nargs="+", default=[0.0, 10.0])
     parser.add_argument("--slow-p99-ms", type=float, default=5000.0)
+    parser.add_argument("--burn", type=int, default=0,
+                        help="busy-loop processes beside the server during --repeat (a busy "
+                             "host, like CI's)")  # fmt: skip
     args = parser.parse_args()
     from models.spec import ALIAS, GENERATION, TASKS, mlflow_client
     from pipelines.registry.canary import CanaryBudget, Service, run_canary
@@ -204,7 +210,13 @@ def main() -> None:
                 t.start()
             service = Service(server.url, ADMIN_TOKEN)
             if args.repeat:
-                rounds = error_rates(args, budget, service, traffic)
+                burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                           for _ in range(args.burn)]  # fmt: skip
+                try:
+                    rounds = error_rates(args, budget, service, traffic)
+                finally:
+                    for b in burners:
+                        b.kill()
                 traffic.stop.set()
                 report_error_rates(args, budget, rounds, traffic.window(0.0, float("inf")))
                 return
@@ -276,7 +288,8 @@ def report_error_rates(args, budget, rounds, total) -> None:
     print(f"- load: {args.rate:g} one-image /score/image requests/s from {args.clients} client "
           f"keys on {args.threads} threads; 2 workers; canary share {args.share:g}; window "
           f"{args.window_s:g} s, {args.min_requests} requests; A/A p99 budget "
-          f"{budget.max_p99_ms:g} ms, slow p99 budget {args.slow_p99_ms:g} ms")  # fmt: skip
+          f"{budget.max_p99_ms:g} ms, slow p99 budget {args.slow_p99_ms:g} ms; "
+          f"{args.burn} busy-loop processes beside the server")  # fmt: skip
     print(
         "\n| baseline_s | A/A canaries | rolled back (false alarms) | slow canaries | "
         "rolled back (caught) | promoted (missed) |\n|---:|---:|---:|---:|---:|---:|"
