@@ -58,6 +58,12 @@ def challenge_cmd(task, version, clear) -> None:
 )
 @click.option("--window-s", type=float, help="[default: params.yaml canary.window_s]")
 @click.option("--min-requests", type=int, help="[default: params.yaml canary.min_requests]")
+@click.option(
+    "--baseline-s",
+    type=float,
+    help="Seconds of the champion's traffic read before the canary starts, its latency baseline; "
+    "0: none [default: params.yaml canary.baseline_s].",
+)
 @click.option("--stop", "stop", is_flag=True, help="End a canary left running (by hand).")
 @click.option(
     "--params",
@@ -66,13 +72,15 @@ def challenge_cmd(task, version, clear) -> None:
     default=Path("params.yaml"),
     show_default=True,
 )
-def canary_cmd(task, url, share, window_s, min_requests, stop, params_path) -> None:
+def canary_cmd(task, url, share, window_s, min_requests, baseline_s, stop, params_path) -> None:
     """Send a share of live traffic to the task's challenger, then promote or roll back.
 
     Needs a challenger (`genops challenge`). Reads the service's /metrics every poll; rolls
     back at once when the challenger breaches params.yaml's error-rate, p99 or p50-ratio
-    budget, and promotes it when the window passes within budget. GENOPS_ADMIN_TOKEN makes
-    each change effective on every worker at once (else at the service's next registry poll).
+    budget (the p50 read against the champion's, and against its baseline from the
+    `baseline_s` before the canary), and promotes it when the window passes within budget.
+    GENOPS_ADMIN_TOKEN makes each change effective on every worker at once (else at the
+    service's next registry poll).
     Exit 0: promoted; 3: rolled back, refused (shadow evidence) or undecided (too little
     traffic).
     """
@@ -94,8 +102,11 @@ def canary_cmd(task, url, share, window_s, min_requests, stop, params_path) -> N
         return
     try:
         budget = CanaryBudget.from_dict(section(load_params(params_path), "canary"))
-        overrides = {"share": share, "window_s": window_s, "min_requests": min_requests}
-        budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v})
+        overrides = {"share": share, "window_s": window_s, "min_requests": min_requests,
+                     "baseline_s": baseline_s}  # fmt: skip
+        budget = dataclasses.replace(
+            budget, **{k: v for k, v in overrides.items() if v is not None}
+        )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
 
@@ -107,6 +118,8 @@ def canary_cmd(task, url, share, window_s, min_requests, stop, params_path) -> N
             err=True,
         )
 
+    if budget.baseline_s > 0:
+        click.echo(f"  reading the champion's baseline for {budget.baseline_s:g} s", err=True)
     try:
         outcome = run_canary(task, budget, Service.from_env(url), progress=show)
     except ValueError as exc:

@@ -138,3 +138,15 @@ def test_the_shipped_params_are_a_valid_budget():
 
     budget = CanaryBudget.from_dict(section(load_params(), "canary"))
     assert budget.share == 0.1 and budget.max_error_rate == 0.01
+
+
+def test_the_cli_takes_a_baseline_and_refuses_a_bad_one():
+    """`genops canary --baseline-s`: 0 is a value (no baseline), a negative one is refused
+    before anything is contacted."""
+    from click.testing import CliRunner
+
+    from pipelines.cli.registry import canary_cmd
+
+    result = CliRunner().invoke(canary_cmd, ["--task", "anomaly", "--baseline-s", "-1"])
+    assert result.exit_code == 2 and "baseline_s must be >= 0" in result.output
+    assert "--baseline-s" in CliRunner().invoke(canary_cmd, ["--help"]).output
