@@ -64,13 +64,13 @@ from models.ensemble.config import (
     calibration_from_dict,
     calibration_to_dict,
 )
-from models.gan.neighbours import coarse_index, index_matches, mean_cosine_distance
+from models.gan.neighbours import IndexedBank, coarse_index, index_matches, mean_cosine_distance
 from models.io import build_model
 from models.spec import FAMILIES
 from models.tensors import check_images
 
 
-class Ensemble(GenerativeModel):
+class Ensemble(IndexedBank, GenerativeModel):
     """Members as submodules (`members.<family>.*` in the state dict) plus their calibrations."""
 
     family = "ensemble"
@@ -89,7 +89,6 @@ class Ensemble(GenerativeModel):
             # from before it was saved derives it at load (DERIVED_STATE, ensure_index)
             self.register_buffer("knn_proj", torch.zeros(0, 0))
             self.register_buffer("knn_coarse", torch.zeros(0, 0).half())
-        self._index_checked = True  # the index fits the bank (nothing loaded since it was)
         reconstructing = [f for f in names if self.members[f].capabilities.reconstruction]
         self._reconstructor = reconstructing[0] if reconstructing else None
 
@@ -106,38 +105,18 @@ class Ensemble(GenerativeModel):
             reconstruction=self._reconstructor is not None,
         )
 
-    # buffers a file may lack (weights saved before the coarse index was): derived at load
-    DERIVED_STATE = ("knn_proj", "knn_coarse")
+    # the encoder-kNN bank and the buffers a file may lack (saved before the coarse index
+    # was), derived at load (models.gan.neighbours.IndexedBank)
+    BANK, DERIVED_STATE = "knn_bank", ("knn_proj", "knn_coarse")
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-    ) -> None:
-        """The encoder-kNN bank and its coarse index take their saved shapes. A file without
-        the index (saved before it was) still loads strictly; `ensure_index` (run by
-        models.io.load_model, and before any score) checks the index against the bank and
-        derives it where it is absent or does not match."""
-        names = ("knn_bank", *self.DERIVED_STATE) if self.config.encoder_knn else ()
-        for name in names:
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-                self._index_checked = False
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-        )
-        for name in self.DERIVED_STATE if names else ():
-            if prefix + name not in state_dict and prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
+    def _bank_on(self) -> bool:
+        return bool(self.config.encoder_knn)
 
-    @torch.no_grad()
-    def ensure_index(self) -> None:
-        """Derive the encoder-kNN coarse index unless the one held fits the bank."""
-        if not self.config.encoder_knn or self._index_checked:
-            return
-        bank, dims = self.knn_bank, self.config.knn_coarse_dims
-        if bank.shape[0] and not index_matches(bank, self.knn_proj, self.knn_coarse, dims):
-            self.set_knn_bank(bank)
-        self._index_checked = True
+    def _index_dims(self) -> int:
+        return self.config.knn_coarse_dims
+
+    def _derive_index(self) -> None:
+        self.set_knn_bank(self.knn_bank)
 
     @torch.no_grad()
     def set_knn_bank(self, bank: Tensor, index: tuple[Tensor, Tensor] | None = None) -> None:

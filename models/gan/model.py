@@ -32,7 +32,7 @@ from models.gan.monitors import (
     oscillation_warning,
 )
 from models.gan.negatives import negative_batch
-from models.gan.neighbours import coarse_index, index_matches, mean_cosine_distance
+from models.gan.neighbours import IndexedBank, coarse_index, mean_cosine_distance
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -63,7 +63,7 @@ def frozen(*modules: nn.Module, eval_mode: bool = True) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
-class GAN(GenerativeModel):
+class GAN(IndexedBank, GenerativeModel):
     """DCGAN-style G/D at 28x28 with an f-AnoGAN encoder; see the module docstring."""
 
     family = "gan"
@@ -95,7 +95,6 @@ class GAN(GenerativeModel):
             # from before it was saved derives it at load (DERIVED_STATE, ensure_index)
             self.register_buffer("score_proj", torch.zeros(features, dims))
             self.register_buffer("score_coarse", torch.zeros(0, dims).half())
-        self._index_checked = True  # the index fits the bank (nothing loaded since it was)
         if config.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -127,39 +126,18 @@ class GAN(GenerativeModel):
         f_hat = self.d(x_hat).features
         return izif_residual(x, x_hat, f_x, f_hat, self.config.kappa), x_hat, enc.label_logits
 
-    # buffers a file may lack (weights saved before the coarse index was): derived at load
-    DERIVED_STATE = ("score_proj", "score_coarse")
+    # the neighbour bank and the buffers a file may lack (saved before the coarse index was),
+    # derived at load (models.gan.neighbours.IndexedBank)
+    BANK, DERIVED_STATE = "score_bank", ("score_proj", "score_coarse")
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-    ) -> None:
-        """The feature bank's length is the training set's: the bank and its coarse index take
-        their saved shapes. A file without the index (saved before it was) still loads
-        strictly; `ensure_index` (run by models.io.load_model, and before any score) checks the
-        index against the bank and derives it where it is absent or does not match."""
-        names = ("score_bank", *self.DERIVED_STATE) if self.config.score == "dknn" else ()
-        for name in names:
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-                self._index_checked = False
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-        )
-        for name in self.DERIVED_STATE if names else ():
-            if prefix + name not in state_dict and prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
+    def _bank_on(self) -> bool:
+        return self.config.score == "dknn"
 
-    @torch.no_grad()
-    def ensure_index(self) -> None:
-        """Derive the coarse index unless the one held fits the bank (`index_matches`)."""
-        if self.config.score != "dknn" or self._index_checked:
-            return
-        bank = self.score_bank
-        dims = self.config.score_coarse_dims
-        if bank.shape[0] and not index_matches(bank, self.score_proj, self.score_coarse, dims):
-            self._index_bank()
-        self._index_checked = True
+    def _index_dims(self) -> int:
+        return self.config.score_coarse_dims
+
+    def _derive_index(self) -> None:
+        self._index_bank()
 
     # ---- training -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

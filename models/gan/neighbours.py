@@ -56,6 +56,56 @@ def index_matches(bank: Tensor, proj: Tensor, coarse: Tensor, dims: int, rows: i
     return bool(torch.allclose(coarse[idx].float(), bank[idx].float() @ proj, atol=2e-3, rtol=1e-2))
 
 
+class IndexedBank:
+    """Mixin for a model that keeps a neighbour bank and its coarse index as buffers: the bank
+    (`BANK`) and the index (`DERIVED_STATE`: projection, coarse bank) are saved with the
+    weights and take their saved shapes at load; a file without the index (saved before it
+    was) still loads strictly, and `ensure_index` (run by models.io.load_model, and before any
+    search) checks the index against the bank and derives it where it is absent or does not
+    fit. The model says whether its bank is on (`_bank_on`), its index's dimensions
+    (`_index_dims`), and derives the index (`_derive_index`, which sets `_index_checked`)."""
+
+    BANK: str
+    DERIVED_STATE: tuple[str, str]
+    _index_checked = True  # the index fits the bank (nothing loaded since it was)
+
+    def _bank_on(self) -> bool:
+        raise NotImplementedError
+
+    def _index_dims(self) -> int:
+        raise NotImplementedError
+
+    def _derive_index(self) -> None:
+        raise NotImplementedError
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        names = (self.BANK, *self.DERIVED_STATE) if self._bank_on() else ()
+        for name in names:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:  # a bank's length is its training set's
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+                self._index_checked = False
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        for name in self.DERIVED_STATE if names else ():
+            if prefix + name not in state_dict and prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)  # derived instead (ensure_index)
+
+    @torch.no_grad()
+    def ensure_index(self) -> None:
+        """Derive the coarse index unless the one held fits the bank (`index_matches`)."""
+        if not self._bank_on() or self._index_checked:
+            return
+        bank = getattr(self, self.BANK)
+        proj, coarse = (getattr(self, name) for name in self.DERIVED_STATE)
+        if bank.shape[0] and not index_matches(bank, proj, coarse, self._index_dims()):
+            self._derive_index()
+        self._index_checked = True
+
+
 @torch.no_grad()
 def mean_cosine_distance(
     features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
