@@ -35,6 +35,12 @@ A sixth pass (fixed before its run, docs/anomaly.md "Sixteenth pass"): the same,
 suite with `pen_mnist` (fourteen kinds: content asked by two flips and two stroke kinds), on
 GANs trained afresh the same way; the same rule and margin.
 
+A seventh pass (fixed before its run, docs/anomaly.md "Sixteenth pass", after
+`bench_class_confidence.py` had shown the GAN encoder's class entropy in a p-value union on the
+tuned suite): the served union with the class-entropy view at the whole budget, 0.5 and 0.2
+(`--variants served entropy entropy-0.5 entropy-0.2`), on the run's models. Rule: the highest
+tuned mean (fourteen kinds); a product change only if it beats `served` by at least 0.001.
+
 The rule, fixed before the first run: the highest tuned-suite mean AUROC (every kind of it, the
 content and format proxies included); a product change only if it beats `served` by at least
 0.001. The held-out benchmark is printed once, beside, and never chooses.
@@ -75,6 +81,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{
         f"format-{share:g}": {"format_test": True, "format_share": share}
         for share in (0.5, 0.2, 0.1, 0.05)
+    },
+    **{
+        (f"entropy-{share:g}" if share < 1 else "entropy"): {
+            "class_entropy": True,
+            "entropy_share": share,
+        }
+        for share in (1.0, 0.5, 0.2)
     },
 }
 PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist")

@@ -21,6 +21,9 @@ ENCODER_KNN = "encoder_knn"
 # the format view: an image's distance from MNIST's format (models.digit_format, docs/anomaly.md
 # eleventh pass), calibrated like a member
 FORMAT = "format"
+# the class-entropy view: the entropy of the GAN member's encoder's class prediction (models.gan,
+# docs/anomaly.md "Sixteenth pass"), calibrated like a member
+CLASS_ENTROPY = "class_entropy"
 _CALIBRATION_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
 
 
@@ -65,14 +68,17 @@ class EnsembleConfig(ModelConfig):
     # the format view: distance from MNIST's format with this reference longer side (px; the
     # training digits' median, fitted by fit_ensemble); 0 = no view
     format_side: float = 0.0
+    # the class-entropy view: the GAN member's encoder's class-prediction entropy (a
+    # conditional GAN); False = no view
+    class_entropy: bool = False
 
     def statistics(self) -> list[str]:
         """The combined statistics' names, in the order they are combined: the scored members
-        (the project's family order, `view_only` left out), then the encoder-kNN view and the
-        format view when they are on."""
+        (the project's family order, `view_only` left out), then the encoder-kNN, format and
+        class-entropy views when they are on."""
         scored = [f for f in self.ordered_members() if f not in self.view_only]
         views = ([ENCODER_KNN] if self.encoder_knn else []) + ([FORMAT] if self.format_side else [])
-        return scored + views
+        return scored + views + ([CLASS_ENTROPY] if self.class_entropy else [])
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
@@ -111,6 +117,15 @@ class EnsembleConfig(ModelConfig):
             and not isinstance(self.format_side, bool)
             and 0 <= self.format_side <= 28,
             f"ensemble.format_side must be a number of pixels in [0, 28], got {self.format_side!r}",
+        )
+        require(
+            isinstance(self.class_entropy, bool),
+            f"ensemble.class_entropy must be true or false, got {self.class_entropy!r}",
+        )
+        require(
+            not self.class_entropy or bool(self.members.get("gan", {}).get("conditional")),
+            "ensemble.class_entropy reads a conditional GAN member's encoder: add a conditional "
+            "gan to the members or set class_entropy: false",
         )
         require(bool(self.statistics()), "ensemble: nothing left to combine (every member is "
                                          "view-only and no view is on)")  # fmt: skip

@@ -33,6 +33,11 @@ member. It reads pixels only, fitted on the training split (the reference side) 
 on validation normals, at a share of the false-positive budget (`format_share`, docs/anomaly.md
 "Fourteenth pass"; the share is the `target_fpr` its saved calibration records).
 
+The class-entropy view (`config.class_entropy`, docs/anomaly.md "Sixteenth pass"): the entropy
+of the conditional GAN member's encoder's class prediction (a figure that is no digit tends to
+get a flat one), calibrated and combined like a member, at a share of the false-positive budget
+(`entropy_share`).
+
 View-only members (`config.view_only`, docs/anomaly.md eighth pass): a member kept for a view
 alone. The default ensemble keeps the autoencoder for its encoder (the view's features) but
 leaves its reconstruction score out: max(GAN Dknn, encoder kNN) ranked the tuned suite above the
@@ -58,6 +63,7 @@ from models.base import Batch, Capabilities, GenerativeModel, Optimizers
 from models.calibration import Calibration
 from models.digit_format import format_distance, reference_side
 from models.ensemble.config import (
+    CLASS_ENTROPY,
     ENCODER_KNN,
     FORMAT,
     EnsembleConfig,
@@ -181,6 +187,9 @@ class Ensemble(IndexedBank, GenerativeModel):
         if self.config.format_side:
             scores = format_distance(pixels, self.config.format_side)
             out[FORMAT] = self.calibrations[FORMAT].statistic(scores, pixels)
+        if self.config.class_entropy:
+            scores = self.members["gan"].class_entropy(images).detach().cpu().numpy()
+            out[CLASS_ENTROPY] = self.calibrations[CLASS_ENTROPY].statistic(scores, pixels)
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -227,6 +236,8 @@ def fit_ensemble(
     view_only: tuple[str, ...] = (),
     format_test: bool = False,
     format_share: float = 1.0,
+    class_entropy: bool = False,
+    entropy_share: float = 1.0,
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
     (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
@@ -236,9 +247,14 @@ def fit_ensemble(
     calibrated or combined. `format_test` adds the format view, its reference side the median
     of `train_images`, calibrated on `val_images` likewise, at `format_share` of the
     false-positive budget (its atypicality passes 1 only where the view alone would flag that
-    share of the normals: a smaller share leaves the union's budget to the other views)."""
-    if not 0.0 < format_share <= 1.0:
-        raise ValueError(f"format_share must be in (0, 1], got {format_share}")
+    share of the normals: a smaller share leaves the union's budget to the other views).
+    `class_entropy` adds the class-entropy view (the conditional GAN member's encoder),
+    calibrated on `val_images` likewise at `entropy_share` of the budget."""
+    for name, share in (("format_share", format_share), ("entropy_share", entropy_share)):
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {share}")
+    if class_entropy and ("gan" not in members or not members["gan"].config.conditional):
+        raise ValueError("class_entropy needs a conditional gan member (its encoder's classes)")
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
@@ -266,6 +282,8 @@ def fit_ensemble(
                 batch = val_images[start : start + batch_size]
                 if name == FORMAT:
                     s = torch.from_numpy(format_distance(batch.numpy(), format_side))
+                elif name == CLASS_ENTROPY:
+                    s = members["gan"].eval().class_entropy(batch.to(members["gan"].device))
                 elif name == ENCODER_KNN:
                     f = encoder_features(members["autoencoder"], batch)
                     s = mean_cosine_distance(f.cpu(), knn_bank, proj, coarse, encoder_knn,
@@ -280,9 +298,11 @@ def fit_ensemble(
     names = [f for f in FAMILIES if f in members and f not in view_only]
     names += [ENCODER_KNN] if encoder_knn else []
     names += [FORMAT] if format_side else []
+    names += [CLASS_ENTROPY] if class_entropy else []
+    shares = {FORMAT: format_share, CLASS_ENTROPY: entropy_share}
     for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
         scores = scores_of(name)
-        share = format_share if name == FORMAT else 1.0
+        share = shares.get(name, 1.0)
         calibration = Calibration.fit(
             scores, target_fpr * share, low_fpr * share, pixels, energy_fpr * share
         )
@@ -303,6 +323,7 @@ def fit_ensemble(
         knn_candidates=knn_candidates,
         view_only=tuple(f for f in FAMILIES if f in view_only),
         format_side=format_side,
+        class_entropy=class_entropy,
     )
     ensemble = Ensemble(config)
     for name, member in members.items():

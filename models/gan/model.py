@@ -335,6 +335,18 @@ class GAN(IndexedBank, GenerativeModel):
         return residual.total
 
     @torch.no_grad()
+    def class_entropy(self, images: Tensor) -> Tensor:
+        """(N,) entropy (nats) of the encoder's class prediction for images in [0, 1]: a
+        figure that is no digit tends to get a flat prediction (the ensemble's class-entropy
+        view, docs/anomaly.md "Sixteenth pass"). A conditional GAN only."""
+        if not self.config.conditional:
+            raise ValueError("gan: class_entropy needs a conditional GAN (its encoder's classes)")
+        with frozen(self.e):
+            logits = self.e(self._to_net(images)).label_logits
+        logp = logits.float().log_softmax(dim=1)
+        return -(logp.exp() * logp).sum(dim=1)
+
+    @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
         """G(E(x)) in [0, 1]."""
         with frozen(self.e, self.sampler, self.d):

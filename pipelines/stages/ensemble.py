@@ -27,7 +27,8 @@ class EnsembleParams(Config):
     `encoder_knn` k > 0 adds the kNN view in the autoencoder's encoder (models.ensemble);
     `view_only` members serve that view only (their own scores are not combined);
     `format_test` adds the format view (distance from MNIST's format, models.digit_format),
-    calibrated at `format_share` of the false-positive budget."""
+    calibrated at `format_share` of the false-positive budget; `class_entropy` adds the
+    class-entropy view (the conditional GAN's encoder), at `entropy_share` of it."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
@@ -36,6 +37,8 @@ class EnsembleParams(Config):
     view_only: tuple[str, ...] = ()
     format_test: bool = False
     format_share: float = 1.0
+    class_entropy: bool = False
+    entropy_share: float = 1.0
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -63,11 +66,19 @@ class EnsembleParams(Config):
             f"ensemble.format_test must be true or false, got {self.format_test!r}",
         )
         require(
-            isinstance(self.format_share, int | float)
-            and not isinstance(self.format_share, bool)
-            and 0 < self.format_share <= 1,
-            f"ensemble.format_share must be a number in (0, 1], got {self.format_share!r}",
+            isinstance(self.class_entropy, bool),
+            f"ensemble.class_entropy must be true or false, got {self.class_entropy!r}",
         )
+        require(
+            not self.class_entropy or "gan" in self.members,
+            "ensemble.class_entropy reads the GAN's encoder: add gan to ensemble.members",
+        )
+        for name in ("format_share", "entropy_share"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1,
+                f"ensemble.{name} must be a number in (0, 1], got {value!r}",
+            )
 
 
 def fit_configured(
@@ -93,6 +104,8 @@ def fit_configured(
         view_only=settings.view_only,
         format_test=settings.format_test,
         format_share=float(settings.format_share),
+        class_entropy=settings.class_entropy,
+        entropy_share=float(settings.entropy_share),
     )
 
 

@@ -412,3 +412,54 @@ def test_the_format_view_is_validated(members, real_digits):
     no_view = values | {"format_side": 0.0}
     with pytest.raises(ValueError, match="cover exactly"):  # its calibration is then extra
         EnsembleConfig.from_dict(no_view)
+
+
+# ---- the class-entropy view (params.yaml ensemble.class_entropy, docs/anomaly.md sixteenth pass)
+def test_the_class_entropy_view_is_calibrated_at_its_share_and_survives_save_and_load(
+    members, real_digits, tmp_path
+):
+    """The conditional GAN's encoder's class-prediction entropy, calibrated on validation
+    normals at entropy_share x the budget like a member, combined last; saved and loaded."""
+    val, images = real_digits[0][VAL], real_digits[0][OTHER]
+    gan = members["gan"]
+    assert gan.config.conditional
+    with torch.no_grad():
+        entropy = gan.class_entropy(val).numpy()
+    assert (entropy >= -1e-6).all() and (entropy <= np.log(10) + 1e-5).all()
+    ens = fit_ensemble({"gan": gan}, val, **SPLIT, combine="max", class_entropy=True,
+                       entropy_share=0.2)  # fmt: skip
+    assert ens.config.statistics() == ["gan", "class_entropy"]
+    expected = Calibration.fit(entropy, 0.05 * 0.2, 0.01 * 0.2, val.numpy(), 0.01 * 0.2)
+    assert ens.calibrations["class_entropy"] == expected
+    with torch.no_grad():
+        stats = ens.member_statistics(val)
+        assert (stats["class_entropy"] > 1).mean() <= 0.01 + 1e-9  # its share of the budget
+        np.testing.assert_allclose(stats["class_entropy"], expected.statistic(entropy, val.numpy()))
+        plain = fit_ensemble({"gan": gan}, val, **SPLIT, combine="max")
+        assert ens.calibrations["gan"] == plain.calibrations["gan"]  # the member unchanged
+    save_model(ens, tmp_path / "ens")
+    back = load_model(tmp_path / "ens")
+    assert back.config == ens.config and back.config.class_entropy
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(images), ens.anomaly_score(images))
+
+
+def test_the_class_entropy_view_needs_a_conditional_gan(members, real_digits):
+    from tests.models.contract import make
+
+    val = real_digits[0][VAL]
+    with pytest.raises(ValueError, match="conditional gan"):
+        fit_ensemble({"autoencoder": members["autoencoder"]}, val, **SPLIT, class_entropy=True)
+    plain = make("gan", conditional=False).eval()
+    with pytest.raises(ValueError, match="conditional"):
+        plain.class_entropy(val[:2])
+    with pytest.raises(ValueError, match="entropy_share"):
+        fit_ensemble({"gan": members["gan"]}, val, **SPLIT, class_entropy=True, entropy_share=0)
+    values = fit_ensemble({"gan": members["gan"]}, val, **SPLIT).config.to_dict()
+    with pytest.raises(ValueError, match="class_entropy"):
+        EnsembleConfig.from_dict(values | {"class_entropy": True})  # no calibration for it
+    unconditional = {**values["members"], "gan": {**values["members"]["gan"], "conditional": False}}
+    calibrations = {**values["calibrations"], "class_entropy": values["calibrations"]["gan"]}
+    with pytest.raises(ValueError, match="conditional GAN member"):
+        EnsembleConfig.from_dict(values | {"class_entropy": True, "members": unconditional,
+                                           "calibrations": calibrations})  # fmt: skip
