@@ -13,9 +13,10 @@ face has every one of them; checked at run time), 16-24 px, then brought to MNIS
 (models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds. `--n` images, seed
 `--seed`, drawn once.
 
-Each `--models NAME=DIR` is a directory of trained families (a run's `artifacts/models`, or
-one holding `bench_negatives.py --save-dir`'s GAN beside the run's autoencoder); the product's
-ensemble (params.yaml `ensemble`, pipelines.stages.ensemble.fit_configured) is built from it,
+Each `--models NAME=DIR[@VARIANT]` is a directory of trained families (a run's
+`artifacts/models`, or one holding `bench_negatives.py --save-dir`'s GAN beside the run's autoencoder); the product's
+ensemble (params.yaml `ensemble`, changed by `bench_union.py`'s VARIANT when one is named;
+pipelines.stages.ensemble.fit_configured) is built from it,
 calibrated on validation normals exactly as evaluation calibrates a family (detection_metrics),
 and scored on the test normals and the fresh letters: AUROC with a 95 % bootstrap interval
 (2,000 draws over both), the share flagged at the served threshold, and the test FPR. With
@@ -46,7 +47,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_union import build, scorer  # noqa: E402
+from benchmarks.bench_union import VARIANTS, build, scorer  # noqa: E402
 from models.calibration import Calibration  # noqa: E402
 from models.digit_format import to_mnist_format  # noqa: E402
 from pipelines.data.dataset import SPLITS, load_tensors  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--models", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--models", action="append", required=True, metavar="NAME=DIR[@VARIANT]")
     parser.add_argument("--against", default=None, help="a NAME: paired differences from it")
     parser.add_argument("--alphabet", choices=list(ALPHABETS), default="cyrillic")
     parser.add_argument("--n", type=int, default=300)
@@ -108,13 +109,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     entries = dict(item.partition("=")[::2] for item in args.models)
+    variants = [d.partition("@")[2] for d in entries.values() if "@" in d]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     if args.against is not None and args.against not in entries:
         parser.error(f"--against {args.against!r} is not a --models NAME")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
-    settings = EnsembleParams.from_dict(section(params, "ensemble"))
+    base = section(params, "ensemble")
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
     scored = scored_normals(splits, cfg)
     fresh = fresh_mnist(args.n, args.seed, args.alphabet)
@@ -122,8 +127,10 @@ def main() -> None:
     test_x = scored["test"][0].numpy()
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rows: dict[str, dict[str, Any]] = {}
-    for name, directory in entries.items():
+    for name, entry in entries.items():
         t0 = time.perf_counter()
+        directory, _, variant = entry.partition("@")
+        settings = EnsembleParams.from_dict(base | VARIANTS[variant or "served"])
         score = scorer(build(settings, Path(directory), splits, cfg))
 
         with tempfile.TemporaryDirectory() as tmp:
