@@ -14,9 +14,9 @@ face has every one of them; checked at run time), 16-24 px, then brought to MNIS
 `--seed`, drawn once.
 
 Each `--models NAME=DIR[@VARIANT]` is a directory of trained families (a run's
-`artifacts/models`, or one holding `bench_negatives.py --save-dir`'s GAN beside the run's autoencoder); the product's
-ensemble (params.yaml `ensemble`, changed by `bench_union.py`'s VARIANT when one is named;
-pipelines.stages.ensemble.fit_configured) is built from it,
+`artifacts/models`, or one holding `bench_negatives.py --save-dir`'s GAN beside the run's
+autoencoder); the product's ensemble (params.yaml `ensemble`, changed by `bench_union.py`'s
+VARIANT when one is named; pipelines.stages.ensemble.fit_configured) is built from it,
 calibrated on validation normals exactly as evaluation calibrates a family (detection_metrics),
 and scored on the test normals and the fresh letters: AUROC with a 95 % bootstrap interval
 (2,000 draws over both), the share flagged at the served threshold, and the test FPR. With
