@@ -41,6 +41,13 @@ tuned suite): the served union with the class-entropy view at the whole budget, 
 (`--variants served entropy entropy-0.5 entropy-0.2`), on the run's models. Rule: the highest
 tuned mean (fourteen kinds); a product change only if it beats `served` by at least 0.001.
 
+An eighth pass (fixed before its run, docs/anomaly.md "Eighteenth pass", after
+`bench_class_neighbours.py` had shown the label surprise in a p-value union on the tuned suite):
+the served union (with the class-entropy view at 0.2) plus the label-surprise view at the whole
+budget, 0.5 and 0.2 (`--variants served surprise surprise-0.5 surprise-0.2`), on the run's
+models. Rule: the highest tuned mean (fourteen kinds); a product change only if it beats
+`served` by at least 0.001.
+
 The rule, fixed before the first run: the highest tuned-suite mean AUROC (every kind of it, the
 content and format proxies included); a product change only if it beats `served` by at least
 0.001. The held-out benchmark is printed once, beside, and never chooses.
@@ -89,13 +96,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
         for share in (1.0, 0.5, 0.2)
     },
+    **{
+        (f"surprise-{share:g}" if share < 1 else "surprise"): {
+            "label_surprise": True,
+            "surprise_share": share,
+        }
+        for share in (1.0, 0.5, 0.2)
+    },
 }
 PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist")
 
 
 def build(settings: EnsembleParams, models: Path, splits: dict, cfg: EvalConfig) -> Any:
     members = {f: load_model(models / f).eval() for f in settings.members}
-    return fit_configured(settings, cfg, members, splits["val"][0], splits["train"][0]).eval()
+    train_images, train_labels = splits["train"]
+    model = fit_configured(settings, cfg, members, splits["val"][0], train_images, train_labels)
+    return model.eval()
 
 
 def scorer(model: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -24,6 +24,10 @@ FORMAT = "format"
 # the class-entropy view: the entropy of the GAN member's encoder's class prediction (models.gan,
 # docs/anomaly.md "Sixteenth pass"), calibrated like a member
 CLASS_ENTROPY = "class_entropy"
+# the label-surprise view: how little the GAN member's encoder believes the labels of the image's
+# nearest training digits in D's features (models.ensemble.model, docs/anomaly.md "Eighteenth
+# pass"), calibrated like a member
+LABEL_SURPRISE = "label_surprise"
 _CALIBRATION_FIELDS = {f.name for f in dataclasses.fields(Calibration)}
 
 
@@ -71,14 +75,19 @@ class EnsembleConfig(ModelConfig):
     # the class-entropy view: the GAN member's encoder's class-prediction entropy (a
     # conditional GAN); False = no view
     class_entropy: bool = False
+    # the label-surprise view: 1 - the mean encoder probability of the labels of the GAN
+    # member's `score_k` nearest training digits (a conditional dknn GAN; the labels, one per
+    # bank row, are saved with the weights as `bank_labels`); False = no view
+    label_surprise: bool = False
 
     def statistics(self) -> list[str]:
         """The combined statistics' names, in the order they are combined: the scored members
-        (the project's family order, `view_only` left out), then the encoder-kNN, format and
-        class-entropy views when they are on."""
+        (the project's family order, `view_only` left out), then the encoder-kNN, format,
+        class-entropy and label-surprise views when they are on."""
         scored = [f for f in self.ordered_members() if f not in self.view_only]
         views = ([ENCODER_KNN] if self.encoder_knn else []) + ([FORMAT] if self.format_side else [])
-        return scored + views + ([CLASS_ENTROPY] if self.class_entropy else [])
+        views += [CLASS_ENTROPY] if self.class_entropy else []
+        return scored + views + ([LABEL_SURPRISE] if self.label_surprise else [])
 
     def validate(self) -> None:
         require(bool(self.members), "ensemble.members must name at least one family")
@@ -126,6 +135,17 @@ class EnsembleConfig(ModelConfig):
             not self.class_entropy or bool(self.members.get("gan", {}).get("conditional")),
             "ensemble.class_entropy reads a conditional GAN member's encoder: add a conditional "
             "gan to the members or set class_entropy: false",
+        )
+        require(
+            isinstance(self.label_surprise, bool),
+            f"ensemble.label_surprise must be true or false, got {self.label_surprise!r}",
+        )
+        gan = self.members.get("gan", {})
+        require(
+            not self.label_surprise
+            or (bool(gan.get("conditional")) and gan.get("score") == "dknn"),
+            "ensemble.label_surprise reads a conditional GAN member's encoder and its dknn "
+            "feature bank: add a conditional gan with score dknn or set label_surprise: false",
         )
         require(bool(self.statistics()), "ensemble: nothing left to combine (every member is "
                                          "view-only and no view is on)")  # fmt: skip

@@ -38,6 +38,17 @@ of the conditional GAN member's encoder's class prediction (a figure that is no 
 get a flat one), calibrated and combined like a member, at a share of the false-positive budget
 (`entropy_share`).
 
+The label-surprise view (`config.label_surprise`, docs/anomaly.md "Eighteenth pass"): a letter is
+often a *confident* wrong digit, which the class entropy misses. This view asks whether the
+encoder's belief agrees with the image's neighbours: 1 - the mean, over the GAN member's
+`score_k` nearest training digits in D's features (the very neighbours its Dknn score uses), of
+the encoder's probability of that digit's label. A digit's neighbours carry the label the
+encoder believes (near 0); a figure whose nearest digits are other digits than the encoder
+sees, or a mix, scores high. The labels of the GAN's feature bank, one per row in the order
+`fit_scorer` saw the training split, are saved with the ensemble's weights (`bank_labels`);
+`fit_ensemble` checks that the bank is that split's before it pairs them. Calibrated and
+combined like a member, at a share of the budget (`surprise_share`).
+
 View-only members (`config.view_only`, docs/anomaly.md eighth pass): a member kept for a view
 alone. The default ensemble keeps the autoencoder for its encoder (the view's features) but
 leaves its reconstruction score out: max(GAN Dknn, encoder kNN) ranked the tuned suite above the
@@ -66,6 +77,7 @@ from models.ensemble.config import (
     CLASS_ENTROPY,
     ENCODER_KNN,
     FORMAT,
+    LABEL_SURPRISE,
     EnsembleConfig,
     calibration_from_dict,
     calibration_to_dict,
@@ -95,6 +107,8 @@ class Ensemble(IndexedBank, GenerativeModel):
             # from before it was saved derives it at load (DERIVED_STATE, ensure_index)
             self.register_buffer("knn_proj", torch.zeros(0, 0))
             self.register_buffer("knn_coarse", torch.zeros(0, 0).half())
+        if config.label_surprise:  # the GAN bank's labels, filled by fit_ensemble, saved
+            self.register_buffer("bank_labels", torch.zeros(0, dtype=torch.long))
         reconstructing = [f for f in names if self.members[f].capabilities.reconstruction]
         self._reconstructor = reconstructing[0] if reconstructing else None
 
@@ -123,6 +137,20 @@ class Ensemble(IndexedBank, GenerativeModel):
 
     def _derive_index(self) -> None:
         self.set_knn_bank(self.knn_bank)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        saved = state_dict.get(prefix + "bank_labels") if self.config.label_surprise else None
+        if saved is not None:  # its length is the GAN bank's
+            self.bank_labels = torch.empty_like(saved, device=self.bank_labels.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
+    def label_surprise_scores(self, images: Tensor) -> Tensor:
+        """(N,) the label-surprise view's raw statistic (the module docstring)."""
+        return surprise_of_labels(self.members["gan"], self.bank_labels, images)
 
     @torch.no_grad()
     def set_knn_bank(self, bank: Tensor, index: tuple[Tensor, Tensor] | None = None) -> None:
@@ -190,6 +218,9 @@ class Ensemble(IndexedBank, GenerativeModel):
         if self.config.class_entropy:
             scores = self.members["gan"].class_entropy(images).detach().cpu().numpy()
             out[CLASS_ENTROPY] = self.calibrations[CLASS_ENTROPY].statistic(scores, pixels)
+        if self.config.label_surprise:
+            scores = self.label_surprise_scores(images).detach().cpu().numpy()
+            out[LABEL_SURPRISE] = self.calibrations[LABEL_SURPRISE].statistic(scores, pixels)
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -215,6 +246,41 @@ def encoder_features(autoencoder: GenerativeModel, images: Tensor) -> Tensor:
     return torch.nn.functional.normalize(trunk.flatten(1).float(), dim=1)
 
 
+@torch.no_grad()
+def surprise_of_labels(gan: GenerativeModel, labels: Tensor, images: Tensor) -> Tensor:
+    """(N,) 1 - the mean encoder probability of the labels of each image's nearest training
+    digits in the conditional dknn `gan`'s D features (`labels`: one per bank row)."""
+    if labels.shape[0] != gan.score_bank.shape[0]:
+        raise RuntimeError(
+            f"ensemble: label_surprise has {labels.shape[0]} labels for a GAN bank of "
+            f"{gan.score_bank.shape[0]} rows: fit it with fit_ensemble(..., train_labels=...)"
+        )
+    rows = gan.neighbour_rows(images)  # (N, k)
+    probs = gan.class_probabilities(images)  # (N, 10)
+    believed = probs.gather(1, labels.to(rows.device)[rows])  # p(label of each neighbour)
+    return 1.0 - believed.mean(dim=1)
+
+
+@torch.no_grad()
+def check_bank_labels(gan: GenerativeModel, train: Tensor, labels: Tensor, rows: int = 64) -> None:
+    """Raise ValueError unless the GAN's feature bank is `train` in order (so that `labels`,
+    the training split's, label its rows): as many rows, and D's features of `rows` spread
+    training digits equal to their bank rows (fp16, as the bank keeps them)."""
+    bank = gan.score_bank
+    if labels.shape[0] != train.shape[0] or bank.shape[0] != train.shape[0]:
+        raise ValueError(
+            f"label_surprise: the GAN's feature bank has {bank.shape[0]} rows, the training "
+            f"split {train.shape[0]} images and {labels.shape[0]} labels: they must be one set"
+        )
+    idx = torch.linspace(0, train.shape[0] - 1, min(rows, train.shape[0])).long()
+    features = gan._features(train[idx].to(gan.device)).half().float()
+    if not torch.allclose(features, bank[idx].float(), atol=2e-3):
+        raise ValueError(
+            "label_surprise: the GAN's feature bank is not these training images in this "
+            "order (its rows differ from D's features of them): its labels cannot be paired"
+        )
+
+
 def combine_statistics(stats: np.ndarray, how: str) -> np.ndarray:
     """(N, members) atypicalities -> (N,): their mean or their max."""
     return stats.mean(axis=1) if how == "mean" else stats.max(axis=1)
@@ -238,6 +304,9 @@ def fit_ensemble(
     format_share: float = 1.0,
     class_entropy: bool = False,
     entropy_share: float = 1.0,
+    label_surprise: bool = False,
+    surprise_share: float = 1.0,
+    train_labels: Tensor | None = None,
 ) -> Ensemble:
     """An ensemble of trained `members` (family -> model), each calibrated on `val_images`
     (validation normals only) with evaluation's own `Calibration.fit` and FPR split. With
@@ -249,8 +318,12 @@ def fit_ensemble(
     false-positive budget (its atypicality passes 1 only where the view alone would flag that
     share of the normals: a smaller share leaves the union's budget to the other views).
     `class_entropy` adds the class-entropy view (the conditional GAN member's encoder),
-    calibrated on `val_images` likewise at `entropy_share` of the budget."""
-    for name, share in (("format_share", format_share), ("entropy_share", entropy_share)):
+    calibrated on `val_images` likewise at `entropy_share` of the budget. `label_surprise` adds
+    the label-surprise view (the conditional dknn GAN member's bank, labelled by `train_labels`,
+    the labels of `train_images`), at `surprise_share` of the budget."""
+    shares = (("format_share", format_share), ("entropy_share", entropy_share),
+              ("surprise_share", surprise_share))  # fmt: skip
+    for name, share in shares:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"{name} must be in (0, 1], got {share}")
     if class_entropy and ("gan" not in members or not members["gan"].config.conditional):
@@ -258,7 +331,13 @@ def fit_ensemble(
     val_images = check_images(torch.as_tensor(val_images)).cpu()
     pixels = val_images.numpy()
     knn_bank = None
-    reads_train = (encoder_knn or format_test) and train_images is not None  # a view's reference
+    if label_surprise:
+        gan = members.get("gan")
+        if gan is None or not gan.config.conditional or gan.config.score != "dknn":
+            raise ValueError("label_surprise needs a conditional gan member with score dknn")
+        if train_images is None or train_labels is None:
+            raise ValueError("label_surprise needs the train_images and their train_labels")
+    reads_train = (encoder_knn or format_test or label_surprise) and train_images is not None
     train = check_images(torch.as_tensor(train_images)).cpu() if reads_train else None
     if encoder_knn:
         if "autoencoder" not in members or train is None:
@@ -274,6 +353,12 @@ def fit_ensemble(
         format_side = reference_side(train.numpy())
         if format_side <= 0:
             raise ValueError("format_test: the training images have no ink to measure")
+    bank_labels = None
+    if label_surprise:
+        bank_labels = torch.as_tensor(train_labels).long().reshape(-1).cpu()
+        if bank_labels.numel() and not 0 <= int(bank_labels.min()) <= int(bank_labels.max()) <= 9:
+            raise ValueError("label_surprise: train_labels must be digit classes 0-9")
+        check_bank_labels(members["gan"].eval(), train, bank_labels)
 
     def scores_of(name: str) -> np.ndarray:
         chunks = []
@@ -282,6 +367,9 @@ def fit_ensemble(
                 batch = val_images[start : start + batch_size]
                 if name == FORMAT:
                     s = torch.from_numpy(format_distance(batch.numpy(), format_side))
+                elif name == LABEL_SURPRISE:
+                    gan = members["gan"].eval()
+                    s = surprise_of_labels(gan, bank_labels, batch.to(gan.device))
                 elif name == CLASS_ENTROPY:
                     s = members["gan"].eval().class_entropy(batch.to(members["gan"].device))
                 elif name == ENCODER_KNN:
@@ -299,7 +387,8 @@ def fit_ensemble(
     names += [ENCODER_KNN] if encoder_knn else []
     names += [FORMAT] if format_side else []
     names += [CLASS_ENTROPY] if class_entropy else []
-    shares = {FORMAT: format_share, CLASS_ENTROPY: entropy_share}
+    names += [LABEL_SURPRISE] if label_surprise else []
+    shares = {FORMAT: format_share, CLASS_ENTROPY: entropy_share, LABEL_SURPRISE: surprise_share}
     for name in names:  # the order anomaly_score combines in (EnsembleConfig.statistics)
         scores = scores_of(name)
         share = shares.get(name, 1.0)
@@ -324,10 +413,13 @@ def fit_ensemble(
         view_only=tuple(f for f in FAMILIES if f in view_only),
         format_side=format_side,
         class_entropy=class_entropy,
+        label_surprise=label_surprise,
     )
     ensemble = Ensemble(config)
     for name, member in members.items():
         ensemble.members[name].load_state_dict(member.state_dict(), strict=True)
     if knn_bank is not None:
         ensemble.set_knn_bank(knn_bank, (proj, coarse))
+    if bank_labels is not None:
+        ensemble.bank_labels = bank_labels.to(ensemble.device)
     return ensemble.eval()

@@ -32,7 +32,7 @@ from models.gan.monitors import (
     oscillation_warning,
 )
 from models.gan.negatives import negative_batch
-from models.gan.neighbours import IndexedBank, coarse_index, mean_cosine_distance
+from models.gan.neighbours import IndexedBank, coarse_index, mean_cosine_distance, nearest_rows
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -333,6 +333,31 @@ class GAN(IndexedBank, GenerativeModel):
         with frozen(self.e, self.sampler, self.d):
             residual, _, _ = self._izif(self._to_net(images))
         return residual.total
+
+    @torch.no_grad()
+    def neighbour_rows(self, images: Tensor) -> Tensor:
+        """(N, score_k) the feature bank's rows (training digits, in the order `fit_scorer`
+        saw them) nearest to each image in D's features: `anomaly_score`'s neighbours."""
+        if self.config.score != "dknn" or self.score_bank.shape[0] < self.config.score_k:
+            raise RuntimeError("gan: neighbour_rows needs score 'dknn' and a fitted feature bank")
+        self.ensure_index()
+        return nearest_rows(
+            self._features(images),
+            self.score_bank,
+            self.score_proj,
+            self.score_coarse,
+            self.config.score_k,
+            self.config.score_candidates,
+        )
+
+    @torch.no_grad()
+    def class_probabilities(self, images: Tensor) -> Tensor:
+        """(N, 10) the encoder's class probabilities for images in [0, 1] (a conditional GAN)."""
+        if not self.config.conditional:
+            raise ValueError("gan: class_probabilities needs a conditional GAN (its classes)")
+        with frozen(self.e):
+            logits = self.e(self._to_net(images)).label_logits
+        return logits.float().softmax(dim=1)
 
     @torch.no_grad()
     def class_entropy(self, images: Tensor) -> Tensor:

@@ -107,6 +107,25 @@ class IndexedBank:
 
 
 @torch.no_grad()
+def nearest_rows(
+    features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
+) -> Tensor:
+    """(N, k) the rows of the unit-length fp16 `bank` nearest to each of the unit-length fp32
+    `features` (N, F), found by `mean_cosine_distance`'s two-stage search (the same neighbours,
+    nearest first)."""
+    m = min(candidates, bank.shape[0])
+    out = []
+    for start in range(0, features.shape[0], 256):
+        f = features[start : start + 256]
+        rough = (f @ proj).half() @ coarse.T
+        chosen = rough.float().topk(m, dim=1).indices
+        for one, rows in zip(f, chosen, strict=True):
+            sims = (bank[rows].float() * one).sum(dim=1)
+            out.append(rows[sims.topk(k).indices])
+    return torch.stack(out) if out else features.new_zeros(0, k, dtype=torch.long)
+
+
+@torch.no_grad()
 def mean_cosine_distance(
     features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
 ) -> Tensor:

@@ -28,7 +28,9 @@ class EnsembleParams(Config):
     `view_only` members serve that view only (their own scores are not combined);
     `format_test` adds the format view (distance from MNIST's format, models.digit_format),
     calibrated at `format_share` of the false-positive budget; `class_entropy` adds the
-    class-entropy view (the conditional GAN's encoder), at `entropy_share` of it."""
+    class-entropy view (the conditional GAN's encoder), at `entropy_share` of it;
+    `label_surprise` the label-surprise view (the encoder against the labels of the GAN's
+    nearest training digits), at `surprise_share` of it."""
 
     members: tuple[str, ...] = FAMILIES
     combine: str = "mean"
@@ -39,6 +41,8 @@ class EnsembleParams(Config):
     format_share: float = 1.0
     class_entropy: bool = False
     entropy_share: float = 1.0
+    label_surprise: bool = False
+    surprise_share: float = 1.0
 
     def validate(self) -> None:
         unknown = sorted(set(self.members) - set(FAMILIES))
@@ -73,7 +77,15 @@ class EnsembleParams(Config):
             not self.class_entropy or "gan" in self.members,
             "ensemble.class_entropy reads the GAN's encoder: add gan to ensemble.members",
         )
-        for name in ("format_share", "entropy_share"):
+        require(
+            isinstance(self.label_surprise, bool),
+            f"ensemble.label_surprise must be true or false, got {self.label_surprise!r}",
+        )
+        require(
+            not self.label_surprise or "gan" in self.members,
+            "ensemble.label_surprise reads the GAN's encoder and bank: add gan to ensemble.members",
+        )
+        for name in ("format_share", "entropy_share", "surprise_share"):
             value = getattr(self, name)
             require(
                 isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1,
@@ -82,11 +94,17 @@ class EnsembleParams(Config):
 
 
 def fit_configured(
-    settings: EnsembleParams, cfg: Any, members: dict[str, Any], val_images: Any, train_images: Any
+    settings: EnsembleParams,
+    cfg: Any,
+    members: dict[str, Any],
+    val_images: Any,
+    train_images: Any,
+    train_labels: Any = None,
 ) -> Any:
     """The ensemble `settings` describe, of the trained `members`, fitted on `val_images` with
     evaluation's false-positive budget (`cfg`, an EvalConfig); `train_images` (the training
-    split, or None when no view reads it) is the views' reference. The one place a params
+    split, or None when no view reads it) is the views' reference, `train_labels` its labels
+    (the label-surprise view's). The one place a params
     section becomes an ensemble: the stage below and the union benchmark both call it."""
     from models.ensemble import fit_ensemble
 
@@ -106,6 +124,9 @@ def fit_configured(
         format_share=float(settings.format_share),
         class_entropy=settings.class_entropy,
         entropy_share=float(settings.entropy_share),
+        label_surprise=settings.label_surprise,
+        surprise_share=float(settings.surprise_share),
+        train_labels=train_labels,
     )
 
 
@@ -125,9 +146,9 @@ def build_ensemble(
     started = time.perf_counter()
     members = {f: load_model(Path(models_root) / f) for f in settings.members}
     val_images = load_tensors(data_dir, "val")[0]
-    reads_train = bool(settings.encoder_knn) or settings.format_test  # a view's reference
-    train_images = load_tensors(data_dir, "train")[0] if reads_train else None
-    ensemble = fit_configured(settings, cfg, members, val_images, train_images)
+    reads_train = bool(settings.encoder_knn) or settings.format_test or settings.label_surprise
+    train_images, train_labels = load_tensors(data_dir, "train") if reads_train else (None, None)
+    ensemble = fit_configured(settings, cfg, members, val_images, train_images, train_labels)
     lineage = {f: sha256_file(Path(models_root) / f / WEIGHTS_FILE) for f in settings.members}
     sha = save_model(ensemble, out_dir, extra={"member_weights_sha256": lineage})
     info = {

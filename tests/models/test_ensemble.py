@@ -463,3 +463,80 @@ def test_the_class_entropy_view_needs_a_conditional_gan(members, real_digits):
     with pytest.raises(ValueError, match="conditional GAN member"):
         EnsembleConfig.from_dict(values | {"class_entropy": True, "members": unconditional,
                                            "calibrations": calibrations})  # fmt: skip
+
+
+# ---- the label-surprise view (params.yaml ensemble.label_surprise, docs/anomaly.md eighteenth)
+BANK = slice(0, 400)  # the members' fixture fits the GAN's bank on these, in this order
+
+
+def test_the_label_surprise_view_reads_the_dknn_neighbours_labels_and_survives_save_and_load(
+    members, real_digits, tmp_path
+):
+    """1 - the encoder's mean probability of the labels of the GAN's own Dknn neighbours (the
+    training digits its score averages over), calibrated at surprise_share x the budget,
+    combined last; the labels saved with the weights."""
+    images, labels = real_digits
+    val, other = images[VAL], images[OTHER]
+    gan = members["gan"]
+    with torch.no_grad():
+        rows = gan.neighbour_rows(val)
+        assert rows.shape == (len(val), gan.config.score_k)
+        # the very neighbours the GAN's score averages over: its mean cosine distance to them
+        f = gan._features(val)
+        near = (1 - (gan.score_bank[rows].float() * f[:, None]).sum(-1)).mean(1)
+        torch.testing.assert_close(near, gan.anomaly_score(val), rtol=1e-5, atol=1e-6)
+        probs = gan.class_probabilities(val)
+        surprise = (1 - probs.gather(1, labels[BANK][rows]).mean(1)).numpy()
+    assert ((surprise >= -1e-6) & (surprise <= 1 + 1e-6)).all() and surprise.std() > 0
+    ens = fit_ensemble({"gan": gan}, val, **SPLIT, combine="max", label_surprise=True,
+                       surprise_share=0.5, train_images=images[BANK],
+                       train_labels=labels[BANK])  # fmt: skip
+    assert ens.config.statistics() == ["gan", "label_surprise"]
+    assert torch.equal(ens.bank_labels, labels[BANK])
+    expected = Calibration.fit(surprise, 0.05 * 0.5, 0.01 * 0.5, val.numpy(), 0.01 * 0.5)
+    assert ens.calibrations["label_surprise"] == expected
+    with torch.no_grad():
+        stats = ens.member_statistics(val)
+        np.testing.assert_allclose(
+            stats["label_surprise"], expected.statistic(surprise, val.numpy())
+        )
+        assert (stats["label_surprise"] > 1).mean() <= 0.025 + 1e-9  # its share of the budget
+    save_model(ens, tmp_path / "ens")
+    back = load_model(tmp_path / "ens")
+    assert back.config == ens.config and torch.equal(back.bank_labels, labels[BANK])
+    with torch.no_grad():
+        assert torch.equal(back.anomaly_score(other), ens.anomaly_score(other))
+
+
+def test_the_label_surprise_view_refuses_labels_it_cannot_pair_with_the_bank(members, real_digits):
+    from tests.models.contract import make_scoring
+
+    images, labels = real_digits
+    val, gan = images[VAL], members["gan"]
+    fit = {"label_surprise": True, "train_images": images[BANK], "train_labels": labels[BANK]}
+    with pytest.raises(ValueError, match="one set"):  # a label short
+        fit_ensemble({"gan": gan}, val, **SPLIT, **fit | {"train_labels": labels[:399]})
+    shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not these training images"):  # rows out of order
+        fit_ensemble({"gan": gan}, val, **SPLIT, **fit | {"train_images": images[BANK][shuffled]})
+    with pytest.raises(ValueError, match="train_labels"):
+        fit_ensemble({"gan": gan}, val, **SPLIT, **fit | {"train_labels": None})
+    with pytest.raises(ValueError, match="0-9"):
+        fit_ensemble({"gan": gan}, val, **SPLIT, **fit | {"train_labels": labels[BANK] + 10})
+    with pytest.raises(ValueError, match="surprise_share"):
+        fit_ensemble({"gan": gan}, val, **SPLIT, **fit, surprise_share=1.5)
+    izif = make_scoring("gan", images[BANK], score="izif")
+    with pytest.raises(ValueError, match="score dknn"):
+        fit_ensemble({"gan": izif}, val, **SPLIT, **fit)
+    with pytest.raises(ValueError, match="score dknn"):
+        fit_ensemble({"autoencoder": members["autoencoder"]}, val, **SPLIT, **fit)
+    values = fit_ensemble({"gan": gan}, val, **SPLIT).config.to_dict()
+    with pytest.raises(ValueError, match="label_surprise"):
+        EnsembleConfig.from_dict(values | {"label_surprise": True})  # no calibration for it
+    calibrations = {**values["calibrations"], "label_surprise": values["calibrations"]["gan"]}
+    izif_members = {**values["members"], "gan": {**values["members"]["gan"], "score": "izif"}}
+    with pytest.raises(ValueError, match="dknn feature bank"):
+        EnsembleConfig.from_dict(values | {"label_surprise": True, "members": izif_members,
+                                           "calibrations": calibrations})  # fmt: skip
+    ok = EnsembleConfig.from_dict(values | {"label_surprise": True, "calibrations": calibrations})
+    assert ok.statistics() == ["gan", "label_surprise"]

@@ -1,0 +1,147 @@
+"""Does a letter read as a confident wrong digit? Class-aware neighbour signals on the tuned suite
+(issue 24; docs/anomaly.md "Seventeenth pass").
+
+The class-entropy view (the GAN encoder's doubt) helps the stroke kinds and not the letters: a
+letter is often a confident wrong digit. This asks whether the GAN's neighbour space sees it
+when the class is taken into account. In D's penultimate features (the `dknn` bank, one row
+per training digit, its label known), for each image:
+
+- `dknn`: the served member's statistic (mean 1 - cos to the 10 nearest training digits);
+- `class-conditional`: the same, over the training digits of the encoder's predicted class only;
+- `excess`: class-conditional minus dknn (how much further the predicted class lies);
+- `disagreement`: the share of the 10 nearest whose label is not the predicted class;
+- `label entropy`: the entropy of those 10 labels;
+- `label surprise`: 1 - the mean over those 10 of the encoder's probability of their label (a
+  continuous disagreement: no ties at 0 among normals).
+
+Printed for the tuned suite's kinds (the product's suite, as the evaluation builds it on the
+test digits): AUROC against the test normals alone, and for `excess`, `disagreement` and `label
+surprise` in a max-union with the served ensemble's raw statistic (params.yaml `ensemble`), each
+a validation-normal p-value, the signal's scaled to spend a share w of a view's budget, as
+bench_class_confidence.py does. Exhaustive search (exact, not the served coarse index).
+Exploratory: it chooses nothing, and prints no held-out kind.
+
+    .venv/bin/python benchmarks/bench_class_neighbours.py --data-dir data --models artifacts/models
+
+Not a test: it reads a finished run's models and data. Prints time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_class_confidence import SHARES, class_probabilities, p_value  # noqa: E402
+from benchmarks.bench_union import build, scorer  # noqa: E402
+from models.io import load_model  # noqa: E402
+from pipelines.data.dataset import SPLITS, load_tensors  # noqa: E402
+from pipelines.evaluation import metrics as M  # noqa: E402
+from pipelines.evaluation.anomalies import ANOMALY_KINDS, build_anomaly_suite  # noqa: E402
+from pipelines.evaluation.evaluator import EvalConfig  # noqa: E402
+from pipelines.settings import load_params, section  # noqa: E402
+from pipelines.stages.ensemble import EnsembleParams  # noqa: E402
+
+K = 10
+
+
+@torch.no_grad()
+def features(gan, images: np.ndarray) -> torch.Tensor:
+    """(N, F) unit-length D features, float32."""
+    return torch.cat(
+        [gan._features(torch.as_tensor(images[i : i + 512])) for i in range(0, len(images), 512)]
+    )
+
+
+@torch.no_grad()
+def signals(
+    query: torch.Tensor, probs: np.ndarray, bank: torch.Tensor, labels: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """Every signal of the docstring for `query` features, exact search over `bank`."""
+    out: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("dknn", "class-conditional", "disagreement", "label entropy",
+                        "label surprise")
+    }  # fmt: skip
+    prob = torch.as_tensor(probs)
+    pred = prob.argmax(1)
+    for i in range(0, query.shape[0], 1024):
+        sims = query[i : i + 1024] @ bank.T  # (n, B)
+        top = sims.topk(K, dim=1)
+        out["dknn"].append((1 - top.values.mean(1)).numpy())
+        p = pred[i : i + 1024]
+        same = labels[None, :] == p[:, None]
+        cond = sims.masked_fill(~same, -2.0).topk(K, dim=1).values
+        out["class-conditional"].append((1 - cond.mean(1)).numpy())
+        near = labels[top.indices]  # (n, K)
+        out["disagreement"].append((near != p[:, None]).float().mean(1).numpy())
+        counts = torch.nn.functional.one_hot(near, 10).float().mean(1)
+        out["label entropy"].append(-(counts * (counts + 1e-12).log()).sum(1).numpy())
+        agree = prob[i : i + 1024].gather(1, near).mean(1)  # p(label of each neighbour)
+        out["label surprise"].append((1 - agree).numpy())
+    res = {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+    res["excess"] = res["class-conditional"] - res["dknn"]
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--models", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    params = load_params(args.params)
+    cfg = EvalConfig.from_dict(section(params, "evaluate"))
+    splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
+    train_x, train_y = splits["train"][0].numpy(), splits["train"][1].long()
+    val_x, test_x = splits["val"][0].numpy(), splits["test"][0].numpy()
+    suite, kinds = build_anomaly_suite(
+        test_x, splits["test"][1].numpy(), n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
+    )
+    gan = load_model(args.models / "gan").eval()
+    if not gan.config.conditional:
+        raise SystemExit("the GAN is not conditional: its encoder predicts no class")
+    bank = gan.score_bank.float()
+    if bank.shape[0] != len(train_x):  # not one row per training digit: build it here
+        bank = features(gan, train_x)
+    sets = {"val": val_x, "test": test_x, "suite": suite}
+    got = {
+        name: signals(features(gan, x), class_probabilities(gan, x), bank, train_y)
+        for name, x in sets.items()
+    }
+    for name, values in got["val"].items():  # ties: a threshold needs room above the median
+        print(f"{name}: {np.mean(values <= values.min()):.1%} of validation normals at its minimum")
+    union = scorer(build(EnsembleParams.from_dict(section(params, "ensemble")), args.models,
+                         splits, cfg))  # fmt: skip
+    uv, un, us = union(val_x), union(test_x), union(suite)
+    rows = {name: (got["test"][name], got["suite"][name]) for name in got["test"]}
+    rows["served union"] = (un, us)
+    for name in ("excess", "disagreement", "label surprise"):
+        ev, en, es = (got[s][name] for s in ("val", "test", "suite"))
+        for w in SHARES:
+            rows[f"union + {name}, w {w:g}"] = tuple(
+                -np.log(np.minimum(p_value(uv, u), np.minimum(1.0, p_value(ev, e) / w)))
+                for u, e in ((un, en), (us, es))
+            )
+    head = ["signal", "tuned mean", *ANOMALY_KINDS]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for name, (normal, odd) in rows.items():
+        aurocs = [M.auroc(normal, odd[kinds == k]) for k in ANOMALY_KINDS]
+        cells = " | ".join(f"{a:.3f}" for a in aurocs)
+        print(f"| {name} | {np.mean(aurocs):.4f} | {cells} |")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"\nwall {time.perf_counter() - start:.0f} s, peak RSS {rss:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
