@@ -19,6 +19,9 @@ family (detection_metrics):
   format-<s>     format_test true, format_share <s> (0.5, 0.2, 0.1, 0.05): the format view
                  calibrated at that share of the false-positive budget (a fourteenth pass)
   mean           combine mean
+  entropy[-<s>]  class_entropy true at entropy_share 1 (or <s>: 0.5, 0.2): a seventh pass
+  surprise[-<s>] label_surprise true at surprise_share 1 (or <s>): an eighth pass
+  no-surprise    label_surprise false (the union before the eighth pass changed params.yaml)
 
 The thirteenth pass (params.yaml then: max(Dknn, Eknn, format)) ran served, no-eknn, no-format
 and mean; the fourteenth (params.yaml: max(Dknn, Eknn); the tuned suite with the format proxy
@@ -103,6 +106,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
         for share in (1.0, 0.5, 0.2)
     },
+    "no-surprise": {"label_surprise": False},
 }
 PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist")
 

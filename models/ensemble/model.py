@@ -82,6 +82,7 @@ from models.ensemble.config import (
     calibration_from_dict,
     calibration_to_dict,
 )
+from models.gan.model import entropy_of_logits
 from models.gan.neighbours import IndexedBank, coarse_index, index_matches, mean_cosine_distance
 from models.io import build_model
 from models.spec import FAMILIES
@@ -150,7 +151,7 @@ class Ensemble(IndexedBank, GenerativeModel):
 
     def label_surprise_scores(self, images: Tensor) -> Tensor:
         """(N,) the label-surprise view's raw statistic (the module docstring)."""
-        return surprise_of_labels(self.members["gan"], self.bank_labels, images)
+        return label_surprise_of(self.members["gan"], self.bank_labels, images)
 
     @torch.no_grad()
     def set_knn_bank(self, bank: Tensor, index: tuple[Tensor, Tensor] | None = None) -> None:
@@ -199,28 +200,39 @@ class Ensemble(IndexedBank, GenerativeModel):
 
     # ---- scoring --------------------------------------------------------------------------
     def member_statistics(self, images: Tensor) -> dict[str, np.ndarray]:
-        """Each member's calibrated atypicality (N,) float64 of `images` (and the encoder-kNN
-        and format views', when on), in `config.statistics()` order."""
+        """Each member's calibrated atypicality (N,) float64 of `images` (and the encoder-kNN,
+        format, class-entropy and label-surprise views', when on), in `config.statistics()`
+        order. The GAN's neighbour search and its encoder's class prediction run once each,
+        whichever of its score and its views read them."""
         images = check_images(images)
         pixels = images.detach().cpu().numpy()
-        out = {}
+        raw: dict[str, Tensor | np.ndarray] = {}
+        reads_gan = self.config.label_surprise or self.config.class_entropy
+        gan = self.members["gan"] if reads_gan else None
+        rows = logits = None
+        if self.config.label_surprise:
+            raw["gan"], rows = gan.dknn_with_rows(images)
+        if self.config.label_surprise or self.config.class_entropy:
+            logits = gan.class_logits(images)
         for name, member in self.members.items():
             if name in self.config.view_only:  # serves a view only: its own score is unused
                 continue
-            scores = member.anomaly_score(images).detach().cpu().numpy()
-            out[name] = self.calibrations[name].statistic(scores, pixels)
+            if name not in raw:
+                raw[name] = member.anomaly_score(images)
         if self.config.encoder_knn:
-            scores = self.encoder_knn_scores(images).detach().cpu().numpy()
-            out[ENCODER_KNN] = self.calibrations[ENCODER_KNN].statistic(scores, pixels)
+            raw[ENCODER_KNN] = self.encoder_knn_scores(images)
         if self.config.format_side:
-            scores = format_distance(pixels, self.config.format_side)
-            out[FORMAT] = self.calibrations[FORMAT].statistic(scores, pixels)
+            raw[FORMAT] = format_distance(pixels, self.config.format_side)
         if self.config.class_entropy:
-            scores = self.members["gan"].class_entropy(images).detach().cpu().numpy()
-            out[CLASS_ENTROPY] = self.calibrations[CLASS_ENTROPY].statistic(scores, pixels)
+            raw[CLASS_ENTROPY] = entropy_of_logits(logits)
         if self.config.label_surprise:
-            scores = self.label_surprise_scores(images).detach().cpu().numpy()
-            out[LABEL_SURPRISE] = self.calibrations[LABEL_SURPRISE].statistic(scores, pixels)
+            raw[LABEL_SURPRISE] = surprise_of_labels(logits, self.bank_labels, rows)
+        out = {}
+        for name in self.config.statistics():
+            scores = raw[name]
+            if isinstance(scores, Tensor):
+                scores = scores.detach().cpu().numpy()
+            out[name] = self.calibrations[name].statistic(scores, pixels)
         return out
 
     def anomaly_score(self, images: Tensor) -> Tensor:
@@ -246,19 +258,23 @@ def encoder_features(autoencoder: GenerativeModel, images: Tensor) -> Tensor:
     return torch.nn.functional.normalize(trunk.flatten(1).float(), dim=1)
 
 
+def surprise_of_labels(logits: Tensor, labels: Tensor, rows: Tensor) -> Tensor:
+    """(N,) 1 - the mean encoder probability (`logits` (N, 10)) of the `labels` of each
+    image's nearest bank rows (`rows` (N, k))."""
+    probs = logits.float().softmax(dim=1)
+    return 1.0 - probs.gather(1, labels.to(rows.device)[rows]).mean(dim=1)
+
+
 @torch.no_grad()
-def surprise_of_labels(gan: GenerativeModel, labels: Tensor, images: Tensor) -> Tensor:
-    """(N,) 1 - the mean encoder probability of the labels of each image's nearest training
-    digits in the conditional dknn `gan`'s D features (`labels`: one per bank row)."""
+def label_surprise_of(gan: GenerativeModel, labels: Tensor, images: Tensor) -> Tensor:
+    """(N,) the label surprise of `images`: the conditional dknn `gan`'s encoder against the
+    labels of their nearest training digits in its D features (`labels`: one per bank row)."""
     if labels.shape[0] != gan.score_bank.shape[0]:
         raise RuntimeError(
             f"ensemble: label_surprise has {labels.shape[0]} labels for a GAN bank of "
             f"{gan.score_bank.shape[0]} rows: fit it with fit_ensemble(..., train_labels=...)"
         )
-    rows = gan.neighbour_rows(images)  # (N, k)
-    probs = gan.class_probabilities(images)  # (N, 10)
-    believed = probs.gather(1, labels.to(rows.device)[rows])  # p(label of each neighbour)
-    return 1.0 - believed.mean(dim=1)
+    return surprise_of_labels(gan.class_logits(images), labels, gan.neighbour_rows(images))
 
 
 @torch.no_grad()
@@ -369,7 +385,7 @@ def fit_ensemble(
                     s = torch.from_numpy(format_distance(batch.numpy(), format_side))
                 elif name == LABEL_SURPRISE:
                     gan = members["gan"].eval()
-                    s = surprise_of_labels(gan, bank_labels, batch.to(gan.device))
+                    s = label_surprise_of(gan, bank_labels, batch.to(gan.device))
                 elif name == CLASS_ENTROPY:
                     s = members["gan"].eval().class_entropy(batch.to(members["gan"].device))
                 elif name == ENCODER_KNN:

@@ -32,7 +32,12 @@ from models.gan.monitors import (
     oscillation_warning,
 )
 from models.gan.negatives import negative_batch
-from models.gan.neighbours import IndexedBank, coarse_index, mean_cosine_distance, nearest_rows
+from models.gan.neighbours import (
+    IndexedBank,
+    coarse_index,
+    mean_cosine_distance,
+    neighbour_search,
+)
 from models.gan.networks import Discriminator, Encoder, Generator
 from models.gan.objectives import (
     IzifResidual,
@@ -335,13 +340,14 @@ class GAN(IndexedBank, GenerativeModel):
         return residual.total
 
     @torch.no_grad()
-    def neighbour_rows(self, images: Tensor) -> Tensor:
-        """(N, score_k) the feature bank's rows (training digits, in the order `fit_scorer`
-        saw them) nearest to each image in D's features: `anomaly_score`'s neighbours."""
+    def dknn_with_rows(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(`anomaly_score` of score "dknn", (N, score_k) its neighbours): the feature bank's
+        rows (training digits, in the order `fit_scorer` saw them) nearest to each image in
+        D's features, found by the same search, so a caller that needs both pays once."""
         if self.config.score != "dknn" or self.score_bank.shape[0] < self.config.score_k:
-            raise RuntimeError("gan: neighbour_rows needs score 'dknn' and a fitted feature bank")
+            raise RuntimeError("gan: neighbour rows need score 'dknn' and a fitted feature bank")
         self.ensure_index()
-        return nearest_rows(
+        return neighbour_search(
             self._features(images),
             self.score_bank,
             self.score_proj,
@@ -350,26 +356,27 @@ class GAN(IndexedBank, GenerativeModel):
             self.config.score_candidates,
         )
 
-    @torch.no_grad()
-    def class_probabilities(self, images: Tensor) -> Tensor:
-        """(N, 10) the encoder's class probabilities for images in [0, 1] (a conditional GAN)."""
-        if not self.config.conditional:
-            raise ValueError("gan: class_probabilities needs a conditional GAN (its classes)")
-        with frozen(self.e):
-            logits = self.e(self._to_net(images)).label_logits
-        return logits.float().softmax(dim=1)
+    def neighbour_rows(self, images: Tensor) -> Tensor:
+        """(N, score_k) `anomaly_score`'s neighbours: the bank's rows, nearest first."""
+        return self.dknn_with_rows(images)[1]
 
     @torch.no_grad()
+    def class_logits(self, images: Tensor) -> Tensor:
+        """(N, 10) float32 the encoder's class logits for images in [0, 1] (a conditional GAN)."""
+        if not self.config.conditional:
+            raise ValueError("gan: class predictions need a conditional GAN (its classes)")
+        with frozen(self.e):
+            return self.e(self._to_net(images)).label_logits.float()
+
+    def class_probabilities(self, images: Tensor) -> Tensor:
+        """(N, 10) the encoder's class probabilities."""
+        return self.class_logits(images).softmax(dim=1)
+
     def class_entropy(self, images: Tensor) -> Tensor:
         """(N,) entropy (nats) of the encoder's class prediction for images in [0, 1]: a
         figure that is no digit tends to get a flat prediction (the ensemble's class-entropy
-        view, docs/anomaly.md "Sixteenth pass"). A conditional GAN only."""
-        if not self.config.conditional:
-            raise ValueError("gan: class_entropy needs a conditional GAN (its encoder's classes)")
-        with frozen(self.e):
-            logits = self.e(self._to_net(images)).label_logits
-        logp = logits.float().log_softmax(dim=1)
-        return -(logp.exp() * logp).sum(dim=1)
+        view, docs/anomaly.md "Seventeenth pass"). A conditional GAN only."""
+        return entropy_of_logits(self.class_logits(images))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
@@ -377,3 +384,9 @@ class GAN(IndexedBank, GenerativeModel):
         with frozen(self.e, self.sampler, self.d):
             _, x_hat, _ = self._izif(self._to_net(images))
         return to_unit(x_hat)
+
+
+def entropy_of_logits(logits: Tensor) -> Tensor:
+    """(N,) entropy (nats) of the class distributions (N, C) `logits` define."""
+    logp = logits.float().log_softmax(dim=1)
+    return -(logp.exp() * logp).sum(dim=1)

@@ -107,37 +107,38 @@ class IndexedBank:
 
 
 @torch.no_grad()
-def nearest_rows(
+def neighbour_search(
     features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
-) -> Tensor:
-    """(N, k) the rows of the unit-length fp16 `bank` nearest to each of the unit-length fp32
-    `features` (N, F), found by `mean_cosine_distance`'s two-stage search (the same neighbours,
-    nearest first)."""
+) -> tuple[Tensor, Tensor]:
+    """((N,) mean 1 - cos, (N, k) rows): unit-length fp32 `features` (N, F) against their `k`
+    nearest rows of the unit-length fp16 `bank`, among the `candidates` nearest by the coarse
+    index; the rows nearest first."""
     m = min(candidates, bank.shape[0])
-    out = []
-    for start in range(0, features.shape[0], 256):
-        f = features[start : start + 256]
-        rough = (f @ proj).half() @ coarse.T
-        chosen = rough.float().topk(m, dim=1).indices
-        for one, rows in zip(f, chosen, strict=True):
-            sims = (bank[rows].float() * one).sum(dim=1)
-            out.append(rows[sims.topk(k).indices])
-    return torch.stack(out) if out else features.new_zeros(0, k, dtype=torch.long)
-
-
-@torch.no_grad()
-def mean_cosine_distance(
-    features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
-) -> Tensor:
-    """(N,) mean 1 - cos of unit-length fp32 `features` (N, F) to their `k` nearest rows of the
-    unit-length fp16 `bank`, among the `candidates` nearest by the coarse index."""
-    m = min(candidates, bank.shape[0])
-    out = []
+    distances, nearest = [], []
     for start in range(0, features.shape[0], 256):
         f = features[start : start + 256]
         rough = (f @ proj).half() @ coarse.T
         chosen = rough.float().topk(m, dim=1).indices
         for one, rows in zip(f, chosen, strict=True):  # one (m, F) product per image
             sims = (bank[rows].float() * one).sum(dim=1)
-            out.append(1.0 - sims.topk(k).values.mean())
-    return torch.stack(out) if out else features.new_zeros(0)
+            top = sims.topk(k)
+            distances.append(1.0 - top.values.mean())
+            nearest.append(rows[top.indices])
+    if not distances:
+        return features.new_zeros(0), features.new_zeros(0, k, dtype=torch.long)
+    return torch.stack(distances), torch.stack(nearest)
+
+
+def nearest_rows(
+    features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
+) -> Tensor:
+    """(N, k) the rows of `neighbour_search`: the same neighbours, nearest first."""
+    return neighbour_search(features, bank, proj, coarse, k, candidates)[1]
+
+
+def mean_cosine_distance(
+    features: Tensor, bank: Tensor, proj: Tensor, coarse: Tensor, k: int, candidates: int
+) -> Tensor:
+    """(N,) mean 1 - cos of unit-length fp32 `features` (N, F) to their `k` nearest rows of the
+    unit-length fp16 `bank`, among the `candidates` nearest by the coarse index."""
+    return neighbour_search(features, bank, proj, coarse, k, candidates)[0]
