@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,15 +61,22 @@ def p_value(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (1 + len(ref) - np.searchsorted(ref, scores, side="left")) / (len(ref) + 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The command line this bench and bench_class_neighbours.py share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--models", type=Path, default=Path("artifacts/models"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    return args
+
+
+def load_setting(args: argparse.Namespace) -> dict[str, Any]:
+    """params, the evaluate section (`cfg`), the splits, the tuned suite (`suite`, `kinds`) as
+    the evaluation builds it on the test digits, the conditional GAN, and the served union's
+    raw statistic of the validation normals, the test normals and the suite (`union`)."""
     params = load_params(args.params)
     cfg = EvalConfig.from_dict(section(params, "evaluate"))
     splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
@@ -79,21 +87,28 @@ def main() -> None:
     gan = load_model(args.models / "gan").eval()
     if not gan.config.conditional:
         raise SystemExit("the GAN is not conditional: its encoder predicts no class")
-    pv, pn, ps = (class_probabilities(gan, x) for x in (val_x, test_x, suite))
     union = scorer(build(EnsembleParams.from_dict(section(params, "ensemble")), args.models,
                          splits, cfg))  # fmt: skip
-    uv, un, us = union(val_x), union(test_x), union(suite)
-    rows = {
-        "1 - max probability": (1 - pn.max(1), 1 - ps.max(1)),
-        "entropy": (entropy(pn), entropy(ps)),
-        "served union": (un, us),
-    }
-    ev, en, es = entropy(pv), entropy(pn), entropy(ps)
-    for w in SHARES:
-        rows[f"union + entropy, w {w:g}"] = tuple(
+    return {"params": params, "cfg": cfg, "splits": splits, "val": val_x, "test": test_x,
+            "suite": suite, "kinds": kinds, "gan": gan,
+            "union": tuple(union(x) for x in (val_x, test_x, suite))}  # fmt: skip
+
+
+def with_union(union: tuple, signal: tuple, name: str) -> dict[str, tuple]:
+    """Rows of a max-union of the served union's and `signal`'s (val, test, suite) p-values on
+    the validation normals, the signal's scaled to spend a share w of a view's budget."""
+    (uv, un, us), (ev, en, es) = union, signal
+    return {
+        f"union + {name}, w {w:g}": tuple(
             -np.log(np.minimum(p_value(uv, u), np.minimum(1.0, p_value(ev, e) / w)))
             for u, e in ((un, en), (us, es))
         )
+        for w in SHARES
+    }
+
+
+def print_table(rows: dict[str, tuple], kinds: np.ndarray, start: float) -> None:
+    """AUROC of each row's (test normals, suite) per tuned kind, then wall time and peak RSS."""
     head = ["signal", "tuned mean", *ANOMALY_KINDS]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for name, (normal, odd) in rows.items():
@@ -102,6 +117,22 @@ def main() -> None:
         print(f"| {name} | {np.mean(aurocs):.4f} | {cells} |")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"\nwall {time.perf_counter() - start:.0f} s, peak RSS {rss:.2f} GB")
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    start = time.perf_counter()
+    setting = load_setting(args)
+    gan = setting["gan"]
+    pv, pn, ps = (class_probabilities(gan, setting[x]) for x in ("val", "test", "suite"))
+    _, un, us = setting["union"]
+    rows = {
+        "1 - max probability": (1 - pn.max(1), 1 - ps.max(1)),
+        "entropy": (entropy(pn), entropy(ps)),
+        "served union": (un, us),
+    }
+    rows |= with_union(setting["union"], (entropy(pv), entropy(pn), entropy(ps)), "entropy")
+    print_table(rows, setting["kinds"], start)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ Not a test: it reads a finished run's models and data. Prints time and peak RSS.
 
 from __future__ import annotations
 
-import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -40,15 +38,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_class_confidence import SHARES, class_probabilities, p_value  # noqa: E402
-from benchmarks.bench_union import build, scorer  # noqa: E402
-from models.io import load_model  # noqa: E402
-from pipelines.data.dataset import SPLITS, load_tensors  # noqa: E402
-from pipelines.evaluation import metrics as M  # noqa: E402
-from pipelines.evaluation.anomalies import ANOMALY_KINDS, build_anomaly_suite  # noqa: E402
-from pipelines.evaluation.evaluator import EvalConfig  # noqa: E402
-from pipelines.settings import load_params, section  # noqa: E402
-from pipelines.stages.ensemble import EnsembleParams  # noqa: E402
+from benchmarks.bench_class_confidence import (  # noqa: E402
+    class_probabilities,
+    load_setting,
+    parse_args,
+    print_table,
+    with_union,
+)
 
 K = 10
 
@@ -92,55 +88,27 @@ def signals(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--models", type=Path, default=Path("artifacts/models"))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     start = time.perf_counter()
-    params = load_params(args.params)
-    cfg = EvalConfig.from_dict(section(params, "evaluate"))
-    splits = {s: load_tensors(args.data_dir, s) for s in SPLITS}
-    train_x, train_y = splits["train"][0].numpy(), splits["train"][1].long()
-    val_x, test_x = splits["val"][0].numpy(), splits["test"][0].numpy()
-    suite, kinds = build_anomaly_suite(
-        test_x, splits["test"][1].numpy(), n_per_kind=cfg.anomaly_per_kind, seed=cfg.anomaly_seed
-    )
-    gan = load_model(args.models / "gan").eval()
-    if not gan.config.conditional:
-        raise SystemExit("the GAN is not conditional: its encoder predicts no class")
+    setting = load_setting(args)
+    gan, (train_x, train_y) = setting["gan"], setting["splits"]["train"]
     bank = gan.score_bank.float()
     if bank.shape[0] != len(train_x):  # not one row per training digit: build it here
-        bank = features(gan, train_x)
-    sets = {"val": val_x, "test": test_x, "suite": suite}
+        bank = features(gan, train_x.numpy())
     got = {
-        name: signals(features(gan, x), class_probabilities(gan, x), bank, train_y)
-        for name, x in sets.items()
+        name: signals(
+            features(gan, setting[name]), class_probabilities(gan, setting[name]), bank, train_y
+        )
+        for name in ("val", "test", "suite")
     }
     for name, values in got["val"].items():  # ties: a threshold needs room above the median
         print(f"{name}: {np.mean(values <= values.min()):.1%} of validation normals at its minimum")
-    union = scorer(build(EnsembleParams.from_dict(section(params, "ensemble")), args.models,
-                         splits, cfg))  # fmt: skip
-    uv, un, us = union(val_x), union(test_x), union(suite)
     rows = {name: (got["test"][name], got["suite"][name]) for name in got["test"]}
-    rows["served union"] = (un, us)
+    rows["served union"] = setting["union"][1:]
     for name in ("excess", "disagreement", "label surprise"):
-        ev, en, es = (got[s][name] for s in ("val", "test", "suite"))
-        for w in SHARES:
-            rows[f"union + {name}, w {w:g}"] = tuple(
-                -np.log(np.minimum(p_value(uv, u), np.minimum(1.0, p_value(ev, e) / w)))
-                for u, e in ((un, en), (us, es))
-            )
-    head = ["signal", "tuned mean", *ANOMALY_KINDS]
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for name, (normal, odd) in rows.items():
-        aurocs = [M.auroc(normal, odd[kinds == k]) for k in ANOMALY_KINDS]
-        cells = " | ".join(f"{a:.3f}" for a in aurocs)
-        print(f"| {name} | {np.mean(aurocs):.4f} | {cells} |")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"\nwall {time.perf_counter() - start:.0f} s, peak RSS {rss:.2f} GB")
+        signal = tuple(got[s][name] for s in ("val", "test", "suite"))
+        rows |= with_union(setting["union"], signal, name)
+    print_table(rows, setting["kinds"], start)
 
 
 if __name__ == "__main__":
