@@ -149,10 +149,6 @@ class Ensemble(IndexedBank, GenerativeModel):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
         )
 
-    def label_surprise_scores(self, images: Tensor) -> Tensor:
-        """(N,) the label-surprise view's raw statistic (the module docstring)."""
-        return label_surprise_of(self.members["gan"], self.bank_labels, images)
-
     @torch.no_grad()
     def set_knn_bank(self, bank: Tensor, index: tuple[Tensor, Tensor] | None = None) -> None:
         """Keep `bank` (N, F) unit-length encoder features as the encoder-kNN bank (fp16) and

@@ -368,10 +368,6 @@ class GAN(IndexedBank, GenerativeModel):
         with frozen(self.e):
             return self.e(self._to_net(images)).label_logits.float()
 
-    def class_probabilities(self, images: Tensor) -> Tensor:
-        """(N, 10) the encoder's class probabilities."""
-        return self.class_logits(images).softmax(dim=1)
-
     def class_entropy(self, images: Tensor) -> Tensor:
         """(N,) entropy (nats) of the encoder's class prediction for images in [0, 1]: a
         figure that is no digit tends to get a flat prediction (the ensemble's class-entropy

@@ -485,7 +485,7 @@ def test_the_label_surprise_view_reads_the_dknn_neighbours_labels_and_survives_s
         f = gan._features(val)
         near = (1 - (gan.score_bank[rows].float() * f[:, None]).sum(-1)).mean(1)
         torch.testing.assert_close(near, gan.anomaly_score(val), rtol=1e-5, atol=1e-6)
-        probs = gan.class_probabilities(val)
+        probs = gan.class_logits(val).softmax(dim=1)
         surprise = (1 - probs.gather(1, labels[BANK][rows]).mean(1)).numpy()
     assert ((surprise >= -1e-6) & (surprise <= 1 + 1e-6)).all() and surprise.std() > 0
     ens = fit_ensemble({"gan": gan}, val, **SPLIT, combine="max", label_surprise=True,
