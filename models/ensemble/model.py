@@ -208,7 +208,7 @@ class Ensemble(IndexedBank, GenerativeModel):
         rows = logits = None
         if self.config.label_surprise:
             raw["gan"], rows = gan.dknn_with_rows(images)
-        if self.config.label_surprise or self.config.class_entropy:
+        if reads_gan:
             logits = gan.class_logits(images)
         for name, member in self.members.items():
             if name in self.config.view_only:  # serves a view only: its own score is unused

@@ -35,7 +35,6 @@ from models.gan.negatives import negative_batch
 from models.gan.neighbours import (
     IndexedBank,
     coarse_index,
-    mean_cosine_distance,
     neighbour_search,
 )
 from models.gan.networks import Discriminator, Encoder, Generator
@@ -320,21 +319,7 @@ class GAN(IndexedBank, GenerativeModel):
         index, then exact fp32 cosines with those, each image on its own. On full MNIST it finds
         the exhaustive search's neighbours (docs/anomaly.md)."""
         if self.config.score == "dknn":
-            k, bank = self.config.score_k, self.score_bank
-            if bank.shape[0] < k:
-                raise RuntimeError(
-                    f"gan: score 'dknn' needs a feature bank of at least score_k={k} training "
-                    f"images, has {bank.shape[0]}: fit_scorer(train images) first"
-                )
-            self.ensure_index()
-            return mean_cosine_distance(
-                self._features(images),
-                bank,
-                self.score_proj,
-                self.score_coarse,
-                k,
-                self.config.score_candidates,
-            )
+            return self.dknn_with_rows(images)[0]
         with frozen(self.e, self.sampler, self.d):
             residual, _, _ = self._izif(self._to_net(images))
         return residual.total
@@ -344,15 +329,21 @@ class GAN(IndexedBank, GenerativeModel):
         """(`anomaly_score` of score "dknn", (N, score_k) its neighbours): the feature bank's
         rows (training digits, in the order `fit_scorer` saw them) nearest to each image in
         D's features, found by the same search, so a caller that needs both pays once."""
-        if self.config.score != "dknn" or self.score_bank.shape[0] < self.config.score_k:
-            raise RuntimeError("gan: neighbour rows need score 'dknn' and a fitted feature bank")
+        if self.config.score != "dknn":
+            raise RuntimeError(f"gan: neighbour rows need score 'dknn', not {self.config.score!r}")
+        k, bank = self.config.score_k, self.score_bank
+        if bank.shape[0] < k:
+            raise RuntimeError(
+                f"gan: score 'dknn' needs a feature bank of at least score_k={k} training "
+                f"images, has {bank.shape[0]}: fit_scorer(train images) first"
+            )
         self.ensure_index()
         return neighbour_search(
             self._features(images),
-            self.score_bank,
+            bank,
             self.score_proj,
             self.score_coarse,
-            self.config.score_k,
+            k,
             self.config.score_candidates,
         )
 
