@@ -19,7 +19,10 @@ are no digit at all: 2-3 pen strokes (lines, circular arcs) brought to MNIST's f
 held-out `*_mnist` kinds, but drawn from strokes, never from a typeface. `pen_mnist`
 (docs/anomaly.md "Sixteenth pass") asks it with another pen: one continuous path of 4-6 curved
 pieces, some joined at a cusp, its width varying along the path like a pen's pressure, brought to
-the same format. Each comes after every earlier kind, which stays byte-identical.
+the same format. `pieces_mnist` (docs/anomaly.md "Nineteenth pass") asks it with real
+handwriting that is no digit: a piece of one digit (its ink on one side of a random line, turned
+by up to 60 degrees) joined to a piece of another, brought to the same format. Each comes after
+every earlier kind, which stays byte-identical.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, rotate, shift
 
 from models.digit_format import to_mnist_format
 
@@ -47,6 +50,7 @@ ANOMALY_KINDS = (
     "off_centre",
     "strokes_mnist",
     "pen_mnist",
+    "pieces_mnist",
 )
 # format-only kinds: real digits drawn out of MNIST's format (models.digit_format), the content
 # unchanged: longer side in RESIZED_SIDES px instead of 20; moved OFF_CENTRE px (a range; the
@@ -277,6 +281,56 @@ def _pen_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return to_mnist_format(out)[:, 0].astype(np.float64)
 
 
+PIECE_SHARE = (0.3, 0.7)  # the share of a digit's ink a piece keeps
+PIECE_TURN = 60.0  # degrees, either way
+PIECE_GAP = (3.0, 7.0)  # px between the two pieces' centres of mass
+_PAD = 8  # the pieces are cut, turned and joined on a 44 px canvas, then formatted
+
+
+def _centre(img: np.ndarray) -> np.ndarray:
+    """Centre of mass (row, col) of a non-blank image."""
+    rows, cols = np.indices(img.shape)
+    return np.array([(img * rows).sum(), (img * cols).sum()]) / img.sum()
+
+
+def _piece(rng: np.random.Generator, digit: np.ndarray) -> np.ndarray:
+    """A piece of a (padded) digit: its ink on one side of a random line passing within 3 px
+    of its centre of mass (a soft, 1 px edge), keeping PIECE_SHARE of the ink (the first of 20
+    lines that does; the last otherwise), turned by up to PIECE_TURN degrees about the canvas
+    centre and moved so that its own centre of mass is there."""
+    if digit.sum() <= 0:
+        return digit  # a blank base image has no piece
+    rows, cols = np.indices(digit.shape)
+    cy, cx = _centre(digit)
+    piece = digit
+    for _ in range(20):
+        angle = rng.uniform(0, 2 * np.pi)
+        side = (cols - cx) * np.cos(angle) + (rows - cy) * np.sin(angle) - rng.uniform(-3, 3)
+        piece = digit * np.clip(side + 0.5, 0.0, 1.0)
+        if PIECE_SHARE[0] <= piece.sum() / digit.sum() <= PIECE_SHARE[1]:
+            break
+    piece = rotate(piece, rng.uniform(-PIECE_TURN, PIECE_TURN), reshape=False, order=1)
+    piece = np.clip(piece, 0.0, 1.0)
+    return shift(piece, (np.array(piece.shape) - 1) / 2 - _centre(piece), order=1)
+
+
+def _pieces_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """Each digit's piece (`_piece`) joined to a piece of the next digit drawn (the last to
+    the first): the second piece's centre of mass PIECE_GAP px from the first's in a random
+    direction, overlaid (pixel maximum), then brought to MNIST's format. Real handwriting
+    strokes, a digit's pen, no digit's shape: content only, like the `*_mnist` kinds, and made
+    from digits rather than drawn."""
+    padded = np.pad(digits, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
+    out = np.zeros_like(padded)
+    for i, img in enumerate(out):
+        first = _piece(rng, padded[i])
+        second = _piece(rng, padded[(i + 1) % len(padded)])
+        angle, gap = rng.uniform(0, 2 * np.pi), rng.uniform(*PIECE_GAP)
+        offset = gap * np.array([np.sin(angle), np.cos(angle)])
+        np.maximum(shift(first, -offset / 2, order=1), shift(second, offset / 2, order=1), out=img)
+    return to_mnist_format(np.clip(out, 0.0, 1.0))[:, 0].astype(np.float64)
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -291,6 +345,7 @@ _BUILDERS: dict[str, Builder] = {
     "off_centre": _off_centre,
     "strokes_mnist": _strokes_mnist,
     "pen_mnist": _pen_mnist,
+    "pieces_mnist": _pieces_mnist,
 }
 
 

@@ -24,6 +24,8 @@ BEFORE_FORMAT_SHA256 = "945e5e35c83e9fd4bf54a783acd11083ae5cd319730856060da0207c
 BEFORE_STROKES_SHA256 = "37875242bd41f464758cdbf8b7d6c747f313752ec28b6040e7b6c29d7e3b0b1f"
 # the thirteen kinds before pen_mnist, likewise
 BEFORE_PEN_SHA256 = "4a8e2f6891bb103a9640570ec2f3259e4dc037031d3f122bf6c232db0f35e7f3"
+# the fourteen kinds before pieces_mnist, likewise
+BEFORE_PIECES_SHA256 = "46bb05baaa500c5cab8f740c1afee8a5a01eba2202f68d046c0eeb40ab59bfe7"
 
 
 @pytest.fixture(scope="module")
@@ -119,19 +121,20 @@ def test_format_kinds_come_last_and_leave_every_earlier_kind_byte_identical(
     base_uint8, base_labels
 ):
     assert ANOMALY_KINDS[10:12] == FORMAT_PROXY
-    assert ANOMALY_KINDS[12:] == ("strokes_mnist", "pen_mnist")
+    assert ANOMALY_KINDS[12:] == ("strokes_mnist", "pen_mnist", "pieces_mnist")
     now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
     assert _digest(now[: 10 * 7]) == BEFORE_FORMAT_SHA256
     assert _digest(now[: 12 * 7]) == BEFORE_STROKES_SHA256
     assert _digest(now[: 13 * 7]) == BEFORE_PEN_SHA256
+    assert _digest(now[: 14 * 7]) == BEFORE_PIECES_SHA256
     assert kinds[10 * 7 : 12 * 7].tolist() == [k for k in FORMAT_PROXY for _ in range(7)]
-    assert kinds[12 * 7 :].tolist() == ["strokes_mnist"] * 7 + ["pen_mnist"] * 7
+    assert kinds[12 * 7 :].tolist() == [k for k in ANOMALY_KINDS[12:] for _ in range(7)]
 
 
-@pytest.mark.parametrize("kind", ["strokes_mnist", "pen_mnist"])
+@pytest.mark.parametrize("kind", ["strokes_mnist", "pen_mnist", "pieces_mnist"])
 def test_stroke_kinds_are_stroke_figures_in_mnists_format(base_uint8, base_labels, kind):
-    """Drawn from strokes (2-3 lines and arcs; one pen path), not from a digit, and in MNIST's
-    format like a digit."""
+    """Drawn from strokes (2-3 lines and arcs; one pen path) or pieced from two digits, none
+    a base digit, and in MNIST's format like a digit."""
     base = base_uint8.astype(np.float64) / 255
     images, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=40, seed=6)
     group = images[kinds == kind]
@@ -140,6 +143,25 @@ def test_stroke_kinds_are_stroke_figures_in_mnists_format(base_uint8, base_label
     assert np.percentile(format_distance(group, 20.0), 90) < 0.2  # the format test passes them
     nearest = np.abs(group[:, 0, None] - base[None]).reshape(len(group), len(base), -1).max(2)
     assert (nearest.min(1) > 0.2).all()  # none is a base digit
+
+
+def test_pieces_are_part_of_a_digits_ink_turned_and_moved_to_the_centre():
+    """`_piece` keeps 30-70 % of the digit's ink (the rest cut off by one line), turned, with
+    its centre of mass at the canvas centre; a blank image has no piece."""
+    from pipelines.evaluation.anomalies import _centre, _piece
+
+    rng = np.random.default_rng(4)
+    digit = np.zeros((44, 44))
+    digit[10:34, 19:25] = 1.0  # a bar: every line through its centre cuts it
+    shares = []
+    for _ in range(30):
+        piece = _piece(rng, digit)
+        shares.append(piece.sum() / digit.sum())
+        assert np.allclose(_centre(piece), [21.5, 21.5], atol=0.3)
+        assert piece.min() >= 0.0 and piece.max() <= 1.0
+    assert 0.27 <= min(shares) and max(shares) <= 0.73  # resampling blurs the 30-70 % a little
+    assert np.ptp(shares) > 0.1
+    assert not _piece(rng, np.zeros((44, 44))).any()
 
 
 def test_pen_paths_are_one_continuous_line_with_cusps_and_varying_width():
