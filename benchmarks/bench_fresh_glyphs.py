@@ -9,9 +9,11 @@ shape is no Latin or Greek letter's (CYRILLIC below; looked at once, in the fift
 or Greek letter's (GEORGIAN; chosen by eye from a rendering, before any model was scored on
 them: docs/anomaly.md "Sixteenth pass"), or `--alphabet armenian` (ARMENIAN, chosen the same
 way; only 10 of 76 letters qualify), typeset in the DejaVu faces matplotlib ships (every
-face has every one of them; checked at run time), 16-24 px, then brought to MNIST's format
-(models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds. `--n` images, seed
-`--seed`, drawn once.
+face has every one of them; checked at run time), or `--alphabet ethiopic` (ETHIOPIC, 13 of
+the 33 base letters, chosen the same way: "Nineteenth pass"), typeset in the four Noto
+Ethiopic faces of Debian's `fonts-noto-core` (install it first), 16-24 px, then brought to
+MNIST's format (models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds.
+`--n` images, seed `--seed`, drawn once.
 
 Each `--models NAME=DIR[@VARIANT]` is a directory of trained families (a run's
 `artifacts/models`, or one holding `bench_negatives.py --save-dir`'s GAN beside the run's
@@ -68,19 +70,37 @@ GEORGIAN = "აგდეთლმოტუფქღშწჭჯ"
 # օ Օ 0) or a Latin or Greek letter (ա w, բ p, գ q, ե է E, թ θ, ի h, լ l, ծ δ, ղ η, յ j, ն ս u,
 # ո ռ n, պ w, ց g, փ Փ φ, ք p, Ճ Δ, ...), or nearly so
 ARMENIAN = "ԴԽՀըխձճմվտ"
-ALPHABETS = {"cyrillic": CYRILLIC, "georgian": GEORGIAN, "armenian": ARMENIAN}
+# 13 of the 33 Ethiopic base letters (first order), chosen by eye from a rendering in Noto Sans
+# and Serif Ethiopic before any model was scored on them (docs/anomaly.md "Nineteenth pass");
+# left out as like a digit or a Latin or Greek letter: ሀ (U) ለ (λ) ሠ ወ (w) ሰ ሸ (U) ቀ (φ) በ (∩)
+# ተ (t) ኀ ኘ ገ (7) ነ (1) አ (λ) ዐ (0) ዘ ዠ (H) የ (9) ፀ (θ) ፐ (T)
+ETHIOPIC = "ሐመረቸከኸደጀጠጨጰጸፈ"
+ALPHABETS = {"cyrillic": CYRILLIC, "georgian": GEORGIAN, "armenian": ARMENIAN,
+             "ethiopic": ETHIOPIC}  # fmt: skip
+# alphabets DejaVu lacks are typeset in Debian's Noto faces (`apt-get install fonts-noto-core`)
+NOTO = Path("/usr/share/fonts/truetype/noto")
+NOTO_FACES = {"ethiopic": tuple(f"Noto{face}Ethiopic-{weight}.ttf" for face in ("Sans", "Serif")
+                                for weight in ("Regular", "Bold"))}  # fmt: skip
 
 
-def faces_with(chars: str) -> list[str]:
-    """The DejaVu faces (pipelines.evaluation.heldout) whose character map has every char."""
+def faces_with(chars: str, alphabet: str | None = None) -> list[str]:
+    """The faces whose character map has every char: the DejaVu faces
+    (pipelines.evaluation.heldout), or the alphabet's Noto faces (NOTO_FACES; full paths)."""
     from fontTools.ttLib import TTFont
 
-    fonts = _matplotlib_data() / "fonts" / "ttf"
+    if alphabet in NOTO_FACES:
+        files = [NOTO / name for name in NOTO_FACES[alphabet]]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise SystemExit(f"{alphabet} needs Debian's Noto faces ({', '.join(missing)} "
+                             "missing): apt-get install fonts-noto-core")  # fmt: skip
+    else:
+        files = [_matplotlib_data() / "fonts" / "ttf" / name for name in _FONT_FILES]
     out = []
-    for name in _FONT_FILES:
-        cmap = TTFont(str(fonts / name)).getBestCmap()
+    for path in files:
+        cmap = TTFont(str(path)).getBestCmap()
         if all(ord(c) in cmap for c in chars):
-            out.append(name)
+            out.append(str(path) if alphabet in NOTO_FACES else path.name)
     return out
 
 
@@ -88,9 +108,10 @@ def fresh_mnist(n: int, seed: int, alphabet: str = "cyrillic") -> np.ndarray:
     """`n` letters of `alphabet` (ALPHABETS), typeset like the held-out glyph kinds, in
     MNIST's format."""
     chars = ALPHABETS[alphabet]
-    faces = faces_with(chars)
+    faces = faces_with(chars, alphabet)
     if not faces:
-        raise SystemExit(f"no DejaVu face shipped with matplotlib has every {alphabet} letter")
+        raise SystemExit(f"no face (DejaVu, or Noto for {list(NOTO_FACES)}) has every "
+                         f"{alphabet} letter")  # fmt: skip
     glyphs = typeset(np.random.default_rng(seed), n, chars, faces)
     return to_mnist_format(glyphs)  # float32 (n, 1, 28, 28)
 
@@ -156,7 +177,8 @@ def main() -> None:
             for name, (normal, odd) in stats.items()}  # fmt: skip
     print(
         f"\n{kind}: {args.n} letters ({len(chars)} kinds of letter, "
-        f"{len(faces_with(chars))} faces), seed {args.seed}; {args.draws} paired draws"
+        f"{len(faces_with(chars, args.alphabet))} faces), seed {args.seed}; "
+        f"{args.draws} paired draws"
     )
     head = ["models", f"{kind} AUROC [95 %]", "flagged", "test FPR", "tuned mean",
             "letters_mnist (held-out)"]  # fmt: skip
