@@ -22,7 +22,10 @@ pieces, some joined at a cusp, its width varying along the path like a pen's pre
 the same format. `pieces_mnist` (docs/anomaly.md "Nineteenth pass") asks it with real
 handwriting that is no digit: a piece of one digit (its ink on one side of a random line, turned
 by up to 60 degrees) joined to a piece of another, brought to the same format. Each comes after
-every earlier kind, which stays byte-identical.
+every earlier kind, which stays byte-identical. `traced_mnist` (the same pass) asks it without
+a cut: a digit's pen traced (its skeleton, each point with the stroke's half-width there), a
+connected part of the trace drawn again with a round pen, turned, and the end of another
+digit's traced part joined onto it, brought to the same format.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, rotate, shift
+from scipy.ndimage import distance_transform_edt, gaussian_filter, rotate, shift
 
 from models.digit_format import to_mnist_format
 
@@ -51,6 +54,7 @@ ANOMALY_KINDS = (
     "strokes_mnist",
     "pen_mnist",
     "pieces_mnist",
+    "traced_mnist",
 )
 # format-only kinds: real digits drawn out of MNIST's format (models.digit_format), the content
 # unchanged: longer side in RESIZED_SIDES px instead of 20; moved OFF_CENTRE px (a range; the
@@ -331,6 +335,95 @@ def _pieces_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
     return to_mnist_format(np.clip(out, 0.0, 1.0))[:, 0].astype(np.float64)
 
 
+def _thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang & Suen's (1984) thinning of a boolean image: its skeleton, 1 px wide, 8-connected."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for step in (0, 1):
+            # the 8 neighbours P2..P9, clockwise from north
+            n = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:], img[2:, 1:-1],
+                 img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]  # fmt: skip
+            count = sum(x.astype(int) for x in n)
+            turns = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(int) for i in range(8))
+            if step == 0:
+                side = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
+            else:
+                side = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
+            kill = (img[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
+            if kill.any():
+                img = img.copy()
+                img[1:-1, 1:-1][kill] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
+_STEPS8 = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+
+
+def _traced_part(rng: np.random.Generator, digit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A connected part of a digit's traced pen: its skeleton (`_thin` of the ink above 0.5),
+    walked breadth-first from a random point until PIECE_SHARE of it (drawn uniformly) is
+    taken, each point with the stroke's half-width there (distance to the nearest background
+    pixel). Returns the points (K, 2), in walk order (the last the farthest from the start),
+    and their radii (K,). A digit with no ink above 0.5 has none (K = 0)."""
+    mask = digit > 0.5
+    skeleton = _thin(mask)
+    radius = distance_transform_edt(mask)
+    points = list(zip(*np.nonzero(skeleton), strict=True))
+    if not points:
+        return np.zeros((0, 2)), np.zeros(0)
+    keep = max(2, round(rng.uniform(*PIECE_SHARE) * len(points)))
+    start = points[int(rng.integers(len(points)))]
+    seen, order, queue = {start}, [], [start]
+    while queue and len(order) < keep:
+        point = queue.pop(0)
+        order.append(point)
+        for dr, dc in _STEPS8:
+            near = (point[0] + dr, point[1] + dc)
+            if near not in seen and 0 <= near[0] < SIZE and 0 <= near[1] < SIZE and skeleton[near]:
+                seen.add(near)
+                queue.append(near)
+    walk = np.asarray(order, dtype=np.float64)
+    return walk, radius[tuple(walk.astype(int).T)]
+
+
+def _round_pen(points: np.ndarray, radii: np.ndarray, size: int) -> np.ndarray:
+    """Draw each point as an anti-aliased disc of its radius (a round pen along the trace)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = np.zeros((size, size))
+    for (r, c), rad in zip(points, radii, strict=True):
+        np.maximum(out, np.clip(rad + 0.5 - np.hypot(rows - r, cols - c), 0.0, 1.0), out=out)
+    return out
+
+
+def _turned(rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
+    """The points turned by up to PIECE_TURN degrees about their mean (which goes to 0)."""
+    angle = np.deg2rad(rng.uniform(-PIECE_TURN, PIECE_TURN))
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return (points - points.mean(0)) @ turn.T
+
+
+def _traced_mnist(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """Each digit's traced part (`_traced_part`), turned, with the far end of the next digit's
+    traced part (the last to the first), turned too, joined onto a random point of it, drawn
+    with a round pen (`_round_pen`) and brought to MNIST's format. A real hand's strokes with
+    round ends, no cut edge, no digit's shape: content only, like the `*_mnist` kinds."""
+    size = SIZE + 2 * _PAD
+    out = np.zeros((len(digits), size, size))
+    for i, img in enumerate(out):
+        first, r1 = _traced_part(rng, digits[i])
+        second, r2 = _traced_part(rng, digits[(i + 1) % len(digits)])
+        if len(first) == 0 or len(second) == 0:
+            continue  # a base image without ink gives a blank (the suite's tests forbid it)
+        first, second = _turned(rng, first), _turned(rng, second)
+        second = second - second[-1] + first[int(rng.integers(len(first)))]
+        both = np.concatenate([first, second])
+        img[:] = _round_pen(both - both.mean(0) + (size - 1) / 2, np.concatenate([r1, r2]), size)
+    return to_mnist_format(out)[:, 0].astype(np.float64)
+
+
 _BUILDERS: dict[str, Builder] = {
     "gaussian_noise": _gaussian_noise,
     "salt_pepper": _salt_pepper,
@@ -346,6 +439,7 @@ _BUILDERS: dict[str, Builder] = {
     "strokes_mnist": _strokes_mnist,
     "pen_mnist": _pen_mnist,
     "pieces_mnist": _pieces_mnist,
+    "traced_mnist": _traced_mnist,
 }
 
 

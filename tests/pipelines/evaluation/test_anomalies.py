@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from scipy.ndimage import distance_transform_edt
 
 from models.digit_format import digit_format, format_distance
 from pipelines.evaluation.anomalies import (
@@ -26,6 +27,8 @@ BEFORE_STROKES_SHA256 = "37875242bd41f464758cdbf8b7d6c747f313752ec28b6040e7b6c29
 BEFORE_PEN_SHA256 = "4a8e2f6891bb103a9640570ec2f3259e4dc037031d3f122bf6c232db0f35e7f3"
 # the fourteen kinds before pieces_mnist, likewise
 BEFORE_PIECES_SHA256 = "46bb05baaa500c5cab8f740c1afee8a5a01eba2202f68d046c0eeb40ab59bfe7"
+# the fifteen kinds before traced_mnist, likewise
+BEFORE_TRACED_SHA256 = "81439a997ace9d39434d23a21ecfa2901c4a4045d6dcffbb0ea2ad1f8ce0bedd"
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +124,18 @@ def test_format_kinds_come_last_and_leave_every_earlier_kind_byte_identical(
     base_uint8, base_labels
 ):
     assert ANOMALY_KINDS[10:12] == FORMAT_PROXY
-    assert ANOMALY_KINDS[12:] == ("strokes_mnist", "pen_mnist", "pieces_mnist")
+    assert ANOMALY_KINDS[12:] == ("strokes_mnist", "pen_mnist", "pieces_mnist", "traced_mnist")
     now, kinds = build_anomaly_suite(base_uint8, base_labels, n_per_kind=7, seed=3)
     assert _digest(now[: 10 * 7]) == BEFORE_FORMAT_SHA256
     assert _digest(now[: 12 * 7]) == BEFORE_STROKES_SHA256
     assert _digest(now[: 13 * 7]) == BEFORE_PEN_SHA256
     assert _digest(now[: 14 * 7]) == BEFORE_PIECES_SHA256
+    assert _digest(now[: 15 * 7]) == BEFORE_TRACED_SHA256
     assert kinds[10 * 7 : 12 * 7].tolist() == [k for k in FORMAT_PROXY for _ in range(7)]
     assert kinds[12 * 7 :].tolist() == [k for k in ANOMALY_KINDS[12:] for _ in range(7)]
 
 
-@pytest.mark.parametrize("kind", ["strokes_mnist", "pen_mnist", "pieces_mnist"])
+@pytest.mark.parametrize("kind", ["strokes_mnist", "pen_mnist", "pieces_mnist", "traced_mnist"])
 def test_stroke_kinds_are_stroke_figures_in_mnists_format(base_uint8, base_labels, kind):
     """Drawn from strokes (2-3 lines and arcs; one pen path) or pieced from two digits, none
     a base digit, and in MNIST's format like a digit."""
@@ -162,6 +166,47 @@ def test_pieces_are_part_of_a_digits_ink_turned_and_moved_to_the_centre():
     assert min(shares) >= 0.27 and max(shares) <= 0.73  # resampling blurs the 30-70 % a little
     assert np.ptp(shares) > 0.1
     assert not _piece(rng, np.zeros((44, 44))).any()
+
+
+def test_a_digits_whole_trace_drawn_with_the_round_pen_is_the_digit(base_uint8):
+    """`traced_mnist`'s pen: the skeleton is 1 px wide (no 2 x 2 block of it) and lies in
+    the ink; the whole trace, each point at its half-width, draws the digit again."""
+    from pipelines.evaluation.anomalies import _round_pen, _thin, _traced_part
+
+    ious = []
+    for digit in base_uint8[:40].astype(np.float64) / 255:
+        mask = digit > 0.5
+        skeleton = _thin(mask)
+        assert skeleton.any() and not (skeleton & ~mask).any()
+        blocks = skeleton[:-1, :-1] & skeleton[1:, :-1] & skeleton[:-1, 1:] & skeleton[1:, 1:]
+        assert not blocks.any()
+        points, radii = _traced_part(np.random.default_rng(0), digit)
+        assert len(points) <= skeleton.sum() and (radii >= 1.0).all()
+        rows, cols = np.nonzero(skeleton)
+        drawn = _round_pen(np.c_[rows, cols], distance_transform_edt(mask)[rows, cols], 28) > 0.5
+        ious.append((drawn & mask).sum() / (drawn | mask).sum())
+    assert np.median(ious) > 0.85 and np.percentile(ious, 10) > 0.75  # measured: 0.907, 0.792
+
+
+def test_a_traced_part_is_a_connected_share_of_the_skeleton():
+    """The walk keeps 30-70 % of the skeleton's points, each next to an earlier one (one
+    connected part), the last the farthest; a blank digit has no part."""
+    from pipelines.evaluation.anomalies import _thin, _traced_part
+
+    digit = np.zeros((28, 28))
+    digit[4:24, 12:15] = 1.0  # a bar 3 px wide: its skeleton a vertical line
+    total = _thin(digit > 0.5).sum()
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        points, radii = _traced_part(rng, digit)
+        assert 0.29 <= len(points) / total <= 0.71
+        gaps = np.abs(points[:, None] - points[None]).max(2) + np.eye(len(points)) * 99
+        assert (gaps.min(1) == 1).all()  # every point has an 8-neighbour in the part
+        reach = np.abs(points - points[0]).max(1)
+        assert reach[-1] == reach.max()
+        assert np.allclose(radii[(points[:, 0] > 6) & (points[:, 0] < 21)], 2.0)
+    points, radii = _traced_part(rng, np.zeros((28, 28)))
+    assert points.shape == (0, 2) and radii.shape == (0,)
 
 
 def test_pen_paths_are_one_continuous_line_with_cusps_and_varying_width():
