@@ -108,7 +108,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "no-surprise": {"label_surprise": False},
 }
-PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist")
+PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist",
+               "pieces_mnist", "traced_mnist")  # fmt: skip
 
 
 def build(settings: EnsembleParams, models: Path, splits: dict, cfg: EvalConfig) -> Any:
