@@ -107,6 +107,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         for share in (1.0, 0.5, 0.2)
     },
     "no-surprise": {"label_surprise": False},
+    # v6's union (no class view) and the bare GAN Dknn + encoder kNN: a diagnosis, not a choice
+    "no-class": {"class_entropy": False, "label_surprise": False},
+    "dknn-eknn": {"class_entropy": False, "label_surprise": False, "format_test": False},
 }
 PROXY_KINDS = ("mirrored", "upside_down", "resized", "off_centre", "strokes_mnist", "pen_mnist",
                "pieces_mnist", "traced_mnist")  # fmt: skip
