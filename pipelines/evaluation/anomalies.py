@@ -30,6 +30,7 @@ digit's traced part joined onto it, brought to the same format.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -376,9 +377,9 @@ def _traced_part(rng: np.random.Generator, digit: np.ndarray) -> tuple[np.ndarra
         return np.zeros((0, 2)), np.zeros(0)
     keep = max(2, round(rng.uniform(*PIECE_SHARE) * len(points)))
     start = points[int(rng.integers(len(points)))]
-    seen, order, queue = {start}, [], [start]
+    seen, order, queue = {start}, [], deque([start])
     while queue and len(order) < keep:
-        point = queue.pop(0)
+        point = queue.popleft()
         order.append(point)
         for dr, dc in _STEPS8:
             near = (point[0] + dr, point[1] + dc)
