@@ -11,8 +11,10 @@ them: docs/anomaly.md "Sixteenth pass"), or `--alphabet armenian` (ARMENIAN, cho
 way; only 10 of 76 letters qualify), typeset in the DejaVu faces matplotlib ships (every
 face has every one of them; checked at run time), or `--alphabet ethiopic` (ETHIOPIC, 13 of
 the 33 base letters, chosen the same way: "Nineteenth pass"), typeset in the four Noto
-Ethiopic faces of Debian's `fonts-noto-core` (install it first), 16-24 px, then brought to
-MNIST's format (models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds.
+Ethiopic faces of Debian's `fonts-noto-core` (install it first), or `--alphabet tifinagh`
+(TIFINAGH, 11 of the 56 letters of the Tifinagh block, chosen the same way: "Twenty-first
+pass"), typeset in Noto Sans Tifinagh (the package's eleven regional Tifinagh faces draw these
+letters with the same outlines, so one face), 16-24 px, then brought to MNIST's format (models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds.
 `--n` images, seed `--seed`, drawn once.
 
 Each `--models NAME=DIR[@VARIANT]` is a directory of trained families (a run's
@@ -75,12 +77,20 @@ ARMENIAN = "ԴԽՀըխձճմվտ"
 # left out as like a digit or a Latin or Greek letter: ሀ (U) ለ (λ) ሠ ወ (w) ሰ ሸ (U) ቀ (φ) በ (∩)
 # ተ (t) ኀ ኘ ገ (7) ነ (1) አ (λ) ዐ (0) ዘ ዠ (H) የ (9) ፀ (θ) ፐ (T)
 ETHIOPIC = "ሐመረቸከኸደጀጠጨጰጸፈ"
+# 11 of the 56 Tifinagh letters (U+2D30-U+2D67), chosen by eye from a rendering in the twelve
+# Noto Tifinagh faces before any model was scored on them (docs/anomaly.md "Twenty-first
+# pass"); left out as like a digit or a Latin or Greek letter: ⴰ ⵔ ⵙ (o, 0) ⴱ (θ) ⴶ ⵊ ⵏ (I)
+# ⴷ (Λ) ⴸ (V) ⴹ ⵟ (E) ⴺ (3) ⴼ (H) ⴽ ⴿ (K) ⵀ (Φ) ⵁ ⵚ (Ø) ⵃ (λ) ⵅ ⵝ (X) ⵇ (Z) ⵉ (ε) ⵍ (N)
+# ⵎ ⵛ ⵞ (C) ⵑ (!) ⵒ (6) ⵓ (8) ⵕ (Q) ⵖ (4) ⵜ (t) ⵠ (Δ) ⵡ (U) ⵢ (5) ⵤ (Γ) ⵦ (<) ⵧ (-), and
+# the letters made of dots only (ⴾ ⵂ ⵆ ⵈ ⵗ ⵘ)
+TIFINAGH = "ⴲⴳⴴⴵⴻⵄⵋⵌⵐⵣⵥ"
 ALPHABETS = {"cyrillic": CYRILLIC, "georgian": GEORGIAN, "armenian": ARMENIAN,
-             "ethiopic": ETHIOPIC}  # fmt: skip
+             "ethiopic": ETHIOPIC, "tifinagh": TIFINAGH}  # fmt: skip
 # alphabets DejaVu lacks are typeset in Debian's Noto faces (`apt-get install fonts-noto-core`)
 NOTO = Path("/usr/share/fonts/truetype/noto")
 NOTO_FACES = {"ethiopic": tuple(f"Noto{face}Ethiopic-{weight}.ttf" for face in ("Sans", "Serif")
-                                for weight in ("Regular", "Bold"))}  # fmt: skip
+                                for weight in ("Regular", "Bold")),
+              "tifinagh": ("NotoSansTifinagh-Regular.ttf",)}  # fmt: skip
 
 
 def faces_with(chars: str, alphabet: str | None = None) -> list[str]:
