@@ -14,7 +14,8 @@ the 33 base letters, chosen the same way: "Nineteenth pass"), typeset in the fou
 Ethiopic faces of Debian's `fonts-noto-core` (install it first), or `--alphabet tifinagh`
 (TIFINAGH, 11 of the 56 letters of the Tifinagh block, chosen the same way: "Twenty-first
 pass"), typeset in Noto Sans Tifinagh (the package's eleven regional Tifinagh faces draw these
-letters with the same outlines, so one face), 16-24 px, then brought to MNIST's format (models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds.
+letters with the same outlines, so one face), 16-24 px, then brought to MNIST's format
+(models.digit_format.to_mnist_format) like the held-out `*_mnist` kinds.
 `--n` images, seed `--seed`, drawn once.
 
 Each `--models NAME=DIR[@VARIANT]` is a directory of trained families (a run's
