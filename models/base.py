@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import ModelConfig, require  # noqa: F401  (the config base, re-exported)
-from models.tensors import check_labels, random_labels
+from models.tensors import check_labels, random_labels, use_bf16
 
 
 @dataclass(frozen=True)
@@ -261,3 +261,10 @@ class GenerativeModel(nn.Module, ABC):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def training_precision(self) -> str:
+        """ "bf16" when training steps run under bf16 autocast on this model's device (its
+        config's `bf16_autocast` resolved by models.tensors.use_bf16), else "fp32"."""
+        setting = getattr(self.config, "bf16_autocast", False)
+        return "bf16" if use_bf16(setting, self.device) else "fp32"

@@ -52,6 +52,19 @@ class Config:
 class ModelConfig(Config):
     """Base for a model family's config (saved as config.json beside the weights)."""
 
+    def __post_init__(self) -> None:
+        if hasattr(self, "bf16_autocast"):
+            check_bf16_setting(self.bf16_autocast)
+        super().__post_init__()
+
+
+def check_bf16_setting(value: object, name: str = "bf16_autocast") -> None:
+    """ValueError unless `value` is true, false or "auto" (the families' `bf16_autocast`:
+    "auto" turns bf16 autocast on where the device computes in bf16 natively,
+    models.tensors.native_bf16)."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"{name} must be true, false or 'auto', got {value!r}")
+
 
 def require(condition: bool, message: str) -> None:
     """Config validation helper: raise ValueError(message) unless condition holds."""

@@ -26,7 +26,8 @@ class AutoencoderConfig(ModelConfig):
     rate.
     `bf16_autocast` runs the training forward pass in bfloat16 (scoring and sampling stay
     float32); with `channels_last` (conv arch only) it is the fastest setting measured on
-    the AVX512-BF16 CPU here - turn both off on CPUs without native bf16.
+    the AVX512-BF16 CPU here. The default "auto" turns bf16 on only where the device computes
+    in bf16 natively (models.tensors.native_bf16); elsewhere it is slower than fp32.
     """
 
     arch: str = "conv"
@@ -41,7 +42,7 @@ class AutoencoderConfig(ModelConfig):
     conditional: bool = True
     latent_prior: str = "full"
     prior_momentum: float = 0.05
-    bf16_autocast: bool = True
+    bf16_autocast: bool | str = "auto"  # true, false, or "auto": on where bf16 is native
     channels_last: bool = True
 
     def validate(self) -> None:

@@ -65,7 +65,7 @@ class DiffusionConfig(ModelConfig):
     score_steps: int = 1
     score_seed: int = 0
     # CPU speed options
-    bf16_autocast: bool = True
+    bf16_autocast: bool | str = "auto"  # true, false, or "auto": on where bf16 is native
     channels_last: bool = False
 
     @classmethod

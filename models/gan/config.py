@@ -55,7 +55,7 @@ class GANConfig(ModelConfig):
     oscillation_swing: float = 0.15  # warn above this swing amplitude of the D gap
     monitor_warmup: int = 100  # steps before any monitor may warn (G starts as one blob)
     seed: int = 0  # seeds the fixed monitoring noise
-    bf16_autocast: bool = True  # training forward passes only; ~1.6x on AVX512-BF16
+    bf16_autocast: bool | str = "auto"  # true, false, or "auto": on where bf16 is native
     channels_last: bool = True
 
     @property

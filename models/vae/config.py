@@ -51,7 +51,8 @@ class VAEConfig(ModelConfig):
     `elbo_samples` draws, `iwae_bound` accepts up to `max_iwae_k` importance samples.
     `bf16_autocast` runs the training forward pass in bfloat16 (bounds, scores and samples
     stay float32); with `channels_last` it is the fastest setting measured on the
-    AVX512-BF16 CPU here - turn both off on CPUs without native bf16.
+    AVX512-BF16 CPU here. The default "auto" turns bf16 on only where the device computes in
+    bf16 natively (models.tensors.native_bf16); elsewhere it is slower than fp32.
     """
 
     arch: str = "conv"
@@ -70,7 +71,7 @@ class VAEConfig(ModelConfig):
     elbo_samples: int = 4
     max_iwae_k: int = 256
     eval_seed: int = 0
-    bf16_autocast: bool = True
+    bf16_autocast: bool | str = "auto"  # true, false, or "auto": on where bf16 is native
     channels_last: bool = True
 
     @classmethod

@@ -77,6 +77,7 @@ def train_family(
         "weights_sha256": sha,
         "train_wall_time_s": round(result.wall_time_s, 1),
         "train_images_per_s": round(result.images_per_s, 1),
+        "train_precision": result.model.training_precision,
         "best_val_loss": result.best_val_loss,
         "resumed_from": result.resumed_from,
     }
@@ -89,6 +90,7 @@ def train_family(
                 "family": family,
                 "model": result.model.config.to_dict(),
                 "train": cfg.__dict__,
+                "train_precision": result.model.training_precision,
             }
             | ({"processes": cluster.world_size} if cluster.active else {}),
             tags={
