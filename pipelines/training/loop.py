@@ -107,6 +107,16 @@ def fingerprint(family: str, model_config: dict, cfg: TrainConfig, data_version:
     return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def job_config(model: GenerativeModel) -> dict[str, Any]:
+    """The model config as a training job sees it: `bf16_autocast` as the precision the steps
+    run in on the model's device (true/false), not as it was asked for ("auto"), so a
+    checkpoint resumes where the arithmetic is the same and nowhere else."""
+    config = model.config.to_dict()
+    if "bf16_autocast" in config:
+        config["bf16_autocast"] = model.training_precision == "bf16"
+    return config
+
+
 class _Batches:
     """Batch `step` of a seeded epoch-wise permutation: a pure function of (seed, step)."""
 
@@ -233,7 +243,7 @@ def train(
     val_images, val_labels = val_data[0][: cfg.val_size], val_data[1][: cfg.val_size]
     batches = _Batches(len(images), cfg.batch_size, cfg.seed)
     distributed.check_batch_size(batches.batch_size, cluster)
-    job = fingerprint(family, model.config.to_dict(), cfg, data_version)
+    job = fingerprint(family, job_config(model), cfg, data_version)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
 
     state = {

@@ -99,3 +99,20 @@ def test_a_config_saved_with_a_boolean_still_loads() -> None:
     model = build_model("vae", tiny("vae", bf16_autocast=True))
     again = type(model.config).from_dict(dataclasses.asdict(model.config))
     assert again.bf16_autocast is True
+
+
+def test_a_checkpoint_resumes_only_where_the_arithmetic_is_the_same(native) -> None:
+    """A checkpoint written under `true` (every one before "auto") resumes under "auto" on a
+    CPU with native bf16, and is a different job where "auto" means fp32."""
+    from pipelines.training.loop import TrainConfig, fingerprint, job_config
+
+    cfg = TrainConfig.from_dict({"steps": 4})
+
+    def job(setting) -> str:
+        model = build_model("gan", tiny("gan", bf16_autocast=setting))
+        return fingerprint("gan", job_config(model), cfg, "data-v1")
+
+    native(True)
+    assert job("auto") == job(True) != job(False)
+    native(False)
+    assert job("auto") == job(False) != job(True)
