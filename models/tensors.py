@@ -1,7 +1,7 @@
 """Tensor rules every family applies at its boundary: shapes, label checks, device, precision.
 
-The bottom of `models/`: it imports only torch and `models.rng`, and the contract
-(`models.base`) and the families build on it.
+The bottom of `models/`: it imports only torch, `models.rng` and `models.config` (no torch),
+and the contract (`models.base`) and the families build on it.
 """
 
 from __future__ import annotations

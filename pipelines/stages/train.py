@@ -71,13 +71,14 @@ def train_family(
     if not cluster.is_main:
         return {"family": family, "rank": cluster.rank, "steps": result.steps_done}
     sha = save_trained(result, out_dir, extra={"data_version": version})
+    precision = result.model.training_precision  # "bf16" or "fp32": what the steps ran in
     summary = {
         "family": family,
         "steps": result.steps_done,
         "weights_sha256": sha,
         "train_wall_time_s": round(result.wall_time_s, 1),
         "train_images_per_s": round(result.images_per_s, 1),
-        "train_precision": result.model.training_precision,
+        "train_precision": precision,
         "best_val_loss": result.best_val_loss,
         "resumed_from": result.resumed_from,
     }
@@ -90,7 +91,7 @@ def train_family(
                 "family": family,
                 "model": result.model.config.to_dict(),
                 "train": cfg.__dict__,
-                "train_precision": result.model.training_precision,
+                "train_precision": precision,
             }
             | ({"processes": cluster.world_size} if cluster.active else {}),
             tags={
