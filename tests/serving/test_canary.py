@@ -104,7 +104,7 @@ class Traffic:
 
     def __init__(self, url: str, digits: np.ndarray) -> None:
         self.url, self.digits = url, digits
-        self.calls: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+        self.calls: dict[str, list[tuple[float, int, str, str]]] = defaultdict(list)
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(f"client-{i}",), daemon=True)
                         for i in range(CLIENTS)]  # fmt: skip
@@ -118,9 +118,10 @@ class Traffic:
                 try:
                     r = client.post("/score/image", content=body)
                     self.calls[key].append((time.monotonic(), r.status_code,
-                                            r.headers.get(VERSION_HEADER, "")))  # fmt: skip
+                                            r.headers.get(VERSION_HEADER, ""),
+                                            r.headers.get(WORKER_HEADER, "")))  # fmt: skip
                 except httpx.HTTPError as exc:
-                    self.calls[key].append((time.monotonic(), 0, repr(exc)))
+                    self.calls[key].append((time.monotonic(), 0, repr(exc), ""))
                 i += 1
 
     def __enter__(self) -> Traffic:
@@ -140,8 +141,30 @@ class Traffic:
         return sum(len(v) for v in self.calls.values())
 
     def versions(self, start: float, end: float) -> dict[str, set[str]]:
-        return {k: {v for t, _, v in calls if start <= t <= end}
+        return {k: {v for t, _, v, _ in calls if start <= t <= end}
                 for k, calls in self.calls.items()}  # fmt: skip
+
+    def canary_on(self, version: str, start: float, end: float) -> dict[str, float]:
+        """When each worker first answered with `version` in [start, end]: from then on it
+        holds the canary (the worker that ran /admin/reload at once, the other when it read
+        the reload notice or polled the registry, later on a loaded machine)."""
+        first: dict[str, float] = {}
+        for calls in self.calls.values():
+            for t, _, v, worker in calls:
+                if v == version and start <= t <= end and t < first.get(worker, end + 1):
+                    first[worker] = t
+        return first
+
+    def sticky(self, version: str, start: float, end: float) -> dict[tuple[str, str], set[str]]:
+        """Per (client, worker): the versions it was answered with while that worker held the
+        canary of `version` within [start, end]."""
+        on = self.canary_on(version, start, end)
+        seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for key, calls in self.calls.items():
+            for t, _, v, worker in calls:
+                if worker in on and on[worker] <= t <= end:
+                    seen[(key, worker)].add(v)
+        return dict(seen)
 
 
 BASELINE_S = 2.0  # each canary starts this long after `genops canary` does
@@ -164,14 +187,16 @@ def _budget(**changes):
     return replace(base, **changes)  # fmt: skip
 
 
-def _canary(version: str, budget, traffic: Traffic):
-    """`genops challenge` then `genops canary`, timed; returns (outcome, start, end)."""
+def _canary(version: str, budget, traffic: Traffic, polls: list[float] | None = None):
+    """`genops challenge` then `genops canary`, timed; returns (outcome, start, end). `polls`
+    collects when each of the canary's polls ran: the last is before its end is written."""
     from pipelines.registry.canary import Service, run_canary
     from pipelines.registry.client import set_challenger
 
     set_challenger(ANOMALY, version, "test")
     started = time.monotonic()
-    outcome = run_canary(ANOMALY, budget, Service.from_env(service_url(traffic)))
+    stamp = None if polls is None else lambda _: polls.append(time.monotonic())
+    outcome = run_canary(ANOMALY, budget, Service.from_env(service_url(traffic)), progress=stamp)
     print(f"canary v{version}: {outcome.event} after {outcome.seconds:.1f} s ({outcome.reason}); "
           f"{json.dumps(outcome.figures)}")  # fmt: skip
     return outcome, started, time.monotonic()
@@ -251,7 +276,8 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
         shown = _champions(service.url)["anomaly"]
         assert shown["challenger"]["version"] == "2" and shown["canary"] is None
         assert shown["challenger"]["live"]["shadow_requests"] > 0
-        good, g0, g1 = _canary("2", _budget(shadow_min_requests=5), traffic)
+        polls: list[float] = []
+        good, g0, _g1 = _canary("2", _budget(shadow_min_requests=5), traffic, polls)
         assert good.event == PROMOTED, good
         assert good.figures["shadow_requests"] >= 5 and good.figures["shadow_errors"] == 0
         assert good.figures["canary_requests"] >= 30 and good.figures["canary_errors"] == 0
@@ -260,8 +286,13 @@ def test_bad_challengers_are_rolled_back_and_a_good_one_is_promoted(
     print(f"client requests: {traffic.total()}, failed: {len(traffic.failed())}")
     assert str(registry_client.champion(task).version) == "2"
     assert registry_client.challenger(task) is None and registry_client.canary(task) is None
-    # sticky: in the middle of the good canary each client saw one version, and both were seen
-    during = traffic.versions(g0 + BASELINE_S + 2.0, g1 - 1.0)
+    # sticky: while a worker held the good canary (from its first v2 answer to the canary's last
+    # poll, before the promotion was written) it answered each client with one version, and
+    # both versions were seen. The window is read from the answers, not from the test's clock:
+    # on a loaded machine the second worker takes the canary seconds after the first, and the
+    # promotion reaches a worker's registry poll before /admin/reload returns.
+    assert traffic.canary_on("2", g0, polls[-1]), "no worker answered with the canary"
+    during = traffic.sticky("2", g0, polls[-1])
     assert all(len(v) == 1 for v in during.values()), during
     assert set().union(*during.values()) == {"1", "2"}, during
     # the failing canary's clients were answered by the champion, never by v3
