@@ -161,6 +161,37 @@ def derived_keys(model: torch.nn.Module) -> set[str]:
     }
 
 
+def derived_names() -> set[str]:
+    """Every family's `DERIVED_STATE` names (a tensor's last key component): what a weights
+    file may hold or lack without being another model."""
+    return {
+        name
+        for family in MODEL_CLASSES
+        for name in getattr(family_class(family), "DERIVED_STATE", ())
+    }
+
+
+def state_sha256(weights: Path) -> str:
+    """The sha256 of a weights file's tensors less the derived ones (`derived_names`: the
+    neighbour searches' coarse indexes): each kept tensor's name, dtype, shape and bytes, read
+    from the file a chunk at a time. Two files with equal `state_sha256` hold the same learned
+    state, whichever of them also saved the index (a format upgrade: the same model)."""
+    weights, derived = Path(weights), derived_names()
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        header, start = safetensors_header(f, weights)
+        for key in sorted(header):
+            if key.rsplit(".", 1)[-1] in derived:
+                continue
+            entry = header[key]
+            digest.update(f"|{key}|{entry['dtype']}|{entry['shape']}|".encode())
+            begin, end = entry["data_offsets"]
+            f.seek(start + begin)
+            for at in range(begin, end, 1 << 24):
+                digest.update(f.read(min(1 << 24, end - at)))
+    return digest.hexdigest()
+
+
 def ensure_indexes(model: torch.nn.Module) -> None:
     """Check every derived index against what it is derived from; derive it where it is
     absent or does not match (`ensure_index` of each module that has one)."""

@@ -103,13 +103,17 @@ class Tag:
     # the bundle's config.json: with the weights, what the model *is* (an ensemble's views,
     # combination and member calibrations live there, not in its weights)
     CONFIG_SHA256 = "config_sha256"
+    # the weights less the state a model derives from the rest (models.io.state_sha256): equal
+    # with other weights, the same learned model saved in another format (a format upgrade)
+    STATE_SHA256 = "state_sha256"
     PARAMS_HASH = "params_hash"
     GIT_COMMIT = "git_commit"
     JUDGE_VERSION = "judge_version"
     METRIC_PREFIX = "metric."
     PROMOTION_PREFIX = "promotion."
     LINEAGE = (
-        FAMILY, DATA_VERSION, WEIGHTS_SHA256, CONFIG_SHA256, PARAMS_HASH, GIT_COMMIT, JUDGE_VERSION
+        FAMILY, DATA_VERSION, WEIGHTS_SHA256, CONFIG_SHA256, STATE_SHA256, PARAMS_HASH,
+        GIT_COMMIT, JUDGE_VERSION,
     )  # fmt: skip
 
 

@@ -10,7 +10,10 @@ A candidate takes `champion` only if it beats the current champion by more than 
 a `compare` function (the pipeline always passes one) the champion is measured on the current
 data with the current judge, and the decision rests on a paired bootstrap confidence interval
 of the improvement: the candidate is promoted only when the interval's lower end clears the
-margin. Every decision is tagged on the candidate version (numbers, interval, both data
+margin. A candidate that is the champion's learned state, config and data saved in another
+format (e.g. with a neighbour search's index the champion derives at load) takes the alias
+without a test (`format_upgrade`); a copy of the champion's very weights never does. Every
+decision is tagged on the candidate version (numbers, interval, both data
 versions, judge version) and returned for the report; `history()` reads them all back.
 """
 
@@ -21,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from models.canary import CANARY_TAG, Canary
@@ -41,6 +45,8 @@ ROLLBACK_PREFIX = "rollback."
 CHALLENGE_PREFIX = "challenge."  # tag key prefix of a challenger alias move, by its time
 CANARY_PREFIX = "canary."  # tag key prefix of a canary event (JSON: event, reason, figures)
 LIVE_PREFIX = "live."  # the challenger's last live evidence, one tag per figure
+# the gate's method for a candidate that is the champion saved in a newer format (format_upgrade)
+FORMAT_UPGRADE = "format-upgrade"
 # what a decision records of its interval: both gates' CI, the sequential gate's cost and rounds
 INTERVAL_TAGS = ("improvement", "ci_low", "ci_high", "rounds", "n_per_model", "p_value",
                  "seconds", "candidate", "champion")  # fmt: skip
@@ -209,6 +215,13 @@ def gate(
         ):
             d.method = "same-weights"
             d.reason = "the candidate has the champion's very weights (a copy): nothing to gain"
+        elif format_upgrade(mine, current):
+            d.promoted, d.method = True, FORMAT_UPGRADE
+            d.reason = (
+                "the champion's learned state, config and data, saved with derived state it "
+                "lacks or another copy of it (e.g. a neighbour search's index): the same model "
+                "in a newer format, nothing to test; the alias moves to it"
+            )
         elif compare is not None:
             interval, d.champion_evidence, *rest = compare(current)
             d.overlap = rest[0] if rest else None
@@ -233,7 +246,12 @@ def gate(
             d.reason = "champion was evaluated on another data version and was not re-evaluated"
     if promote_to not in (ALIAS, CHALLENGER):
         raise ValueError(f"promote_to must be {ALIAS!r} or {CHALLENGER!r}, got {promote_to!r}")
-    if d.promoted and promote_to == CHALLENGER and current is not None:
+    if (
+        d.promoted
+        and promote_to == CHALLENGER
+        and current is not None
+        and d.method != FORMAT_UPGRADE
+    ):
         d.promoted, d.challenged = False, True
         d.reason += "; made challenger: live traffic decides (genops canary)"
     if d.method != "same-version":  # a rerun must not overwrite the decision already recorded
@@ -389,6 +407,56 @@ def registry_state() -> dict[str, Any]:
                 "version": live.version, "share": live.share, "started_at": live.started_at
             }  # fmt: skip
     return state
+
+
+def format_upgrade(candidate: Any, champion: Any) -> bool:
+    """Whether `candidate` is `champion` saved in another format: other weights files, the same
+    learned state (`state_sha256`: the weights less derived state), config and data version.
+    Both model versions' tags are read; the state of one registered before the tag existed is
+    computed from its registered weights (then kept as its tag)."""
+    mine, theirs = candidate.tags or {}, champion.tags or {}
+    if mine.get(Tag.WEIGHTS_SHA256) == theirs.get(Tag.WEIGHTS_SHA256):
+        return False  # the very weights: a copy, not an upgrade
+    if not mine.get(Tag.DATA_VERSION) or mine.get(Tag.DATA_VERSION) != theirs.get(Tag.DATA_VERSION):
+        return False
+    if config_sha256(candidate) is None or config_sha256(candidate) != config_sha256(champion):
+        return False
+    state = state_sha256_of(candidate)
+    return state is not None and state == state_sha256_of(champion)
+
+
+def state_sha256_of(model_version: Any) -> str | None:
+    """The version's `state_sha256` tag; for a version registered before the tag existed, the
+    `models.io.state_sha256` of its registered weights (downloaded once, then kept as the tag),
+    or None when they cannot be read."""
+    import tempfile
+
+    import mlflow
+
+    from models.io import state_sha256
+    from models.spec import WEIGHTS_FILE
+
+    tags = model_version.tags or {}
+    if tags.get(Tag.STATE_SHA256):
+        return tags[Tag.STATE_SHA256]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_version.source}/{WEIGHTS_FILE}",
+                dst_path=tmp,
+                tracking_uri=tracking.tracking_uri(),
+            )
+            sha = state_sha256(Path(path))
+    except Exception as exc:  # unreadable: never the same model as another
+        log.warning("%s v%s: no readable %s (%s)", model_version.name, model_version.version,
+                    WEIGHTS_FILE, exc)  # fmt: skip
+        return None
+    client = _client()
+    with tracking.write_lock():
+        client.set_model_version_tag(
+            model_version.name, str(model_version.version), Tag.STATE_SHA256, sha
+        )
+    return sha
 
 
 def config_sha256(model_version: Any) -> str | None:

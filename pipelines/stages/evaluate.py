@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import check_model_files, write_model_files
-from models.io import atomic_write_json, load_model, sha256_file
-from models.spec import CONFIG_FILE, REGISTERED_ARTIFACT_PATH, Tag
+from models.io import atomic_write_json, load_model, sha256_file, state_sha256
+from models.spec import CONFIG_FILE, REGISTERED_ARTIFACT_PATH, WEIGHTS_FILE, Tag
 from pipelines import tracking
 from pipelines.data.dataset import SPLITS, load_tensors
 from pipelines.data.versioning import data_version
@@ -117,6 +117,7 @@ def evaluate_family(
         Tag.DATA_VERSION: data_version(data_dir=data_dir),
         Tag.WEIGHTS_SHA256: sha,
         Tag.CONFIG_SHA256: sha256_file(bundle / CONFIG_FILE),
+        Tag.STATE_SHA256: state_sha256(bundle / WEIGHTS_FILE),
         Tag.PARAMS_HASH: tracking.params_hash(section(params, family)),
         Tag.GIT_COMMIT: tracking.git_commit(),
         Tag.JUDGE_VERSION: judge_version(judge_dir),
