@@ -152,6 +152,7 @@ def _sections(c: CardInputs) -> list[tuple[str, list[list[str]] | str, list[str]
         ["git commit", tags.get(Tag.GIT_COMMIT, "unknown")],
         ["params hash", tags.get(Tag.PARAMS_HASH, "unknown")],
         ["weights sha256", tags.get(Tag.WEIGHTS_SHA256, "unknown")],
+        ["learned state sha256", tags.get(Tag.STATE_SHA256, "unknown")],
         ["MLflow run", c.run_id or "unknown"],
         ["artifact source", redact_uri(c.source) if c.source else "unknown"],
         ["card written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c.written_at))],
