@@ -429,68 +429,49 @@ def state_sha256_of(model_version: Any) -> str | None:
     """The version's `state_sha256` tag; for a version registered before the tag existed, the
     `models.io.state_sha256` of its registered weights (downloaded once, then kept as the tag),
     or None when they cannot be read."""
-    import tempfile
-
-    import mlflow
-
     from models.io import state_sha256
     from models.spec import WEIGHTS_FILE
 
-    tags = model_version.tags or {}
-    if tags.get(Tag.STATE_SHA256):
-        return tags[Tag.STATE_SHA256]
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{model_version.source}/{WEIGHTS_FILE}",
-                dst_path=tmp,
-                tracking_uri=tracking.tracking_uri(),
-            )
-            sha = state_sha256(Path(path))
-    except Exception as exc:  # unreadable: never the same model as another
-        log.warning("%s v%s: no readable %s (%s)", model_version.name, model_version.version,
-                    WEIGHTS_FILE, exc)  # fmt: skip
-        return None
-    client = _client()
-    with tracking.write_lock():
-        client.set_model_version_tag(
-            model_version.name, str(model_version.version), Tag.STATE_SHA256, sha
-        )
-    return sha
+    return _tag_or_digest(model_version, Tag.STATE_SHA256, WEIGHTS_FILE, state_sha256)
 
 
 def config_sha256(model_version: Any) -> str | None:
     """The version's `config_sha256` tag; for a version registered before the tag existed, the
     sha256 of its registered config.json (downloaded once, then kept as the tag), or None when
     that cannot be read (the version is then told apart from every tagged one)."""
-    import hashlib
+    from models.io import sha256_file
+    from models.spec import CONFIG_FILE
+
+    return _tag_or_digest(model_version, Tag.CONFIG_SHA256, CONFIG_FILE, sha256_file)
+
+
+def _tag_or_digest(
+    model_version: Any, tag: str, filename: str, digest: Callable[[Path], str]
+) -> str | None:
+    """`tag` of the version, else `digest` of its registered `filename`, then kept as the tag;
+    None when the file cannot be read (an unreadable legacy version: never the same model)."""
     import tempfile
 
     import mlflow
 
-    from models.spec import CONFIG_FILE
-
     tags = model_version.tags or {}
-    if tags.get(Tag.CONFIG_SHA256):
-        return tags[Tag.CONFIG_SHA256]
+    if tags.get(tag):
+        return tags[tag]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{model_version.source}/{CONFIG_FILE}",
+                artifact_uri=f"{model_version.source}/{filename}",
                 dst_path=tmp,
                 tracking_uri=tracking.tracking_uri(),
             )
-            with open(path, "rb") as f:
-                sha = hashlib.sha256(f.read()).hexdigest()
-    except Exception as exc:  # an unreadable legacy version: never the same model
+            sha = digest(Path(path))
+    except Exception as exc:
         log.warning("%s v%s: no readable %s (%s)", model_version.name, model_version.version,
-                    CONFIG_FILE, exc)  # fmt: skip
+                    filename, exc)  # fmt: skip
         return None
     client = _client()  # before the lock: the client's setup takes it too
     with tracking.write_lock():
-        client.set_model_version_tag(
-            model_version.name, str(model_version.version), Tag.CONFIG_SHA256, sha
-        )
+        client.set_model_version_tag(model_version.name, str(model_version.version), tag, sha)
     return sha
 
 
