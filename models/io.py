@@ -180,16 +180,24 @@ def state_sha256(weights: Path) -> str:
     digest = hashlib.sha256()
     with weights.open("rb") as f:
         header, start = safetensors_header(f, weights)
-        for key in sorted(header):
-            if key.rsplit(".", 1)[-1] in derived:
-                continue
-            entry = header[key]
-            digest.update(f"|{key}|{entry['dtype']}|{entry['shape']}|".encode())
-            begin, end = entry["data_offsets"]
-            f.seek(start + begin)
-            for at in range(begin, end, 1 << 24):
-                digest.update(f.read(min(1 << 24, end - at)))
+        keys = [k for k in sorted(header) if k.rsplit(".", 1)[-1] not in derived]
+        hash_tensors(digest, f, header, start, {k: k for k in keys})
     return digest.hexdigest()
+
+
+def hash_tensors(
+    digest: Any, f: Any, header: dict[str, Any], start: int, names: dict[str, str]
+) -> None:
+    """Feed `digest` each tensor of `names` (file key -> the name hashed), in that order: the
+    name, dtype, shape, then its bytes read from the open safetensors file `f` (`header`,
+    data `start`) 16 MiB at a time, so a digest never holds a whole weights file."""
+    for key, name in names.items():
+        entry = header[key]
+        digest.update(f"|{name}|{entry['dtype']}|{entry['shape']}|".encode())
+        begin, end = entry["data_offsets"]
+        f.seek(start + begin)
+        for at in range(begin, end, 1 << 24):
+            digest.update(f.read(min(1 << 24, end - at)))
 
 
 def ensure_indexes(model: torch.nn.Module) -> None:

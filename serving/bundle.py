@@ -35,7 +35,7 @@ from models.bundle import (  # noqa: F401  (re-exported for serving's callers)
     write_meta,
 )
 from models.calibration import Calibration
-from models.io import load_model, read_config, safetensors_header, sha256_file
+from models.io import hash_tensors, load_model, read_config, safetensors_header, sha256_file
 from models.spec import CONFIG_FILE, MODEL_CARD_DIR, MODEL_CARD_FILES, WEIGHTS_FILE
 from serving.admission import Cancelled, CostEstimate
 from serving.errors import BadInput
@@ -192,7 +192,6 @@ def model_executor(torch_threads: int = 0, workers: int = 4) -> ThreadPoolExecut
 
 log = logging.getLogger("genops.serving")
 NETWORK = "network"  # the bundle cache's keys for one network: (NETWORK, its digest)
-_CHUNK = 1 << 24  # bytes hashed at a time: a digest never holds a whole weights file
 
 
 def network_digests(directory: Path) -> dict[str | None, str]:
@@ -222,15 +221,9 @@ def network_digests(directory: Path) -> dict[str | None, str]:
                 json.dumps({"family": family, "config": config}, sort_keys=True).encode()
             )
             derived = set(getattr(family_class(family), "DERIVED_STATE", ()))
-            for key in sorted(k for k in header if k.startswith(prefix)):
-                if key[len(prefix) :] in derived:
-                    continue
-                entry = header[key]
-                h.update(f"|{key[len(prefix) :]}|{entry['dtype']}|{entry['shape']}|".encode())
-                begin, end = entry["data_offsets"]
-                f.seek(start + begin)
-                for at in range(begin, end, _CHUNK):
-                    h.update(f.read(min(_CHUNK, end - at)))
+            keys = sorted(k for k in header if k.startswith(prefix))
+            names = {k: k[len(prefix) :] for k in keys if k[len(prefix) :] not in derived}
+            hash_tensors(h, f, header, start, names)
             out[name] = h.hexdigest()
     return out
 
