@@ -85,7 +85,14 @@ def _set_params(root: Path, **sections) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-@pytest.mark.timeout(1200)  # a day-2 loop on 2 cores: ~5 min alone, ~9 min beside a benchmark
+# slow: three pipeline runs, about 30 stage processes (5-6 min of an 18 min default run on two
+# AVX2 cores, 11 min beside a benchmark); `make test-slow` runs it. The default run keeps day one
+# (test_day_one_registers_every_champion_and_an_unchanged_run_does_no_work, below); the other
+# parts each have a test there: the gate (registry/, evaluation/test_sequential.py), a live alias
+# swap with no failed request (serving/test_registry_swap.py), the stages' dependencies
+# (stages/test_dvc_deps.py), the stack's rollback through a server (devstack/).
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # a day-2 loop on 2 cores: ~5 min alone, ~11 min beside a benchmark
 def test_second_data_version_regates_swaps_live_and_rolls_back(
     prefect_api, tmp_path, monkeypatch, real_digits
 ):
@@ -228,3 +235,31 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
     assert {"train@gan", "evaluate@gan", "register"} <= ran, ran
     untouched = {"validate", "judge", "train@vae", "evaluate@vae", "train@diffusion"}
     assert not ran & untouched, ran
+
+
+@pytest.mark.timeout(900)
+def test_day_one_registers_every_champion_and_an_unchanged_run_does_no_work(
+    prefect_api, tmp_path, monkeypatch
+):
+    """The default run's end-to-end pipeline: the first day of the loop above (the Prefect flow
+    runs every DVC stage, every task gets a first champion with its recorded metric), then a
+    scheduled run with nothing changed does no work and leaves `dvc status` clean."""
+    from pipelines.orchestration.pipeline_flow import pipeline
+    from pipelines.registry import client as registry
+
+    root = make_project(tmp_path / "proj", TINY_PARAMS)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GENOPS_ROOT", str(root))
+    first = pipeline(root=str(root), build_bento=False)
+    assert {f"train@{f}" for f in FAMILIES} | {"validate", "register"} <= set(first["ran"])
+    unchanged = pipeline(root=str(root), build_bento=False)
+    assert unchanged["ran"] == [], "a scheduled run with nothing changed must do no work"
+    status = dvc("status", "--json", "--with-deps", "register", cwd=root)  # bento: not built
+    assert json.loads(status.stdout or "{}") == {}, f"runners disagree: {status.stdout}"
+    for task in TASKS.values():
+        champ = registry.champion(task)
+        assert champ.tags["promotion.decision"] == "promoted"
+        assert champ.tags[Tag.DATA_VERSION] == data_version(root)
+        recorded = json.loads((root / "metrics" / f"{champ.tags[Tag.FAMILY]}.json").read_text())
+        assert float(champ.tags[f"metric.{task.metric}"]) == pytest.approx(recorded[task.metric])
+    assert all(f in (root / "reports" / "leaderboard.md").read_text() for f in FAMILIES)
