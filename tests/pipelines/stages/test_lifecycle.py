@@ -85,7 +85,7 @@ def _set_params(root: Path, **sections) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-# slow: three pipeline runs, about 30 stage processes (5-6 min of an 18 min default run on two
+# slow: three pipeline runs, about 30 stage processes (413 s alone, of an 18 min default run on two
 # AVX2 cores, 11 min beside a benchmark); `make test-slow` runs it. The default run keeps day one
 # (test_day_one_registers_every_champion_and_an_unchanged_run_does_no_work, below); the other
 # parts each have a test there: the gate (registry/, evaluation/test_sequential.py), a live alias
@@ -107,26 +107,9 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
     env = _env(root)
 
     # ---- day one: data v1 through the Prefect flow (which runs the DVC stages) ----------------
-    first = pipeline(root=str(root), build_bento=False)
+    champions_v1 = day_one(root)
     v1 = data_version(root)
-    assert "train@gan" in first["ran"] and "register" in first["ran"]
-    started = time.perf_counter()
-    unchanged = pipeline(root=str(root), build_bento=False)
-    no_change_s = time.perf_counter() - started
-    assert unchanged["ran"] == [], "a scheduled run with nothing changed must do no work"
-    status = dvc("status", "--json", "--with-deps", "register", cwd=root)  # bento: not built
-    assert json.loads(status.stdout or "{}") == {}, f"runners disagree: {status.stdout}"
-    print(f"no-change flow run: {no_change_s:.1f} s")
-
     client = mlflow_client(tracking.tracking_uri(root))
-    champions_v1 = {t: registry.champion(TASKS[t]) for t in TASKS}
-    for task in TASKS.values():
-        champ = champions_v1[task.name]
-        assert champ.tags["promotion.decision"] == "promoted"
-        assert champ.tags["promotion.reason"] == "no champion yet"
-        recorded = json.loads((root / "metrics" / f"{champ.tags[Tag.FAMILY]}.json").read_text())
-        assert float(champ.tags[f"metric.{task.metric}"]) == pytest.approx(recorded[task.metric])
-    assert all(f in (root / "reports" / "leaderboard.md").read_text() for f in FAMILIES)
 
     # ---- serve the registry champions, following the alias ---------------------------------
     (tmp_path / "server").mkdir()
@@ -237,29 +220,41 @@ def test_second_data_version_regates_swaps_live_and_rolls_back(
     assert not ran & untouched, ran
 
 
-@pytest.mark.timeout(900)
-def test_day_one_registers_every_champion_and_an_unchanged_run_does_no_work(
-    prefect_api, tmp_path, monkeypatch
-):
-    """The default run's end-to-end pipeline: the first day of the loop above (the Prefect flow
-    runs every DVC stage, every task gets a first champion with its recorded metric), then a
-    scheduled run with nothing changed does no work and leaves `dvc status` clean."""
+def day_one(root: Path) -> dict:
+    """Data v1 through the Prefect flow (which runs every DVC stage), then a scheduled run with
+    nothing changed: it does no work and leaves `dvc status` clean. Every task gets a first
+    champion with its recorded metric; returns task name -> champion version."""
     from pipelines.orchestration.pipeline_flow import pipeline
     from pipelines.registry import client as registry
 
-    root = make_project(tmp_path / "proj", TINY_PARAMS)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("GENOPS_ROOT", str(root))
     first = pipeline(root=str(root), build_bento=False)
     assert {f"train@{f}" for f in FAMILIES} | {"validate", "register"} <= set(first["ran"])
+    started = time.perf_counter()
     unchanged = pipeline(root=str(root), build_bento=False)
+    no_change_s = time.perf_counter() - started
     assert unchanged["ran"] == [], "a scheduled run with nothing changed must do no work"
     status = dvc("status", "--json", "--with-deps", "register", cwd=root)  # bento: not built
     assert json.loads(status.stdout or "{}") == {}, f"runners disagree: {status.stdout}"
+    print(f"no-change flow run: {no_change_s:.1f} s")
+
+    champions = {t: registry.champion(TASKS[t]) for t in TASKS}
     for task in TASKS.values():
-        champ = registry.champion(task)
+        champ = champions[task.name]
         assert champ.tags["promotion.decision"] == "promoted"
+        assert champ.tags["promotion.reason"] == "no champion yet"
         assert champ.tags[Tag.DATA_VERSION] == data_version(root)
         recorded = json.loads((root / "metrics" / f"{champ.tags[Tag.FAMILY]}.json").read_text())
         assert float(champ.tags[f"metric.{task.metric}"]) == pytest.approx(recorded[task.metric])
     assert all(f in (root / "reports" / "leaderboard.md").read_text() for f in FAMILIES)
+    return champions
+
+
+@pytest.mark.timeout(900)
+def test_day_one_registers_every_champion_and_an_unchanged_run_does_no_work(
+    prefect_api, tmp_path, monkeypatch
+):
+    """The default run's end-to-end pipeline: the first day of the loop above."""
+    root = make_project(tmp_path / "proj", TINY_PARAMS)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GENOPS_ROOT", str(root))
+    day_one(root)
